@@ -1,0 +1,577 @@
+//! `conf/conf.ini`: one file for all three daemons, each reading the sections it needs.
+//!
+//! Every key can be overridden by an environment variable `GOCRON__SECTION__KEY` (upper or lower
+//! case), which is how one file serves several daemons of a kind on one host (each executor its
+//! own `listen` port). Unknown sections and keys are errors: a typo must not silently fall back
+//! to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+
+use crate::machine::MachineGroups;
+
+/// Occurs when the configuration cannot be used; the daemon must not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Occurs when the file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Occurs when the file is not valid INI.
+    #[error("{origin}: not a valid INI file: {message}")]
+    Syntax {
+        /// The file (or environment).
+        origin: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// Occurs when a key has a value that cannot be used, or is unknown.
+    #[error("{origin}: [{section}] {key}: {message}")]
+    Invalid {
+        /// The file the key came from, or the environment variable that overrode it.
+        origin: String,
+        /// The section.
+        section: String,
+        /// The key.
+        key: String,
+        /// What is wrong, in words.
+        message: String,
+    },
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[redis]`.
+    pub redis: RedisConfig,
+    /// `[etcd]`.
+    pub etcd: EtcdConfig,
+    /// `[machine]`: the machine groups jobs target.
+    pub machines: MachineGroups,
+    /// `[executor]`.
+    pub executor: ExecutorConfig,
+    /// `[dispatcher]`.
+    pub dispatcher: DispatcherConfig,
+    /// `[monitor]`.
+    pub monitor: MonitorConfig,
+}
+
+/// `[database]`: where jobs and runs live.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `url`: `sqlite://path?mode=rwc`, `mysql://user:pass@host:port/db` or `postgres://...`.
+    pub url: String,
+    /// `max_connections`: the pool size of each daemon.
+    pub max_connections: u32,
+}
+
+/// `[redis]`: the tick locks.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `url`: `redis://host:port/db`.
+    pub url: String,
+    /// `prefix`: the first part of every key gocron writes, so clusters can share a server.
+    pub prefix: String,
+}
+
+/// `[etcd]`: executor registration and job publication.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `endpoints`: comma-separated `http://host:port` list.
+    pub endpoints: Vec<String>,
+    /// `prefix`: the first part of every key gocron writes.
+    pub prefix: String,
+    /// `lease_ttl`: seconds after which a dead daemon's registration disappears.
+    pub lease_ttl: u64,
+}
+
+/// `[executor]`: one executor daemon.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// `listen`: the address the RPC server binds.
+    pub listen: SocketAddr,
+    /// `advertise`: the address dispatchers dial; its IP is what `[machine]` members match.
+    pub advertise: SocketAddr,
+    /// `name`: unique executor name; default `<hostname>-<advertised port>`.
+    pub name: String,
+    /// `max_concurrent`: runs at once; over it the executor answers busy.
+    pub max_concurrent: usize,
+    /// `output_kib`: how much of the tail of a run's stdout and stderr is kept.
+    pub output_kib: usize,
+    /// `shell`: the shell that runs `shell` jobs with `-c`.
+    pub shell: String,
+    /// `drain_secs`: on shutdown, how long running jobs may go on before the executor exits.
+    pub drain_secs: u64,
+}
+
+/// `[dispatcher]`: one dispatcher daemon.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// `name`: unique dispatcher name; default `<hostname>-<pid>`.
+    pub name: String,
+    /// `time_zone`: the IANA zone of jobs whose `time_zone` column is empty.
+    pub time_zone: Tz,
+    /// `lock_ttl_secs`: how long a tick lock is kept in Redis.
+    pub lock_ttl: Duration,
+    /// `rpc_timeout_ms`: deadline of one call to an executor (connect included).
+    pub rpc_timeout: Duration,
+    /// `max_late_ms`: a tick found later than this (the dispatcher was stalled) is not fired.
+    pub max_late: Duration,
+}
+
+/// `[monitor]`: one monitor daemon.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// `poll_ms`: how often the job table is read for changes.
+    pub poll_interval: Duration,
+}
+
+/// The keys each section accepts; anything else is a typo.
+const KNOWN: &[(&str, &[&str])] = &[
+    ("database", &["url", "max_connections"]),
+    ("redis", &["url", "prefix"]),
+    ("etcd", &["endpoints", "prefix", "lease_ttl"]),
+    (
+        "executor",
+        &[
+            "listen",
+            "advertise",
+            "name",
+            "max_concurrent",
+            "output_kib",
+            "shell",
+            "drain_secs",
+        ],
+    ),
+    (
+        "dispatcher",
+        &[
+            "name",
+            "time_zone",
+            "lock_ttl_secs",
+            "rpc_timeout_ms",
+            "max_late_ms",
+        ],
+    ),
+    ("monitor", &["poll_ms"]),
+];
+
+/// The environment variable prefix for overrides: `GOCRON__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "GOCRON__";
+
+/// One value and where it came from, so that an error can name its origin.
+#[derive(Debug, Clone)]
+struct Value {
+    text: String,
+    origin: String,
+}
+
+/// The raw `(section, key) → value` map, before typing.
+#[derive(Debug, Default)]
+struct Raw {
+    values: BTreeMap<(String, String), Value>,
+    file: String,
+}
+
+impl Config {
+    /// Loads `path` and applies the process environment's overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_ini(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses INI text (named `origin` in errors) and applies the given `GOCRON__…` overrides.
+    pub fn from_ini(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = Raw::parse(text, origin)?;
+        raw.apply_env(env);
+        raw.check_known()?;
+        raw.build()
+    }
+}
+
+impl Raw {
+    fn parse(text: &str, origin: &str) -> Result<Raw, ConfigError> {
+        let ini = ini::Ini::load_from_str_noescape(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut raw = Raw {
+            values: BTreeMap::new(),
+            file: origin.to_owned(),
+        };
+        for (section, props) in ini.iter() {
+            let Some(section) = section else {
+                if let Some((key, _)) = props.iter().next() {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.to_owned(),
+                        section: String::new(),
+                        key: key.to_owned(),
+                        message: "keys must be inside a [section]".into(),
+                    });
+                }
+                continue;
+            };
+            for (key, value) in props.iter() {
+                raw.values.insert(
+                    (section.to_ascii_lowercase(), key.trim().to_owned()),
+                    Value {
+                        text: value.trim().to_owned(),
+                        origin: origin.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(raw)
+    }
+
+    fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
+        for (name, text) in env {
+            let Some(rest) = name
+                .get(..ENV_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| &name[ENV_PREFIX.len()..])
+            else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let section = section.to_ascii_lowercase();
+            // Machine group names are user-chosen; keep an existing key's spelling if it matches.
+            let key = self
+                .values
+                .keys()
+                .find(|(s, k)| *s == section && k.eq_ignore_ascii_case(key))
+                .map(|(_, k)| k.clone())
+                .unwrap_or_else(|| key.to_ascii_lowercase());
+            self.values.insert(
+                (section, key),
+                Value {
+                    text: text.trim().to_owned(),
+                    origin: format!("environment variable {name}"),
+                },
+            );
+        }
+    }
+
+    fn check_known(&self) -> Result<(), ConfigError> {
+        for ((section, key), value) in &self.values {
+            if section == "machine" {
+                continue;
+            }
+            let known = KNOWN.iter().find(|(s, _)| s == section);
+            let message = match known {
+                None => format!(
+                    "unknown section [{section}] (known: {}, machine)",
+                    KNOWN.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+                ),
+                Some((_, keys)) if !keys.contains(&key.as_str()) => {
+                    format!("unknown key (known in [{section}]: {})", keys.join(", "))
+                }
+                Some(_) => continue,
+            };
+            return Err(ConfigError::Invalid {
+                origin: value.origin.clone(),
+                section: section.clone(),
+                key: key.clone(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    fn get(&self, section: &str, key: &str) -> Option<&Value> {
+        self.values
+            .get(&(section.to_owned(), key.to_owned()))
+            .filter(|v| !v.text.is_empty())
+    }
+
+    fn invalid(&self, section: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        let origin = self
+            .values
+            .get(&(section.to_owned(), key.to_owned()))
+            .map_or_else(|| self.file.clone(), |v| v.origin.clone());
+        ConfigError::Invalid {
+            origin,
+            section: section.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn string(&self, section: &str, key: &str, default: &str) -> String {
+        self.get(section, key)
+            .map_or_else(|| default.to_owned(), |v| v.text.clone())
+    }
+
+    fn parsed<T>(&self, section: &str, key: &str, default: T, what: &str) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr,
+    {
+        match self.get(section, key) {
+            None => Ok(default),
+            Some(v) => v
+                .text
+                .parse()
+                .map_err(|_| self.invalid(section, key, format!("{:?} is not {what}", v.text))),
+        }
+    }
+
+    fn positive(&self, section: &str, key: &str, default: u64) -> Result<u64, ConfigError> {
+        let n: u64 = self.parsed(section, key, default, "a whole number")?;
+        if n == 0 {
+            return Err(self.invalid(section, key, "must be greater than 0"));
+        }
+        Ok(n)
+    }
+
+    fn build(&self) -> Result<Config, ConfigError> {
+        let database = DatabaseConfig {
+            url: self.string("database", "url", "sqlite://var/gocron.db?mode=rwc"),
+            max_connections: self.positive("database", "max_connections", 10)? as u32,
+        };
+        if !["sqlite:", "mysql:", "mariadb:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|scheme| database.url.starts_with(scheme))
+        {
+            return Err(self.invalid(
+                "database",
+                "url",
+                "must start with sqlite://, mysql://, mariadb:// or postgres://",
+            ));
+        }
+
+        let redis = RedisConfig {
+            url: self.string("redis", "url", "redis://127.0.0.1:6379/"),
+            prefix: self.string("redis", "prefix", "gocron"),
+        };
+        if !redis.url.starts_with("redis://") && !redis.url.starts_with("unix://") {
+            return Err(self.invalid("redis", "url", "must start with redis:// or unix://"));
+        }
+
+        let endpoints: Vec<String> = self
+            .string("etcd", "endpoints", "http://127.0.0.1:2379")
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(self.invalid("etcd", "endpoints", "needs at least one endpoint"));
+        }
+        let prefix = self
+            .string("etcd", "prefix", "/gocron")
+            .trim_end_matches('/')
+            .to_owned();
+        if !prefix.starts_with('/') {
+            return Err(self.invalid("etcd", "prefix", "must start with /"));
+        }
+        let etcd = EtcdConfig {
+            endpoints,
+            prefix,
+            lease_ttl: self.positive("etcd", "lease_ttl", 10)?,
+        };
+
+        let mut machines = MachineGroups::default();
+        for ((section, key), value) in &self.values {
+            if section == "machine" {
+                machines
+                    .insert(key, &value.text)
+                    .map_err(|message| self.invalid("machine", key, message))?;
+            }
+        }
+
+        let listen: SocketAddr = self.parsed(
+            "executor",
+            "listen",
+            SocketAddr::from(([127, 0, 0, 1], 7070)),
+            "an ip:port address",
+        )?;
+        let advertise = match self.get("executor", "advertise") {
+            Some(_) => self.parsed("executor", "advertise", listen, "an ip:port address")?,
+            None if listen.ip().is_unspecified() => {
+                return Err(self.invalid(
+                    "executor",
+                    "advertise",
+                    "required when listen is a wildcard address: the address dispatchers dial",
+                ));
+            }
+            None => listen,
+        };
+        let executor = ExecutorConfig {
+            listen,
+            advertise,
+            name: self.string(
+                "executor",
+                "name",
+                &format!("{}-{}", host_name(), advertise.port()),
+            ),
+            max_concurrent: self.positive("executor", "max_concurrent", 64)? as usize,
+            output_kib: self.positive("executor", "output_kib", 64)? as usize,
+            shell: self.string("executor", "shell", "/bin/sh"),
+            drain_secs: self.parsed("executor", "drain_secs", 30, "a whole number")?,
+        };
+
+        let dispatcher = DispatcherConfig {
+            name: self.string(
+                "dispatcher",
+                "name",
+                &format!("{}-{}", host_name(), std::process::id()),
+            ),
+            time_zone: self.parsed("dispatcher", "time_zone", Tz::UTC, "an IANA time zone")?,
+            lock_ttl: Duration::from_secs(self.positive("dispatcher", "lock_ttl_secs", 3600)?),
+            rpc_timeout: Duration::from_millis(self.positive(
+                "dispatcher",
+                "rpc_timeout_ms",
+                3000,
+            )?),
+            max_late: Duration::from_millis(self.positive("dispatcher", "max_late_ms", 5000)?),
+        };
+
+        let monitor = MonitorConfig {
+            poll_interval: Duration::from_millis(self.positive("monitor", "poll_ms", 250)?),
+        };
+
+        Ok(Config {
+            database,
+            redis,
+            etcd,
+            machines,
+            executor,
+            dispatcher,
+            monitor,
+        })
+    }
+}
+
+/// This host's name, or `localhost` when it has none we can read.
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = Config::from_ini("", "conf.ini", env(&[])).unwrap();
+        assert_eq!(c.etcd.prefix, "/gocron");
+        assert_eq!(c.etcd.lease_ttl, 10);
+        assert_eq!(c.executor.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.executor.advertise, c.executor.listen);
+        assert_eq!(c.dispatcher.time_zone, Tz::UTC);
+        assert!(c.database.url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let text = "[executor]\nlisten = 127.0.0.1:7070\n[machine]\nPhpGroup = 10.0.0.1\n";
+        let c = Config::from_ini(
+            text,
+            "conf.ini",
+            env(&[
+                ("GOCRON__EXECUTOR__LISTEN", "127.0.0.1:7071"),
+                ("gocron__machine__phpgroup", "10.0.0.2"),
+                ("OTHER__EXECUTOR__LISTEN", "127.0.0.1:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.listen.port(), 7071);
+        let members = c.machines.get("PhpGroup").unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn errors_name_the_file_section_and_key() {
+        let err = Config::from_ini("[etcd]\nlease_ttl = soon\n", "/etc/gocron.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/gocron.ini: [etcd] lease_ttl: \"soon\" is not a whole number"
+        );
+
+        let err = Config::from_ini("[executor]\nlisten = 1.2.3.4\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.ini: [executor] listen:"), "{err}");
+
+        let err = Config::from_ini(
+            "",
+            "c.ini",
+            env(&[("GOCRON__DISPATCHER__TIME_ZONE", "Mars/Base")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "environment variable GOCRON__DISPATCHER__TIME_ZONE: [dispatcher] time_zone"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typos_are_refused() {
+        let err = Config::from_ini("[redis]\nurll = redis://x\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[redis] urll: unknown key"), "{err}");
+        let err = Config::from_ini("[dispatch]\nname = a\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown section [dispatch]"), "{err}");
+    }
+
+    #[test]
+    fn wildcard_listen_needs_advertise() {
+        let err = Config::from_ini("[executor]\nlisten = 0.0.0.0:7070\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[executor] advertise: required"), "{err}");
+        let c = Config::from_ini(
+            "[executor]\nlisten = 0.0.0.0:7070\nadvertise = 10.0.0.9:7070\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.advertise.to_string(), "10.0.0.9:7070");
+    }
+
+    #[test]
+    fn bad_machine_member_is_refused() {
+        let err = Config::from_ini("[machine]\ng = 10.0.0.1||x\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[machine] g:"), "{err}");
+    }
+}

@@ -1,0 +1,46 @@
+//! `cron_job`: one row per job, written by users with plain SQL (or a CLI).
+
+use sea_orm::entity::prelude::*;
+
+/// One job as stored.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "cron_job")]
+pub struct Model {
+    /// Auto-increment id.
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// A human name.
+    pub name: String,
+    /// The cron rule; see [`crate::rule`].
+    pub rule: String,
+    /// The shell command, or the URL of an `http` job.
+    pub command: String,
+    /// `shell` (default) or `http`.
+    pub kind: String,
+    /// A `[machine]` group name; empty = any executor.
+    pub machine: String,
+    /// Seconds; 0 = until the job's next tick.
+    pub timeout_secs: i32,
+    /// `abandon` (default), `kill` or `sync`.
+    pub timeout_policy: String,
+    /// IANA zone; empty = `[dispatcher] time_zone`.
+    pub time_zone: String,
+    /// 1 = scheduled, 0 = not.
+    pub enabled: i32,
+    /// Extra alarm recipients (mail), comma- or space-separated.
+    pub alarm_emails: String,
+    /// Extra alarm recipients (SMS), comma- or space-separated.
+    pub alarm_mobiles: String,
+    /// When the row was inserted.
+    pub created_at: DateTimeUtc,
+    /// When the row was last changed (kept by MySQL/MariaDB itself; by gocron's tools elsewhere).
+    pub updated_at: DateTimeUtc,
+    /// Why the row is not scheduled, written by the monitor; NULL when it is fine.
+    pub last_error: Option<String>,
+}
+
+/// No relations are navigated through the ORM.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

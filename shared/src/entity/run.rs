@@ -1,0 +1,38 @@
+//! `cron_run`: one row per run (or per tick that could not run), written by gocron.
+
+use sea_orm::entity::prelude::*;
+
+/// One run as stored.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "cron_run")]
+pub struct Model {
+    /// Auto-increment id; also `GOCRON_RUN_ID` in the job's environment.
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// The job's `cron_job.id`.
+    pub job_id: i64,
+    /// The tick's instant (UTC, millisecond precision).
+    pub scheduled_at: DateTimeUtc,
+    /// See [`crate::job::RunStatus`].
+    pub status: String,
+    /// `name@address` of the executor that holds the run; empty until one does.
+    pub executor: String,
+    /// When the command started.
+    pub started_at: Option<DateTimeUtc>,
+    /// When the run reached its final status.
+    pub finished_at: Option<DateTimeUtc>,
+    /// The exit code of a shell job, or the HTTP status of an http job.
+    pub exit_code: Option<i32>,
+    /// The tail of stdout and stderr (or of the HTTP body).
+    pub output: Option<String>,
+    /// Why the run is not `succeeded`, in words.
+    pub error: Option<String>,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+}
+
+/// No relations are navigated through the ORM.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

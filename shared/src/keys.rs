@@ -1,0 +1,106 @@
+//! Every key gocron writes in etcd and Redis, in one place.
+//!
+//! etcd (under `[etcd] prefix`, default `/gocron`):
+//! - `{prefix}/executors/{name}`: an executor's [`crate::machine::ExecutorInfo`] (JSON), under its lease.
+//! - `{prefix}/dispatchers/{name}`: a dispatcher's name and start time (JSON), under its lease.
+//! - `{prefix}/jobs/{id}`: a valid, enabled job's [`crate::job::JobSpec`] (JSON), kept by the monitor.
+//!
+//! Redis (under `[redis] prefix`, default `gocron`):
+//! - `{prefix}:tick:{job_id}:{scheduled_ms}`: the tick lock; its value is the winning dispatcher.
+//! - `{prefix}:rr:{machine}`: the dispatch counter of a machine group (`*` = any executor), for
+//!   round-robin that holds across all dispatchers.
+
+/// etcd key layout.
+#[derive(Debug, Clone)]
+pub struct EtcdKeys {
+    prefix: String,
+}
+
+impl EtcdKeys {
+    /// Keys under `prefix` (no trailing slash).
+    pub fn new(prefix: &str) -> EtcdKeys {
+        EtcdKeys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The folder of executor registrations.
+    pub fn executors(&self) -> String {
+        format!("{}/executors/", self.prefix)
+    }
+
+    /// One executor's registration.
+    pub fn executor(&self, name: &str) -> String {
+        format!("{}{name}", self.executors())
+    }
+
+    /// The folder of dispatcher registrations.
+    pub fn dispatchers(&self) -> String {
+        format!("{}/dispatchers/", self.prefix)
+    }
+
+    /// One dispatcher's registration.
+    pub fn dispatcher(&self, name: &str) -> String {
+        format!("{}{name}", self.dispatchers())
+    }
+
+    /// The folder of published jobs.
+    pub fn jobs(&self) -> String {
+        format!("{}/jobs/", self.prefix)
+    }
+
+    /// One published job.
+    pub fn job(&self, id: i64) -> String {
+        format!("{}{id}", self.jobs())
+    }
+
+    /// The job id of a key under [`EtcdKeys::jobs`].
+    pub fn job_id(&self, key: &str) -> Option<i64> {
+        key.strip_prefix(&self.jobs())?.parse().ok()
+    }
+}
+
+/// Redis key layout.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> RedisKeys {
+        RedisKeys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The lock of one tick of one job.
+    pub fn tick(&self, job_id: i64, scheduled_ms: i64) -> String {
+        format!("{}:tick:{job_id}:{scheduled_ms}", self.prefix)
+    }
+
+    /// The dispatch counter of a machine group.
+    pub fn round_robin(&self, machine: &str) -> String {
+        let machine = if machine.is_empty() { "*" } else { machine };
+        format!("{}:rr:{machine}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        let k = EtcdKeys::new("/gocron/");
+        assert_eq!(k.executor("e1"), "/gocron/executors/e1");
+        assert_eq!(k.job(42), "/gocron/jobs/42");
+        assert_eq!(k.job_id("/gocron/jobs/42"), Some(42));
+        assert_eq!(k.job_id("/gocron/jobs/x"), None);
+        assert_eq!(k.job_id("/other/jobs/42"), None);
+        let r = RedisKeys::new("gc");
+        assert_eq!(r.tick(3, 1000), "gc:tick:3:1000");
+        assert_eq!(r.round_robin(""), "gc:rr:*");
+        assert_eq!(r.round_robin("php"), "gc:rr:php");
+    }
+}

@@ -1,0 +1,35 @@
+//! What crosses a boundary between gocron's daemons.
+//!
+//! The data flow is: a row of `cron_job` → **monitor** validates it and publishes it to etcd →
+//! every **dispatcher** watches the published jobs, computes next fire times, and at each tick
+//! takes the Redis tick lock → the winner inserts a `cron_run` row and hands the run over RPC to
+//! an **executor** of the job's machine group → the executor claims the row, runs the command and
+//! records the outcome.
+//!
+//! Modules:
+//! - [`config`]: `conf/conf.ini`, with `GOCRON__SECTION__KEY` environment overrides and validation.
+//! - [`machine`]: the `[machine]` groups and how a member matches an executor.
+//! - [`rule`]: cron rules (5/6 fields, macros, `@every`) and next-fire computation in a time zone.
+//! - [`job`]: the validated job definition that the monitor publishes and dispatchers schedule.
+//! - [`entity`], [`migration`], [`db`]: the `cron_job` and `cron_run` tables and the connection.
+//! - [`rpc`]: the dispatcher → executor tarpc service and its wire types.
+//! - [`keys`]: every etcd key and Redis key layout, in one place.
+//! - [`registry`]: etcd leases (registration) and prefix mirroring (discovery without gaps).
+//! - [`lock`]: the Redis tick lock that lets exactly one dispatcher fire a (job, tick).
+//! - [`daemon`]: what the three `main`s share: flags, logging, signals, retry with backoff.
+
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod entity;
+pub mod job;
+pub mod keys;
+pub mod lock;
+pub mod machine;
+pub mod migration;
+pub mod registry;
+pub mod rpc;
+pub mod rule;
+
+/// The version of gocron, as every daemon reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

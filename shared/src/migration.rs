@@ -1,0 +1,168 @@
+//! Schema migrations, run by every daemon at start.
+//!
+//! The DDL is written out per backend rather than generated: users read and write these tables
+//! with plain SQL, so the column types and defaults are part of the contract and should be
+//! visible here as they are in the database. Every statement is idempotent (`IF NOT EXISTS`), so
+//! that two daemons migrating at once cannot leave a half-made schema: the loser of the race
+//! fails on the bookkeeping row and simply finds the work done when it retries (see
+//! [`crate::db::migrate`]).
+
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::prelude::*;
+
+/// All migrations, in order.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateTables)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "gocron_migrations".into_iden()
+    }
+}
+
+/// The `cron_job` and `cron_run` tables.
+struct CreateTables;
+
+impl MigrationName for CreateTables {
+    fn name(&self) -> &str {
+        "m0001_create_cron_job_and_cron_run"
+    }
+}
+
+const SQLITE: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name VARCHAR(255) NOT NULL,
+        rule VARCHAR(255) NOT NULL,
+        command TEXT NOT NULL,
+        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
+        machine VARCHAR(255) NOT NULL DEFAULT '',
+        timeout_secs INTEGER NOT NULL DEFAULT 0,
+        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
+        time_zone VARCHAR(64) NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
+        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
+        created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        last_error TEXT NULL
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_run (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL,
+        scheduled_at TIMESTAMP NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at TIMESTAMP NULL,
+        finished_at TIMESTAMP NULL,
+        exit_code INTEGER NULL,
+        output TEXT NULL,
+        error TEXT NULL,
+        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        UNIQUE (job_id, scheduled_at, "trigger")
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_run_status ON cron_run (status)",
+];
+
+const MYSQL: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        rule VARCHAR(255) NOT NULL,
+        command TEXT NOT NULL,
+        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
+        machine VARCHAR(255) NOT NULL DEFAULT '',
+        timeout_secs INT NOT NULL DEFAULT 0,
+        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
+        time_zone VARCHAR(64) NOT NULL DEFAULT '',
+        enabled INT NOT NULL DEFAULT 1,
+        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
+        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
+        created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+        updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+        last_error TEXT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_run (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        scheduled_at DATETIME(3) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at DATETIME(3) NULL,
+        finished_at DATETIME(3) NULL,
+        exit_code INT NULL,
+        output MEDIUMTEXT NULL,
+        error TEXT NULL,
+        `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`),
+        KEY cron_run_status (status)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+];
+
+const POSTGRES: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job (
+        id BIGSERIAL PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        rule VARCHAR(255) NOT NULL,
+        command TEXT NOT NULL,
+        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
+        machine VARCHAR(255) NOT NULL DEFAULT '',
+        timeout_secs INTEGER NOT NULL DEFAULT 0,
+        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
+        time_zone VARCHAR(64) NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
+        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
+        created_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        updated_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        last_error TEXT NULL
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_run (
+        id BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        scheduled_at TIMESTAMPTZ(3) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at TIMESTAMPTZ(3) NULL,
+        finished_at TIMESTAMPTZ(3) NULL,
+        exit_code INTEGER NULL,
+        output TEXT NULL,
+        error TEXT NULL,
+        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_run_status ON cron_run (status)",
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let statements = match db.get_database_backend() {
+            DbBackend::Sqlite => SQLITE,
+            DbBackend::MySql => MYSQL,
+            DbBackend::Postgres => POSTGRES,
+            other => {
+                return Err(DbErr::Migration(format!(
+                    "unsupported database backend {other:?}"
+                )));
+            }
+        };
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_run")
+            .await?;
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_job")
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! etcd: registration under a lease, and mirroring a key prefix without gaps.
+//!
+//! Registration: grant a lease, put the key under it, and keep it alive from our own loop (one
+//! ping every third of the TTL, each under a timeout). If the lease is lost (etcd restarted, a
+//! long pause), the loop grants a new one and puts the key again. [`Registration::revoke`] ends
+//! the loop and revokes the lease, so peers see the daemon leave at once, not after the TTL.
+//!
+//! Mirroring: read the prefix, note the revision, watch from revision + 1; when the watch breaks
+//! (etcd down, compaction, cancellation), read again and re-watch. Consumers get a `Reset` with
+//! the whole prefix after every (re)read, then `Put`/`Delete` events, so they can never miss one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EtcdConfig;
+use crate::daemon::{Backoff, Cancelled};
+use crate::keys::EtcdKeys;
+use crate::machine::ExecutorInfo;
+
+/// How long one etcd request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to etcd, retrying with backoff until it answers, or `cancel`.
+pub async fn connect(config: &EtcdConfig, cancel: &CancellationToken) -> Result<Client, Cancelled> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true);
+    let mut backoff = Backoff::new("etcd");
+    loop {
+        let attempt = async {
+            let mut client = Client::connect(&config.endpoints, Some(options.clone())).await?;
+            // Connecting may be lazy; one read proves the cluster answers.
+            client
+                .get("/", Some(GetOptions::new().with_count_only()))
+                .await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => backoff.wait(&e, cancel).await?,
+            Err(_) => backoff.wait(&"timed out", cancel).await?,
+        }
+    }
+}
+
+/// A key kept alive under a lease for as long as the daemon runs.
+pub struct Registration {
+    client: Client,
+    key: String,
+    lease: Arc<AtomicI64>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Registration {
+    /// Registers `key = value` under a lease of `ttl` seconds, retrying until it is in place
+    /// (or `cancel`), then keeps it alive in the background.
+    pub async fn start(
+        client: Client,
+        key: String,
+        value: String,
+        ttl: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Registration, Cancelled> {
+        let lease = Arc::new(AtomicI64::new(0));
+        let mut backoff = Backoff::new("etcd registration");
+        loop {
+            match register(&client, &key, &value, ttl).await {
+                Ok(id) => {
+                    lease.store(id, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => backoff.wait(&e, cancel).await?,
+            }
+        }
+        tracing::info!(%key, lease = lease.load(Ordering::SeqCst), ttl, "registered in etcd");
+        let stop = cancel.child_token();
+        let task = tokio::spawn(keep_alive(
+            client.clone(),
+            key.clone(),
+            value,
+            ttl,
+            lease.clone(),
+            stop.clone(),
+        ));
+        Ok(Registration {
+            client,
+            key,
+            lease,
+            stop,
+            task,
+        })
+    }
+
+    /// The current lease id.
+    pub fn lease_id(&self) -> i64 {
+        self.lease.load(Ordering::SeqCst)
+    }
+
+    /// Stops the keep-alive loop and revokes the lease, so the key disappears now.
+    pub async fn revoke(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let id = self.lease.load(Ordering::SeqCst);
+        let mut client = self.client;
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(id)).await {
+            Ok(Ok(_)) => tracing::info!(key = %self.key, "registration revoked"),
+            Ok(Err(e)) => {
+                tracing::warn!(key = %self.key, error = %e, "cannot revoke lease; it expires by TTL")
+            }
+            Err(_) => {
+                tracing::warn!(key = %self.key, "revoking the lease timed out; it expires by TTL")
+            }
+        }
+    }
+}
+
+async fn register(client: &Client, key: &str, value: &str, ttl: u64) -> Result<i64, String> {
+    let mut client = client.clone();
+    let work = async {
+        let lease = client.lease_grant(ttl as i64, None).await?;
+        client
+            .put(key, value, Some(PutOptions::new().with_lease(lease.id())))
+            .await?;
+        Ok::<_, etcd_client::Error>(lease.id())
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+async fn keep_alive(
+    client: Client,
+    key: String,
+    value: String,
+    ttl: u64,
+    lease: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
+    let period = Duration::from_millis((ttl * 1000 / 3).max(100));
+    let mut last_ok = tokio::time::Instant::now();
+    let mut backoff = Backoff::new("etcd registration");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let id = lease.load(Ordering::SeqCst);
+        match ping(&client, id).await {
+            Ok(remaining) if remaining > 0 => {
+                last_ok = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(_) => tracing::warn!(%key, lease = id, "lease expired; registering again"),
+            Err(e) if last_ok.elapsed() < Duration::from_secs(ttl) => {
+                tracing::warn!(%key, lease = id, error = %e, "lease keep-alive failed; will retry");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%key, lease = id, error = %e, "lease presumed lost; registering again")
+            }
+        }
+        loop {
+            match register(&client, &key, &value, ttl).await {
+                Ok(new_id) => {
+                    lease.store(new_id, Ordering::SeqCst);
+                    last_ok = tokio::time::Instant::now();
+                    backoff.reset();
+                    tracing::info!(%key, lease = new_id, "registered in etcd again");
+                    break;
+                }
+                Err(e) => {
+                    if backoff.wait(&e, &stop).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One keep-alive round trip; the lease's remaining TTL (0 = gone).
+async fn ping(client: &Client, id: i64) -> Result<i64, String> {
+    let mut client = client.clone();
+    let work = async {
+        let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+        keeper.keep_alive().await?;
+        match stream.message().await? {
+            Some(resp) => Ok(resp.ttl()),
+            None => Ok(0),
+        }
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(result) => result.map_err(|e: etcd_client::Error| e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// A change under a mirrored prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorEvent {
+    /// The whole prefix as just read: forget everything known before.
+    Reset(Vec<(String, Vec<u8>)>),
+    /// A key was created or changed.
+    Put(String, Vec<u8>),
+    /// A key was deleted (or its lease expired).
+    Delete(String),
+}
+
+/// Mirrors everything under `prefix` into the returned channel until `cancel`.
+pub fn mirror(
+    client: Client,
+    prefix: String,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<MirrorEvent> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new("etcd watch");
+        loop {
+            match mirror_once(&client, &prefix, &tx, &cancel).await {
+                Ok(()) => return,
+                Err(e) => {
+                    if backoff.wait(&e, &cancel).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// One read-then-watch cycle. `Ok` means stop for good (cancelled, or nobody listens).
+async fn mirror_once(
+    client: &Client,
+    prefix: &str,
+    tx: &mpsc::Sender<MirrorEvent>,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let mut client = client.clone();
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.get(prefix, Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| "reading the prefix timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let revision = read.header().map_or(0, |h| h.revision());
+    let all = read
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .collect();
+    if tx.send(MirrorEvent::Reset(all)).await.is_err() {
+        return Ok(());
+    }
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(prefix, Some(options)))
+        .await
+        .map_err(|_| "starting the watch timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = stream.message() => m,
+        };
+        let response = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("the watch stream ended".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if response.canceled() {
+            return Err(format!(
+                "the watch was cancelled ({}); reading again",
+                response.cancel_reason()
+            ));
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let change = match event.event_type() {
+                EventType::Put => MirrorEvent::Put(key, kv.value().to_vec()),
+                EventType::Delete => MirrorEvent::Delete(key),
+            };
+            if tx.send(change).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The live executors, sorted by name, kept up to date from etcd until `cancel`.
+pub fn live_executors(
+    client: Client,
+    keys: &EtcdKeys,
+    cancel: CancellationToken,
+) -> watch::Receiver<Arc<Vec<ExecutorInfo>>> {
+    let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let mut events = mirror(client, keys.executors(), cancel);
+    tokio::spawn(async move {
+        let mut known = std::collections::BTreeMap::<String, ExecutorInfo>::new();
+        while let Some(event) = events.recv().await {
+            let decode = |key: &str, value: &[u8]| match serde_json::from_slice::<ExecutorInfo>(
+                value,
+            ) {
+                Ok(info) => Some(info),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "ignoring an executor registration that is not valid JSON");
+                    None
+                }
+            };
+            match event {
+                MirrorEvent::Reset(all) => {
+                    known = all
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), decode(k, v)?)))
+                        .collect();
+                }
+                MirrorEvent::Put(key, value) => {
+                    if let Some(info) = decode(&key, &value) {
+                        known.insert(key, info);
+                    }
+                }
+                MirrorEvent::Delete(key) => {
+                    known.remove(&key);
+                }
+            }
+            let mut list: Vec<ExecutorInfo> = known.values().cloned().collect();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            if **tx.borrow() != list {
+                tracing::info!(
+                    executors = %list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    "live executors changed"
+                );
+                tx.send_replace(Arc::new(list));
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,106 @@
+//! The dispatcher → executor RPC (tarpc over TCP, bincode frames).
+//!
+//! A call only hands a run over: the executor claims the `cron_run` row, starts the command,
+//! and answers at once. The run itself never lives inside the call (tarpc deadlines are seconds;
+//! jobs may run for hours): the executor records the outcome in the database.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tarpc::serde_transport::Transport;
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio::net::TcpStream;
+
+use crate::job::{JobSpec, Trigger};
+
+/// The executor's RPC service.
+#[tarpc::service]
+pub trait ExecutorRpc {
+    /// Claims run `request.run_id` and starts it; returns as soon as it has started.
+    async fn start_run(request: RunRequest) -> Result<Accepted, Refused>;
+}
+
+/// A run handed to an executor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The `cron_run` row, inserted by the dispatcher with status `dispatched`.
+    pub run_id: i64,
+    /// The job as published.
+    pub job: JobSpec,
+    /// The tick, in Unix milliseconds.
+    pub scheduled_ms: i64,
+    /// Why the run exists.
+    pub trigger: Trigger,
+    /// The dispatcher that sends it, for logs.
+    pub dispatcher: String,
+}
+
+/// The executor claimed the run and started it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    /// `name@address` of the executor.
+    pub executor: String,
+}
+
+/// Why an executor did not take a run; each tells the dispatcher what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// Occurs when `max_concurrent` runs are going: offer the run to the next executor.
+    #[error("busy: {running} of {max} runs going")]
+    Busy {
+        /// Runs going now.
+        running: usize,
+        /// `[executor] max_concurrent`.
+        max: usize,
+    },
+    /// Occurs when the run row is no longer `dispatched` (another executor, or this one, has it):
+    /// stop, the run is in hand.
+    #[error("run already claimed: {0}")]
+    AlreadyClaimed(String),
+    /// Occurs when the executor is shutting down: offer the run to the next executor.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Occurs when the executor cannot reach the database to claim the run: offer it elsewhere.
+    #[error("cannot claim the run: {0}")]
+    Unavailable(String),
+}
+
+/// How many calls one connection may have in flight: a whole second of a 1000-job burst.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// Frames a TCP stream as a tarpc transport (length-delimited bincode).
+pub fn transport<Item, SinkItem>(
+    stream: TcpStream,
+) -> Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>
+where
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
+    let _ = stream.set_nodelay(true);
+    tarpc::serde_transport::new(
+        Framed::new(stream, LengthDelimitedCodec::new()),
+        Bincode::default(),
+    )
+}
+
+/// Connects to the executor at `addr` within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<ExecutorRpcClient> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let mut config = tarpc::client::Config::default();
+    config.max_in_flight_requests = MAX_IN_FLIGHT;
+    config.pending_request_buffer = 1024;
+    Ok(ExecutorRpcClient::new(config, transport(stream)).spawn())
+}
+
+/// A call context whose deadline is `timeout` from now.
+pub fn context(timeout: Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + timeout;
+    ctx
+}
