@@ -1,1 +1,110 @@
-//! placeholder
+//! The gocron dispatcher: schedules the published jobs, and at each tick races the other
+//! dispatchers for the tick lock; the winner hands the run to a live executor of the job's
+//! machine group, round-robin, offering it to the next one if an executor cannot take it.
+//!
+//! Modules:
+//! - [`scheduler`]: the schedule table (next fire instant of every job), a pure data structure.
+//! - [`dispatch`]: one tick: lock, run row, RPC to an executor, failover.
+//!
+//! [`run`] is the whole daemon; `main` only parses flags and handles signals.
+
+pub mod dispatch;
+pub mod scheduler;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use gocron_shared::config::Config;
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::TickLock;
+use gocron_shared::registry::{self, Registration};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::Dispatcher;
+use crate::scheduler::Scheduler;
+
+/// How long hand-overs under way may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the dispatcher until `shutdown` is cancelled; then it takes no new tick, finishes the
+/// hand-overs under way, and leaves etcd.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let name = config.dispatcher.name.clone();
+    let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
+        return Ok(());
+    };
+    let Ok(lock) =
+        TickLock::connect(&config.redis, &name, config.dispatcher.lock_ttl, &shutdown).await
+    else {
+        return Ok(());
+    };
+    let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
+        return Ok(());
+    };
+    let keys = EtcdKeys::new(&config.etcd.prefix);
+    let value = serde_json::json!({
+        "name": name,
+        "version": gocron_shared::VERSION,
+        "started_at": Utc::now().to_rfc3339(),
+    })
+    .to_string();
+    let Ok(registration) = Registration::start(
+        etcd.clone(),
+        keys.dispatcher(&name),
+        value,
+        config.etcd.lease_ttl,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+
+    // Background watches end with this token, after the loop below has stopped.
+    let watches = CancellationToken::new();
+    let executors = registry::live_executors(etcd.clone(), &keys, watches.clone());
+    let mut jobs = registry::mirror(etcd, keys.jobs(), watches.clone());
+    let dispatcher = Dispatcher::new(
+        &config.dispatcher,
+        db,
+        lock,
+        config.machines.clone(),
+        executors,
+    );
+    let mut scheduler = Scheduler::new(
+        keys,
+        config.dispatcher.time_zone,
+        config.dispatcher.max_late,
+    );
+    let ticks = TaskTracker::new();
+    tracing::info!(dispatcher = %name, "dispatcher ready");
+
+    loop {
+        let sleep_ms = scheduler
+            .next_deadline()
+            .map_or(3_600_000, |at| (at - Utc::now().timestamp_millis()).max(0));
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            event = jobs.recv() => match event {
+                Some(event) => scheduler.apply(event, Utc::now()),
+                None => break,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
+                for (job, tick) in scheduler.due(Utc::now()) {
+                    ticks.spawn(dispatcher.clone().fire(job, tick));
+                }
+            }
+        }
+    }
+
+    ticks.close();
+    if tokio::time::timeout(DRAIN, ticks.wait()).await.is_err() {
+        tracing::warn!(pending = ticks.len(), "hand-overs still under way at exit");
+    }
+    watches.cancel();
+    registration.revoke().await;
+    tracing::info!(dispatcher = %name, "dispatcher stopped");
+    Ok(())
+}

@@ -1,1 +1,125 @@
-//! placeholder
+//! The gocron executor: registers in etcd under a lease, accepts runs from dispatchers over RPC,
+//! runs each job's command and records the outcome in `cron_run`.
+//!
+//! Modules:
+//! - [`service`]: the RPC handler: refuse when busy, claim the run row, start the run, answer.
+//! - [`runner`]: running one shell or HTTP job, keeping the tail of its output, recording it.
+//!
+//! [`run`] is the whole daemon; `main` only parses flags and handles signals.
+
+pub mod runner;
+pub mod service;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use gocron_shared::config::Config;
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::machine::ExecutorInfo;
+use gocron_shared::registry::{self, Registration};
+use gocron_shared::rpc::{self, ExecutorRpc as _};
+use tarpc::server::{BaseChannel, Channel as _};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::service::Service;
+
+/// Runs the executor until `shutdown` is cancelled, then drains: it leaves etcd first (so no new
+/// runs arrive), refuses calls, and waits up to `[executor] drain_secs` for running jobs.
+///
+/// `[executor] listen` may use port 0 (tests do): the bound port is then advertised.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.executor.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.executor.listen))?;
+    let mut advertise = config.executor.advertise;
+    if advertise.port() == 0 {
+        advertise.set_port(listener.local_addr()?.port());
+    }
+    let info = ExecutorInfo {
+        name: config.executor.name.clone(),
+        address: advertise,
+        version: gocron_shared::VERSION.to_owned(),
+        started_at: chrono::Utc::now().to_rfc3339(),
+    };
+
+    let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
+        return Ok(());
+    };
+    let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
+        return Ok(());
+    };
+
+    let runs = TaskTracker::new();
+    let service = Service::new(&config.executor, &info, db, runs.clone());
+    let keys = EtcdKeys::new(&config.etcd.prefix);
+    let value = serde_json::to_string(&info)?;
+    let Ok(registration) = Registration::start(
+        etcd,
+        keys.executor(&info.name),
+        value,
+        config.etcd.lease_ttl,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    tracing::info!(executor = %info, listen = %config.executor.listen, "executor ready");
+
+    let connections = TaskTracker::new();
+    let stop_connections = CancellationToken::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually out of file descriptors: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tracing::debug!(%peer, "dispatcher connected");
+        let channel = BaseChannel::with_defaults(rpc::transport(stream));
+        let serve = channel
+            .execute(service.clone().serve())
+            .for_each_concurrent(None, |response| response);
+        let stop = stop_connections.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve => tracing::debug!(%peer, "dispatcher disconnected"),
+            }
+        });
+    }
+
+    // Leave etcd first so that dispatchers stop choosing us, then refuse what still arrives.
+    registration.revoke().await;
+    service.refuse_new_runs();
+    drop(listener);
+    runs.close();
+    let drain = Duration::from_secs(config.executor.drain_secs);
+    if !runs.is_empty() {
+        tracing::info!(
+            running = runs.len(),
+            drain_secs = drain.as_secs(),
+            "waiting for running jobs"
+        );
+    }
+    if tokio::time::timeout(drain, runs.wait()).await.is_err() {
+        tracing::warn!(
+            running = runs.len(),
+            "drain time is over; exiting while jobs still run (their rows stay 'running')"
+        );
+    }
+    stop_connections.cancel();
+    connections.close();
+    connections.wait().await;
+    tracing::info!(executor = %info, "executor stopped");
+    Ok(())
+}

@@ -1,1 +1,13 @@
-fn main() {}
+//! `gocron-executor --config conf/conf.ini`: see the library for what it does.
+
+use clap::Parser as _;
+use gocron_shared::config::Config;
+use gocron_shared::daemon::{self, Args};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    daemon::init_tracing();
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    gocron_executor::run(config, daemon::shutdown_on_signals()).await
+}

@@ -1,1 +1,62 @@
-//! placeholder
+//! The gocron monitor: brings `cron_job` rows live.
+//!
+//! Every `[monitor] poll_ms` it reads the job table, validates each row (rule, time zone,
+//! machine group, columns), writes the verdict to `last_error`, and makes the published jobs in
+//! etcd (`{prefix}/jobs/{id}`) equal to the valid, enabled rows. Dispatchers watch that prefix,
+//! so a row inserted, changed, disabled or deleted with plain SQL is live everywhere within about
+//! one poll. The table is read whole rather than by `updated_at`, because plain SQL does not bump
+//! `updated_at` on every database; the diff against what is published keeps etcd writes to the
+//! rows that changed.
+//!
+//! If the monitor is down, dispatchers keep the jobs they know (etcd keeps them); when it comes
+//! back, the first pass publishes what changed meanwhile. Two monitors may run: they compute the
+//! same state and their writes are idempotent.
+//!
+//! Modules:
+//! - [`sync`]: one pass of table → verdicts → etcd.
+
+pub mod sync;
+
+use chrono_tz::Tz;
+use gocron_shared::config::Config;
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::registry::{self, MirrorEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::sync::Publisher;
+
+/// Runs the monitor until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
+        return Ok(());
+    };
+    let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
+        return Ok(());
+    };
+    let keys = EtcdKeys::new(&config.etcd.prefix);
+    let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
+    let default_tz: Tz = config.dispatcher.time_zone;
+    let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz);
+    let mut poll = tokio::time::interval(config.monitor.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Publishing before the first read of etcd would re-put every job and miss stale keys.
+    let mut seen_etcd = false;
+    tracing::info!("monitor ready");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = published.recv() => match event {
+                Some(event) => {
+                    seen_etcd |= matches!(event, MirrorEvent::Reset(_));
+                    publisher.observe(event);
+                }
+                None => break,
+            },
+            _ = poll.tick(), if seen_etcd => {
+                publisher.pass().await;
+            }
+        }
+    }
+    tracing::info!("monitor stopped");
+    Ok(())
+}

@@ -481,6 +481,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_conf_ini_is_valid() {
+        let text = include_str!("../../conf/conf.ini");
+        let c = Config::from_ini(text, "conf/conf.ini", env(&[])).unwrap();
+        assert!(c.machines.is_known("local"));
+        assert_eq!(c.monitor.poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = Config::from_ini("", "conf.ini", env(&[])).unwrap();
         assert_eq!(c.etcd.prefix, "/gocron");

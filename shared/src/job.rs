@@ -238,7 +238,8 @@ mod tests {
     #[test]
     fn bad_rows_say_why() {
         let groups = MachineGroups::default();
-        let cases: Vec<(Box<dyn Fn(&mut job::Model)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut job::Model)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|r| r.rule = "nope".into()),
                 "invalid rule \"nope\"",

@@ -1,1 +1,460 @@
-//! placeholder
+//! Test harness: a whole gocron cluster in one process, against real etcd, Redis and databases.
+//!
+//! The servers come from `scripts/test`, which exports `GOCRON_TEST_ETCD`, `GOCRON_TEST_REDIS`,
+//! `GOCRON_TEST_MYSQL` and `GOCRON_TEST_POSTGRES`. Each [`Cluster`] gets its own etcd prefix,
+//! Redis prefix and database (a SQLite file in a temporary folder, or a fresh MariaDB/PostgreSQL
+//! database), so tests run side by side without seeing each other.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gocron_shared::config::Config;
+use gocron_shared::entity::{job, run};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, Statement, Value,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The database a cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the cluster's temporary folder.
+    Sqlite,
+    /// A fresh database on the MariaDB server of `GOCRON_TEST_MYSQL`.
+    MariaDb,
+    /// A fresh database on the PostgreSQL server of `GOCRON_TEST_POSTGRES`.
+    Postgres,
+}
+
+/// A server URL from the environment, or the test default; the message says how to get one.
+fn server(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+fn require(what: &str, var: &str, url: &str, error: impl std::fmt::Display) -> ! {
+    panic!(
+        "{what} is required by this test and is not reachable at {url} ({error}). \
+         Run the tests with `scripts/test`, which starts it, or set {var}."
+    )
+}
+
+fn log_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A running daemon of the cluster.
+struct Daemon {
+    kind: &'static str,
+    name: String,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// One isolated gocron cluster: its configuration, its database, and daemons started in-process.
+pub struct Cluster {
+    /// A short unique id, used in every prefix and database name.
+    pub id: String,
+    /// The temporary folder (SQLite file, job output files).
+    pub dir: tempfile::TempDir,
+    /// The backend.
+    pub backend: Backend,
+    /// A connection to the cluster's database, for the test's own SQL.
+    pub db: DatabaseConnection,
+    ini: String,
+    daemons: Vec<Daemon>,
+    drop_database: Option<(String, String)>,
+}
+
+impl Cluster {
+    /// A cluster on `backend` whose conf.ini has `machines` as its `[machine]` section.
+    pub async fn new(backend: Backend, machines: &[(&str, &str)]) -> Cluster {
+        log_init();
+        let id = format!("{:08x}", rand::random::<u32>());
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
+        let redis = server("GOCRON_TEST_REDIS", "redis://127.0.0.1:63790");
+        check_etcd(&etcd).await;
+        check_redis(&redis).await;
+
+        let (db_url, drop_database) = match backend {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("gocron.db").display()
+                ),
+                None,
+            ),
+            Backend::MariaDb => {
+                let admin = server("GOCRON_TEST_MYSQL", "mysql://gocron:gocron@127.0.0.1:33060");
+                let name = format!("gocron_t_{id}");
+                create_database(&admin, "MariaDB", "GOCRON_TEST_MYSQL", &name).await;
+                (
+                    format!("{}/{name}", admin.trim_end_matches('/')),
+                    Some((admin, name)),
+                )
+            }
+            Backend::Postgres => {
+                let admin = server(
+                    "GOCRON_TEST_POSTGRES",
+                    "postgres://gocron:gocron@127.0.0.1:54320",
+                );
+                let name = format!("gocron_t_{id}");
+                create_database(
+                    &format!("{}/postgres", admin.trim_end_matches('/')),
+                    "PostgreSQL",
+                    "GOCRON_TEST_POSTGRES",
+                    &name,
+                )
+                .await;
+                (
+                    format!("{}/{name}", admin.trim_end_matches('/')),
+                    Some((format!("{}/postgres", admin.trim_end_matches('/')), name)),
+                )
+            }
+        };
+
+        let mut ini = format!(
+            "[database]\nurl = {db_url}\nmax_connections = 5\n\
+             [redis]\nurl = {redis}\nprefix = gct-{id}\n\
+             [etcd]\nendpoints = {etcd}\nprefix = /gocron-test/{id}\nlease_ttl = 3\n\
+             [executor]\nlisten = 127.0.0.1:0\ndrain_secs = 10\n\
+             [dispatcher]\nrpc_timeout_ms = 2000\n\
+             [monitor]\npoll_ms = 250\n\
+             [machine]\n"
+        );
+        for (name, members) in machines {
+            ini.push_str(&format!("{name} = {members}\n"));
+        }
+        let config = Config::from_ini(&ini, "test conf.ini", []).expect("test configuration");
+        let never = CancellationToken::new();
+        let db = gocron_shared::db::connect_and_migrate(&config.database, &never)
+            .await
+            .expect("database");
+        Cluster {
+            id,
+            dir,
+            backend,
+            db,
+            ini,
+            daemons: Vec::new(),
+            drop_database,
+        }
+    }
+
+    fn config(&self, section: &str, overrides: &[(&str, &str)]) -> Config {
+        let env = overrides
+            .iter()
+            .map(|(k, v)| (format!("GOCRON__{section}__{k}"), v.to_string()));
+        Config::from_ini(&self.ini, "test conf.ini", env).expect("test configuration")
+    }
+
+    /// The `[database]` section the cluster's daemons use.
+    pub fn database(&self) -> gocron_shared::config::DatabaseConfig {
+        self.config("DATABASE", &[]).database
+    }
+
+    /// Starts a monitor.
+    pub fn start_monitor(&mut self) {
+        let config = self.config("MONITOR", &[]);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gocron_monitor::run(config, stop.clone()));
+        self.daemons.push(Daemon {
+            kind: "monitor",
+            name: "monitor".into(),
+            stop,
+            task,
+        });
+    }
+
+    /// Starts a dispatcher named `name`.
+    pub fn start_dispatcher(&mut self, name: &str) {
+        let config = self.config("DISPATCHER", &[("NAME", name)]);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gocron_dispatcher::run(config, stop.clone()));
+        self.daemons.push(Daemon {
+            kind: "dispatcher",
+            name: name.into(),
+            stop,
+            task,
+        });
+    }
+
+    /// Starts an executor named `name` and waits until it is registered in etcd.
+    pub async fn start_executor(&mut self, name: &str) {
+        let config = self.config("EXECUTOR", &[("NAME", name)]);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gocron_executor::run(config, stop.clone()));
+        self.daemons.push(Daemon {
+            kind: "executor",
+            name: name.into(),
+            stop,
+            task,
+        });
+        let key = format!("/gocron-test/{}/executors/{name}", self.id);
+        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
+        wait_until(
+            &format!("executor {name} registered"),
+            Duration::from_secs(20),
+            || {
+                let (etcd, key) = (etcd.clone(), key.clone());
+                async move {
+                    let mut client = etcd_client::Client::connect([etcd], None).await.ok()?;
+                    let found = client.get(key, None).await.ok()?.count() > 0;
+                    found.then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Stops the daemon called `name` gracefully and waits for it to exit.
+    pub async fn stop(&mut self, name: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no daemon named {name}"));
+        let daemon = self.daemons.remove(i);
+        daemon.stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), daemon.task)
+            .await
+            .unwrap_or_else(|_| panic!("{} {name} did not stop within 30 s", daemon.kind))
+            .expect("daemon task panicked");
+        result.unwrap_or_else(|e| panic!("{} {name} failed: {e:#}", daemon.kind));
+    }
+
+    /// Inserts a job with plain SQL, as a user would; returns its id.
+    pub async fn insert_job(&self, name: &str, rule: &str, command: &str) -> i64 {
+        self.insert_job_with(name, rule, command, &[]).await
+    }
+
+    /// Inserts a job with plain SQL, setting `extra` columns too; returns its id.
+    pub async fn insert_job_with(
+        &self,
+        name: &str,
+        rule: &str,
+        command: &str,
+        extra: &[(&str, Value)],
+    ) -> i64 {
+        let mut columns = vec!["name", "rule", "command"];
+        let mut values: Vec<Value> = vec![name.into(), rule.into(), command.into()];
+        for (column, value) in extra {
+            columns.push(column);
+            values.push(value.clone());
+        }
+        let marks = vec!["?"; columns.len()].join(", ");
+        self.sql(
+            &format!(
+                "INSERT INTO cron_job ({}) VALUES ({marks})",
+                columns.join(", ")
+            ),
+            values,
+        )
+        .await;
+        self.job_by_name(name).await.id
+    }
+
+    /// Runs one statement written with `?` placeholders (rewritten to `$n` for PostgreSQL).
+    pub async fn sql(&self, sql: &str, values: Vec<Value>) -> u64 {
+        let backend = self.db.get_database_backend();
+        let sql = if backend == DbBackend::Postgres {
+            let mut n = 0;
+            sql.chars()
+                .map(|c| {
+                    if c == '?' {
+                        n += 1;
+                        format!("${n}")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            sql.to_owned()
+        };
+        self.db
+            .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await
+            .unwrap_or_else(|e| panic!("SQL failed: {e}"))
+            .rows_affected()
+    }
+
+    /// The job row named `name`.
+    pub async fn job_by_name(&self, name: &str) -> job::Model {
+        job::Entity::find()
+            .filter(job::Column::Name.eq(name))
+            .one(&self.db)
+            .await
+            .expect("query")
+            .unwrap_or_else(|| panic!("no job named {name}"))
+    }
+
+    /// All runs of a job, in tick order.
+    pub async fn runs(&self, job_id: i64) -> Vec<run::Model> {
+        run::Entity::find()
+            .filter(run::Column::JobId.eq(job_id))
+            .order_by_asc(run::Column::ScheduledAt)
+            .order_by_asc(run::Column::Id)
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    /// Waits until job `job_id` has at least `n` finished runs (any final status); returns all.
+    pub async fn wait_for_finished(
+        &self,
+        job_id: i64,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<run::Model> {
+        wait_until(
+            &format!("{n} finished runs of job {job_id}"),
+            timeout,
+            || async {
+                let runs = self.runs(job_id).await;
+                let finished = runs.iter().filter(|r| r.finished_at.is_some()).count();
+                (finished >= n).then_some(runs)
+            },
+        )
+        .await
+    }
+
+    /// A path in the cluster's temporary folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Stops every daemon, then drops the cluster's database.
+    pub async fn shutdown(mut self) {
+        let names: Vec<String> = self.daemons.iter().rev().map(|d| d.name.clone()).collect();
+        for name in names {
+            self.stop(&name).await;
+        }
+        if let Some((admin, name)) = self.drop_database.take() {
+            self.db.clone().close().await.ok();
+            if let Ok(db) = Database::connect(&admin).await {
+                let _ = db
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failed test leaves its daemons behind: stop them rather than let them tick on.
+        for d in &self.daemons {
+            d.stop.cancel();
+        }
+    }
+}
+
+async fn check_etcd(url: &str) {
+    let attempt = async {
+        let mut c = etcd_client::Client::connect([url], None).await?;
+        c.get("/", None).await?;
+        Ok::<_, etcd_client::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => require("etcd", "GOCRON_TEST_ETCD", url, e),
+        Err(_) => require("etcd", "GOCRON_TEST_ETCD", url, "timed out"),
+    }
+}
+
+async fn check_redis(url: &str) {
+    let attempt = async {
+        let client = redis::Client::open(url)?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => require("Redis", "GOCRON_TEST_REDIS", url, e),
+        Err(_) => require("Redis", "GOCRON_TEST_REDIS", url, "timed out"),
+    }
+}
+
+async fn create_database(admin: &str, what: &str, var: &str, name: &str) {
+    let db = match Database::connect(admin).await {
+        Ok(db) => db,
+        Err(e) => require(what, var, admin, e),
+    };
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+    db.close().await.ok();
+}
+
+/// Polls `probe` every 50 ms until it yields a value; panics naming `what` after `timeout`.
+///
+/// Tests wait on conditions, never on a fixed sleep: the timeout is only a bound for a broken
+/// build, far above what a healthy run needs.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lines of a file (empty if it does not exist yet).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Counts of each value.
+pub fn tally<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
+    let mut counts = BTreeMap::new();
+    for item in items {
+        *counts.entry(item).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The executor name of a run (`name@address` → `name`).
+pub fn executor_name(run: &run::Model) -> &str {
+    run.executor.split('@').next().unwrap_or("")
+}
+
+/// Asserts that `runs` are one per tick, with no tick missing between the first and the last,
+/// for a rule firing every `period`.
+pub fn assert_one_run_per_tick(runs: &[run::Model], period: chrono::Duration) {
+    let ticks: Vec<DateTime<Utc>> = runs.iter().map(|r| r.scheduled_at).collect();
+    let counts = tally(ticks.iter().copied());
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "ticks run more than once: {doubled:?}");
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            period,
+            "ticks missing between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}

@@ -1,1 +1,6 @@
+//! End-to-end tests: the real daemons, in-process, against real etcd, Redis and databases
+//! started by `scripts/test`. One test binary (one link step); topics are modules.
 
+mod backends;
+mod jobs;
+mod pipeline;

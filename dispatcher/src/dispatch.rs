@@ -1,0 +1,259 @@
+//! One tick of one job: win the tick lock, insert the run row, hand the run to an executor.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gocron_shared::config::DispatcherConfig;
+use gocron_shared::db::is_unique_violation;
+use gocron_shared::entity::run;
+use gocron_shared::job::{JobSpec, RunStatus, Trigger};
+use gocron_shared::lock::TickLock;
+use gocron_shared::machine::{ExecutorInfo, MachineGroups};
+use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use tokio::sync::watch;
+
+/// Everything a tick needs; cheap to clone into each tick's task.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    db: DatabaseConnection,
+    lock: TickLock,
+    machines: MachineGroups,
+    executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
+    clients: Clients,
+    rpc_timeout: Duration,
+}
+
+/// How a hand-over ended, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handover {
+    /// Another dispatcher won the tick.
+    Lost,
+    /// The run went to this executor (`name@address`).
+    Started(String),
+    /// No executor took it; the run row says why.
+    NoExecutor(String),
+    /// Redis or the database failed; the tick could not be dispatched.
+    Failed(String),
+}
+
+impl Dispatcher {
+    /// A dispatcher named `config.name`.
+    pub fn new(
+        config: &DispatcherConfig,
+        db: DatabaseConnection,
+        lock: TickLock,
+        machines: MachineGroups,
+        executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
+    ) -> Dispatcher {
+        Dispatcher {
+            inner: Arc::new(Inner {
+                name: config.name.clone(),
+                db,
+                lock,
+                machines,
+                executors,
+                clients: Clients::default(),
+                rpc_timeout: config.rpc_timeout,
+            }),
+        }
+    }
+
+    /// Fires tick `tick` of `job` if this dispatcher wins it.
+    pub async fn fire(self, job: Arc<JobSpec>, tick: DateTime<Utc>) -> Handover {
+        let outcome = self.fire_inner(&job, tick).await;
+        match &outcome {
+            Handover::Lost => {
+                tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
+            }
+            Handover::Started(executor) => {
+                tracing::debug!(job_id = job.id, %tick, %executor, "tick handed over")
+            }
+            Handover::NoExecutor(why) => {
+                tracing::warn!(job_id = job.id, job = %job.name, %tick, "no executor ran the tick: {why}")
+            }
+            Handover::Failed(why) => {
+                tracing::error!(job_id = job.id, job = %job.name, %tick, "tick not dispatched: {why}")
+            }
+        }
+        outcome
+    }
+
+    async fn fire_inner(&self, job: &JobSpec, tick: DateTime<Utc>) -> Handover {
+        let inner = &self.inner;
+        let scheduled_ms = tick.timestamp_millis();
+
+        let mut attempt = 0;
+        let sequence = loop {
+            match inner.lock.acquire(job.id, scheduled_ms, &job.machine).await {
+                Ok(Some(n)) => break n,
+                Ok(None) => return Handover::Lost,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(job_id = job.id, error = %e, attempt, "tick lock failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(e) => return Handover::Failed(format!("redis: {e}")),
+            }
+        };
+
+        let row = run::ActiveModel {
+            job_id: Set(job.id),
+            scheduled_at: Set(tick),
+            status: Set(RunStatus::Dispatched.as_str().to_owned()),
+            executor: Set(String::new()),
+            trigger: Set(Trigger::Schedule.as_str().to_owned()),
+            ..Default::default()
+        };
+        let run_id = match run::Entity::insert(row).exec(&inner.db).await {
+            Ok(r) => r.last_insert_id,
+            Err(e) if is_unique_violation(&e) => {
+                // The lock said we won, yet the tick has a row: Redis lost the lock (restart,
+                // failover). The unique key just stopped a duplicate run.
+                return Handover::Lost;
+            }
+            Err(e) => return Handover::Failed(format!("database: inserting the run row: {e}")),
+        };
+
+        let live = inner.executors.borrow().clone();
+        let group = if job.machine.is_empty() {
+            "any executor".to_owned()
+        } else {
+            format!("machine group {:?}", job.machine)
+        };
+        let candidates = match inner.machines.select(&job.machine, &live) {
+            None => {
+                return self
+                    .no_executor(
+                        run_id,
+                        format!("unknown {group}: not in this dispatcher's conf.ini"),
+                    )
+                    .await;
+            }
+            Some(c) if c.is_empty() => {
+                return self
+                    .no_executor(run_id, format!("no live executor in {group}"))
+                    .await;
+            }
+            Some(c) => c,
+        };
+
+        let request = RunRequest {
+            run_id,
+            job: job.clone(),
+            scheduled_ms,
+            trigger: Trigger::Schedule,
+            dispatcher: inner.name.clone(),
+        };
+        // Round-robin across all dispatchers: the group's dispatch count picks the first
+        // executor to offer; each further one is offered the run at most once.
+        let first = ((sequence - 1) % candidates.len() as u64) as usize;
+        let mut refusals = Vec::new();
+        for i in 0..candidates.len() {
+            let executor = candidates[(first + i) % candidates.len()];
+            match self.offer(executor, request.clone()).await {
+                Ok(label) => return Handover::Started(label),
+                Err(Offer::InHand(why)) => return Handover::Started(why),
+                Err(Offer::Next(why)) => {
+                    tracing::info!(run_id, executor = %executor, "executor did not take the run: {why}");
+                    refusals.push(format!("{executor}: {why}"));
+                }
+            }
+        }
+        self.no_executor(
+            run_id,
+            format!(
+                "no executor of {group} took the run: {}",
+                refusals.join("; ")
+            ),
+        )
+        .await
+    }
+
+    async fn offer(&self, executor: &ExecutorInfo, request: RunRequest) -> Result<String, Offer> {
+        let inner = &self.inner;
+        let client = inner
+            .clients
+            .get(executor.address, inner.rpc_timeout)
+            .await
+            .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
+        match client
+            .start_run(rpc::context(inner.rpc_timeout), request)
+            .await
+        {
+            Ok(Ok(accepted)) => Ok(accepted.executor),
+            Ok(Err(Refused::AlreadyClaimed(why))) => Err(Offer::InHand(why)),
+            Ok(Err(refused)) => Err(Offer::Next(refused.to_string())),
+            Err(e) => {
+                inner.clients.forget(executor.address);
+                Err(Offer::Next(format!("rpc: {e}")))
+            }
+        }
+    }
+
+    async fn no_executor(&self, run_id: i64, why: String) -> Handover {
+        let result = run::Entity::update_many()
+            .col_expr(
+                run::Column::Status,
+                Expr::value(RunStatus::NoExecutor.as_str()),
+            )
+            .col_expr(run::Column::Error, Expr::value(why.clone()))
+            .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+            .filter(run::Column::Id.eq(run_id))
+            .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
+            .exec(&self.inner.db)
+            .await;
+        match result {
+            Ok(_) => Handover::NoExecutor(why),
+            Err(e) => Handover::Failed(format!("{why}; and recording that failed: {e}")),
+        }
+    }
+}
+
+enum Offer {
+    /// Offer the run to the next executor.
+    Next(String),
+    /// Someone already holds the run: stop offering.
+    InHand(String),
+}
+
+/// One RPC connection per executor address, made on first use and dropped when it fails.
+#[derive(Default)]
+struct Clients {
+    slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<ExecutorRpcClient>>>>>,
+}
+
+impl Clients {
+    async fn get(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<ExecutorRpcClient> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(addr).or_default().clone()
+        };
+        // One connect per address at a time: a burst of ticks shares the first connection.
+        let mut client = slot.lock().await;
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = rpc::connect(addr, timeout).await?;
+        *client = Some(c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(&addr)
+            && let Ok(mut client) = slot.try_lock()
+        {
+            *client = None;
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The schedule table: every known job and its next fire instant, as a pure data structure.
+//!
+//! Jobs arrive as etcd mirror events; the daemon's loop sleeps until [`Scheduler::next_deadline`]
+//! and then takes [`Scheduler::due`]. A priority queue with lazy deletion keeps both cheap: a
+//! changed or removed job leaves its old queue entry behind, recognised as stale by generation.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use gocron_shared::job::JobSpec;
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::registry::MirrorEvent;
+use gocron_shared::rule::Schedule;
+
+struct Entry {
+    spec: Arc<JobSpec>,
+    schedule: Schedule,
+    generation: u64,
+}
+
+/// A tick to fire: the job and the scheduled instant.
+pub type Tick = (Arc<JobSpec>, DateTime<Utc>);
+
+/// Every job this dispatcher schedules.
+pub struct Scheduler {
+    jobs: HashMap<i64, Entry>,
+    /// `(fire at, unix ms; job id; generation)`, earliest first.
+    queue: BinaryHeap<Reverse<(i64, i64, u64)>>,
+    default_tz: Tz,
+    max_late: Duration,
+    keys: EtcdKeys,
+    generation: u64,
+}
+
+impl Scheduler {
+    /// An empty table; jobs with no time zone use `default_tz`; a tick found more than
+    /// `max_late` past is not fired.
+    pub fn new(keys: EtcdKeys, default_tz: Tz, max_late: Duration) -> Scheduler {
+        Scheduler {
+            jobs: HashMap::new(),
+            queue: BinaryHeap::new(),
+            default_tz,
+            max_late,
+            keys,
+            generation: 0,
+        }
+    }
+
+    /// How many jobs are scheduled.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Applies one change of the published jobs.
+    pub fn apply(&mut self, event: MirrorEvent, now: DateTime<Utc>) {
+        match event {
+            MirrorEvent::Reset(all) => {
+                let mut seen = Vec::with_capacity(all.len());
+                for (key, value) in all {
+                    if let Some(id) = self.upsert_published(&key, &value, now) {
+                        seen.push(id);
+                    }
+                }
+                let seen: std::collections::HashSet<i64> = seen.into_iter().collect();
+                let gone: Vec<i64> = self
+                    .jobs
+                    .keys()
+                    .filter(|id| !seen.contains(id))
+                    .copied()
+                    .collect();
+                for id in gone {
+                    self.remove(id);
+                }
+            }
+            MirrorEvent::Put(key, value) => {
+                self.upsert_published(&key, &value, now);
+            }
+            MirrorEvent::Delete(key) => {
+                if let Some(id) = self.keys.job_id(&key) {
+                    self.remove(id);
+                }
+            }
+        }
+    }
+
+    fn upsert_published(&mut self, key: &str, value: &[u8], now: DateTime<Utc>) -> Option<i64> {
+        let Some(id) = self.keys.job_id(key) else {
+            tracing::warn!(%key, "ignoring a key under the jobs prefix that is not a job id");
+            return None;
+        };
+        match serde_json::from_slice::<JobSpec>(value) {
+            Ok(spec) if spec.id == id => {
+                self.upsert(spec, now);
+                Some(id)
+            }
+            Ok(spec) => {
+                tracing::warn!(%key, spec_id = spec.id, "ignoring a published job whose id differs from its key");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "ignoring a published job that is not valid JSON");
+                None
+            }
+        }
+    }
+
+    /// Adds or changes a job; an unchanged job keeps its place.
+    pub fn upsert(&mut self, spec: JobSpec, now: DateTime<Utc>) {
+        if let Some(entry) = self.jobs.get(&spec.id)
+            && *entry.spec == spec
+        {
+            return;
+        }
+        let schedule = match spec.schedule(self.default_tz) {
+            Ok(s) => s,
+            Err(e) => {
+                // The monitor validated it; only a different conf.ini here can get us here.
+                tracing::error!(job_id = spec.id, job = %spec.name, error = %e, "cannot schedule job");
+                self.remove(spec.id);
+                return;
+            }
+        };
+        self.generation += 1;
+        let id = spec.id;
+        let next = schedule.next_after(now);
+        tracing::info!(
+            job_id = id,
+            job = %spec.name,
+            schedule = %schedule,
+            next = ?next,
+            "job scheduled"
+        );
+        if let Some(next) = next {
+            self.queue
+                .push(Reverse((next.timestamp_millis(), id, self.generation)));
+        }
+        self.jobs.insert(
+            id,
+            Entry {
+                spec: Arc::new(spec),
+                schedule,
+                generation: self.generation,
+            },
+        );
+    }
+
+    /// Forgets a job.
+    pub fn remove(&mut self, id: i64) {
+        if let Some(entry) = self.jobs.remove(&id) {
+            tracing::info!(job_id = id, job = %entry.spec.name, "job unscheduled");
+        }
+    }
+
+    /// The earliest fire instant (unix ms), if any job is scheduled.
+    pub fn next_deadline(&mut self) -> Option<i64> {
+        while let Some(Reverse((at, id, generation))) = self.queue.peek().copied() {
+            if self.is_current(id, generation) {
+                return Some(at);
+            }
+            self.queue.pop();
+        }
+        None
+    }
+
+    fn is_current(&self, id: i64, generation: u64) -> bool {
+        self.jobs
+            .get(&id)
+            .is_some_and(|e| e.generation == generation)
+    }
+
+    /// Takes every tick due at `now` and schedules each job's following tick. Ticks older than
+    /// `max_late` (the process was stalled) are logged and skipped, not fired in a burst.
+    pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Tick> {
+        let now_ms = now.timestamp_millis();
+        let max_late_ms = self.max_late.as_millis() as i64;
+        let mut ticks = Vec::new();
+        while let Some(Reverse((at, id, generation))) = self.queue.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.queue.pop();
+            if !self.is_current(id, generation) {
+                continue;
+            }
+            let entry = &self.jobs[&id];
+            let Some(tick) = Utc.timestamp_millis_opt(at).single() else {
+                continue;
+            };
+            if now_ms - at > max_late_ms {
+                tracing::warn!(
+                    job_id = id,
+                    job = %entry.spec.name,
+                    tick = %tick,
+                    late_ms = now_ms - at,
+                    "tick missed: this dispatcher was too late to fire it"
+                );
+            } else {
+                ticks.push((entry.spec.clone(), tick));
+            }
+            let mut next = entry.schedule.next_after(tick);
+            if next.is_some_and(|n| now_ms - n.timestamp_millis() > max_late_ms) {
+                next = entry.schedule.next_after(now);
+            }
+            if let Some(next) = next {
+                self.queue
+                    .push(Reverse((next.timestamp_millis(), id, generation)));
+            }
+        }
+        ticks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gocron_shared::job::{JobKind, TimeoutPolicy};
+
+    fn spec(id: i64, rule: &str) -> JobSpec {
+        JobSpec {
+            id,
+            name: format!("job{id}"),
+            rule: rule.into(),
+            command: "true".into(),
+            kind: JobKind::Shell,
+            machine: String::new(),
+            timeout_secs: 0,
+            timeout_policy: TimeoutPolicy::Abandon,
+            time_zone: String::new(),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn scheduler() -> Scheduler {
+        Scheduler::new(EtcdKeys::new("/g"), Tz::UTC, Duration::from_secs(5))
+    }
+
+    fn fired(ticks: &[Tick]) -> Vec<(i64, String)> {
+        ticks
+            .iter()
+            .map(|(s, t)| (s.id, t.format("%H:%M:%S").to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn fires_each_tick_once_in_order() {
+        let mut s = scheduler();
+        s.upsert(spec(1, "*/2 * * * * *"), at("2026-01-01T00:00:00.5Z"));
+        s.upsert(spec(2, "* * * * * *"), at("2026-01-01T00:00:00.5Z"));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:01Z").timestamp_millis())
+        );
+        assert!(s.due(at("2026-01-01T00:00:00.9Z")).is_empty());
+        assert_eq!(
+            fired(&s.due(at("2026-01-01T00:00:01.001Z"))),
+            [(2, "00:00:01".into())]
+        );
+        let mut two = fired(&s.due(at("2026-01-01T00:00:02.001Z")));
+        two.sort();
+        assert_eq!(two, [(1, "00:00:02".into()), (2, "00:00:02".into())]);
+        assert!(s.due(at("2026-01-01T00:00:02.5Z")).is_empty());
+    }
+
+    #[test]
+    fn change_reschedules_and_same_spec_is_a_no_op() {
+        let mut s = scheduler();
+        s.upsert(spec(1, "*/10 * * * * *"), at("2026-01-01T00:00:00Z"));
+        s.upsert(spec(1, "*/10 * * * * *"), at("2026-01-01T00:00:09Z"));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:10Z").timestamp_millis())
+        );
+        s.upsert(spec(1, "*/3 * * * * *"), at("2026-01-01T00:00:01Z"));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:03Z").timestamp_millis())
+        );
+        // The stale */10 entry must not fire.
+        let ticks = s.due(at("2026-01-01T00:00:10.001Z"));
+        assert_eq!(fired(&ticks), [(1, "00:00:03".into())]);
+    }
+
+    #[test]
+    fn removed_jobs_do_not_fire() {
+        let mut s = scheduler();
+        s.upsert(spec(1, "* * * * * *"), at("2026-01-01T00:00:00Z"));
+        s.remove(1);
+        assert!(s.due(at("2026-01-01T00:00:05Z")).is_empty());
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_stall_skips_old_ticks_instead_of_bursting() {
+        let mut s = scheduler();
+        s.upsert(spec(1, "* * * * * *"), at("2026-01-01T00:00:00Z"));
+        // Woken 60 s late: nothing older than 5 s fires, and the next tick is in the future.
+        let ticks = s.due(at("2026-01-01T00:01:00.5Z"));
+        assert!(ticks.is_empty(), "{:?}", fired(&ticks));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:01:01Z").timestamp_millis())
+        );
+    }
+
+    #[test]
+    fn mirror_events_add_change_and_remove() {
+        let mut s = scheduler();
+        let now = at("2026-01-01T00:00:00Z");
+        let json = |id, rule| serde_json::to_vec(&spec(id, rule)).unwrap();
+        s.apply(
+            MirrorEvent::Reset(vec![
+                ("/g/jobs/1".into(), json(1, "* * * * * *")),
+                ("/g/jobs/2".into(), json(2, "* * * * * *")),
+                ("/g/jobs/bad".into(), b"{}".to_vec()),
+            ]),
+            now,
+        );
+        assert_eq!(s.len(), 2);
+        s.apply(MirrorEvent::Delete("/g/jobs/1".into()), now);
+        assert_eq!(s.len(), 1);
+        s.apply(
+            MirrorEvent::Put("/g/jobs/3".into(), json(3, "* * * * * *")),
+            now,
+        );
+        s.apply(
+            MirrorEvent::Put("/g/jobs/4".into(), json(5, "* * * * * *")),
+            now,
+        );
+        assert_eq!(s.len(), 2);
+        s.apply(
+            MirrorEvent::Reset(vec![("/g/jobs/3".into(), json(3, "* * * * * *"))]),
+            now,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            fired(&s.due(at("2026-01-01T00:00:01Z"))),
+            [(3, "00:00:01".into())]
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! Running one job: a shell command in its own process group, or an HTTP GET; keeping the tail of
+//! its output; recording the outcome in `cron_run`.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{SecondsFormat, TimeZone as _, Utc};
+use gocron_shared::config::ExecutorConfig;
+use gocron_shared::daemon::Backoff;
+use gocron_shared::entity::run;
+use gocron_shared::job::{JobKind, RunStatus};
+use gocron_shared::rpc::RunRequest;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio_util::sync::CancellationToken;
+
+/// After the main process exits, how long its output pipes may stay open (a forked daemon can
+/// hold them forever) before the run is recorded without the rest.
+const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// How a run ended, before it is written down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `succeeded` or `failed`.
+    pub status: RunStatus,
+    /// Exit code (shell) or HTTP status (http).
+    pub exit_code: Option<i32>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+    /// The tail of the output.
+    pub output: String,
+}
+
+/// Runs jobs for one executor; cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    db: DatabaseConnection,
+    shell: String,
+    executor_name: String,
+    output_bytes: usize,
+    http: reqwest::Client,
+}
+
+impl Runner {
+    /// A runner that writes outcomes to `db`.
+    pub fn new(config: &ExecutorConfig, executor_name: &str, db: DatabaseConnection) -> Runner {
+        Runner {
+            db,
+            shell: config.shell.clone(),
+            executor_name: executor_name.to_owned(),
+            output_bytes: config.output_kib * 1024,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs `request` to its end and records the outcome.
+    pub async fn run(&self, request: RunRequest) {
+        let outcome = match request.job.kind {
+            JobKind::Shell => self.run_shell(&request).await,
+            JobKind::Http => self.run_http(&request).await,
+        };
+        tracing::info!(
+            run_id = request.run_id,
+            job_id = request.job.id,
+            status = %outcome.status,
+            exit_code = ?outcome.exit_code,
+            error = outcome.error.as_deref().unwrap_or(""),
+            "run finished"
+        );
+        self.record(request.run_id, outcome).await;
+    }
+
+    async fn run_shell(&self, request: &RunRequest) -> Outcome {
+        let scheduled = Utc
+            .timestamp_millis_opt(request.scheduled_ms)
+            .single()
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut command = tokio::process::Command::new(&self.shell);
+        command
+            .arg("-c")
+            .arg(&request.job.command)
+            .env("GOCRON_JOB_ID", request.job.id.to_string())
+            .env("GOCRON_JOB_NAME", &request.job.name)
+            .env("GOCRON_RUN_ID", request.run_id.to_string())
+            .env("GOCRON_SCHEDULED_AT", scheduled)
+            .env("GOCRON_EXECUTOR", &self.executor_name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that the whole job (children included) can be signalled.
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    error: Some(format!("cannot start {}: {e}", self.shell)),
+                    output: String::new(),
+                };
+            }
+        };
+        let tail = Arc::new(Mutex::new(Tail::new(self.output_bytes)));
+        let stop_reading = CancellationToken::new();
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| tokio::spawn(read_into(r, tail.clone(), stop_reading.clone())))
+        .collect::<Vec<_>>();
+
+        let status = child.wait().await;
+        let all_read = async {
+            for reader in readers {
+                let _ = reader.await;
+            }
+        };
+        if tokio::time::timeout(PIPE_GRACE, all_read).await.is_err() {
+            stop_reading.cancel();
+            tracing::warn!(
+                run_id = request.run_id,
+                "the job's output stayed open after it exited (a background process?); output may be cut"
+            );
+        }
+        let output = tail.lock().map(|t| t.text()).unwrap_or_default();
+        match status {
+            Ok(status) if status.success() => Outcome {
+                status: RunStatus::Succeeded,
+                exit_code: Some(0),
+                error: None,
+                output,
+            },
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: Some(code),
+                    error: Some(format!("exited with code {code}")),
+                    output,
+                },
+                (None, Some(signal)) => Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    error: Some(format!("killed by signal {signal}")),
+                    output,
+                },
+                (None, None) => Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    error: Some(format!("ended abnormally: {status}")),
+                    output,
+                },
+            },
+            Err(e) => Outcome {
+                status: RunStatus::Failed,
+                exit_code: None,
+                error: Some(format!("cannot wait for the job: {e}")),
+                output,
+            },
+        }
+    }
+
+    async fn run_http(&self, request: &RunRequest) -> Outcome {
+        let mut get = self.http.get(request.job.command.trim());
+        if request.job.timeout_secs > 0 {
+            get = get.timeout(Duration::from_secs(request.job.timeout_secs.into()));
+        }
+        let mut response = match get.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    error: Some(format!("GET {}: {e}", request.job.command.trim())),
+                    output: String::new(),
+                };
+            }
+        };
+        let status = response.status();
+        let mut tail = Tail::new(self.output_bytes);
+        let mut body_error = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => tail.push(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(format!("reading the body: {e}"));
+                    break;
+                }
+            }
+        }
+        let (run_status, error) = if !status.is_success() {
+            (RunStatus::Failed, Some(format!("HTTP {status}")))
+        } else if let Some(e) = body_error {
+            (RunStatus::Failed, Some(e))
+        } else {
+            (RunStatus::Succeeded, None)
+        };
+        Outcome {
+            status: run_status,
+            exit_code: Some(i32::from(status.as_u16())),
+            error,
+            output: tail.text(),
+        }
+    }
+
+    /// Writes the final status; retried with backoff, because a lost outcome is a lost run.
+    async fn record(&self, run_id: i64, outcome: Outcome) {
+        let mut backoff = Backoff::new("database (recording a run)");
+        let never = CancellationToken::new();
+        for _ in 0..12 {
+            let result = run::Entity::update_many()
+                .col_expr(run::Column::Status, Expr::value(outcome.status.as_str()))
+                .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+                .col_expr(run::Column::ExitCode, Expr::value(outcome.exit_code))
+                .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
+                .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
+                .filter(run::Column::Id.eq(run_id))
+                .exec(&self.db)
+                .await;
+            match result {
+                Ok(_) => return,
+                Err(e) => {
+                    let _ = backoff.wait(&e, &never).await;
+                }
+            }
+        }
+        tracing::error!(
+            run_id,
+            ?outcome,
+            "could not record the run's outcome; its row stays 'running'"
+        );
+    }
+}
+
+async fn read_into(
+    mut reader: Box<dyn AsyncRead + Send + Unpin>,
+    tail: Arc<Mutex<Tail>>,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = reader.read(&mut buf) => n,
+        };
+        match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut t) = tail.lock() {
+                    t.push(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// The last `cap` bytes of a stream, and how many came before them.
+#[derive(Debug)]
+pub struct Tail {
+    buf: VecDeque<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl Tail {
+    /// Keeps at most `cap` bytes.
+    pub fn new(cap: usize) -> Tail {
+        Tail {
+            buf: VecDeque::with_capacity(cap.min(64 * 1024)),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Appends `data`, dropping the oldest bytes beyond the cap.
+    pub fn push(&mut self, data: &[u8]) {
+        let data = if data.len() > self.cap {
+            self.dropped += (data.len() - self.cap) as u64;
+            &data[data.len() - self.cap..]
+        } else {
+            data
+        };
+        let excess = (self.buf.len() + data.len()).saturating_sub(self.cap);
+        if excess > 0 {
+            self.buf.drain(..excess);
+            self.dropped += excess as u64;
+        }
+        self.buf.extend(data);
+    }
+
+    /// The kept bytes as text, led by a note of what was dropped.
+    pub fn text(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut bytes = Vec::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        let kept = String::from_utf8_lossy(&bytes);
+        if self.dropped > 0 {
+            format!("[... {} earlier bytes dropped ...]\n{kept}", self.dropped)
+        } else {
+            kept.into_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::new(5);
+        t.push(b"abc");
+        assert_eq!(t.text(), "abc");
+        t.push(b"defg");
+        assert_eq!(t.text(), "[... 2 earlier bytes dropped ...]\ncdefg");
+        t.push(b"0123456789");
+        assert_eq!(t.text(), "[... 12 earlier bytes dropped ...]\n56789");
+    }
+}

@@ -1,0 +1,119 @@
+//! The RPC handler: refuse when busy or stopping, claim the run row, start the run, answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::Utc;
+use gocron_shared::config::ExecutorConfig;
+use gocron_shared::entity::run;
+use gocron_shared::job::RunStatus;
+use gocron_shared::machine::ExecutorInfo;
+use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::runner::Runner;
+
+/// The executor's RPC service; cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    /// `name@address`, as written to `cron_run.executor`.
+    label: String,
+    slots: Arc<Semaphore>,
+    max: usize,
+    stopping: AtomicBool,
+    runs: TaskTracker,
+    runner: Runner,
+}
+
+impl Service {
+    /// A service that runs jobs on `runs`, at most `config.max_concurrent` at once.
+    pub fn new(
+        config: &ExecutorConfig,
+        info: &ExecutorInfo,
+        db: DatabaseConnection,
+        runs: TaskTracker,
+    ) -> Service {
+        Service {
+            inner: Arc::new(Inner {
+                runner: Runner::new(config, &info.name, db.clone()),
+                db,
+                label: info.to_string(),
+                slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                max: config.max_concurrent,
+                stopping: AtomicBool::new(false),
+                runs,
+            }),
+        }
+    }
+
+    /// From now on, every call is refused with [`Refused::ShuttingDown`].
+    pub fn refuse_new_runs(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ExecutorRpc for Service {
+    async fn start_run(
+        self,
+        _: tarpc::context::Context,
+        request: RunRequest,
+    ) -> Result<Accepted, Refused> {
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Err(Refused::ShuttingDown);
+        }
+        let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+            return Err(Refused::Busy {
+                running: inner.max - inner.slots.available_permits(),
+                max: inner.max,
+            });
+        };
+        // The claim is what makes a hand-over idempotent: if a dispatcher retries with another
+        // executor after a lost answer, only one of them flips the row out of `dispatched`.
+        let started_at = Utc::now();
+        let claimed = run::Entity::update_many()
+            .col_expr(
+                run::Column::Status,
+                Expr::value(RunStatus::Running.as_str()),
+            )
+            .col_expr(run::Column::Executor, Expr::value(inner.label.clone()))
+            .col_expr(run::Column::StartedAt, Expr::value(started_at))
+            .filter(run::Column::Id.eq(request.run_id))
+            .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
+            .exec(&inner.db)
+            .await
+            .map_err(|e| {
+                tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
+                Refused::Unavailable(e.to_string())
+            })?;
+        if claimed.rows_affected == 0 {
+            return Err(Refused::AlreadyClaimed(format!(
+                "run {} is no longer dispatched",
+                request.run_id
+            )));
+        }
+        tracing::info!(
+            run_id = request.run_id,
+            job_id = request.job.id,
+            job = %request.job.name,
+            dispatcher = %request.dispatcher,
+            "run started"
+        );
+        let runner = inner.runner.clone();
+        inner.runs.spawn(async move {
+            runner.run(request).await;
+            drop(permit);
+        });
+        Ok(Accepted {
+            executor: inner.label.clone(),
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! One pass of the monitor: job table → verdicts (`last_error`) → published jobs in etcd.
+
+use std::collections::HashMap;
+
+use chrono_tz::Tz;
+use etcd_client::Client;
+use gocron_shared::entity::job;
+use gocron_shared::job::{JobSpec, validate};
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::machine::MachineGroups;
+use gocron_shared::registry::{MirrorEvent, REQUEST_TIMEOUT};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+/// Keeps etcd's published jobs equal to the valid, enabled rows.
+pub struct Publisher {
+    db: DatabaseConnection,
+    etcd: Client,
+    keys: EtcdKeys,
+    machines: MachineGroups,
+    default_tz: Tz,
+    /// What etcd holds, from the mirror plus our own writes.
+    published: HashMap<i64, JobSpec>,
+    /// Whether the last pass could read the table, so that an outage is logged once.
+    table_ok: bool,
+}
+
+/// What one pass changed, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Jobs put into etcd.
+    pub published: usize,
+    /// Jobs removed from etcd.
+    pub withdrawn: usize,
+    /// Rows whose `last_error` changed.
+    pub verdicts: usize,
+}
+
+impl Publisher {
+    /// A publisher that validates rows against `machines` and `default_tz`.
+    pub fn new(
+        db: DatabaseConnection,
+        etcd: Client,
+        keys: EtcdKeys,
+        machines: MachineGroups,
+        default_tz: Tz,
+    ) -> Publisher {
+        Publisher {
+            db,
+            etcd,
+            keys,
+            machines,
+            default_tz,
+            published: HashMap::new(),
+            table_ok: true,
+        }
+    }
+
+    /// Takes in a change of etcd's published jobs.
+    pub fn observe(&mut self, event: MirrorEvent) {
+        let decode = |keys: &EtcdKeys, key: &str, value: &[u8]| {
+            let id = keys.job_id(key)?;
+            serde_json::from_slice::<JobSpec>(value)
+                .ok()
+                .map(|s| (id, s))
+        };
+        match event {
+            MirrorEvent::Reset(all) => {
+                self.published = all
+                    .iter()
+                    .filter_map(|(k, v)| decode(&self.keys, k, v))
+                    .collect();
+            }
+            MirrorEvent::Put(key, value) => match decode(&self.keys, &key, &value) {
+                Some((id, spec)) => {
+                    self.published.insert(id, spec);
+                }
+                // Unreadable: forget it, so the next pass overwrites or deletes it.
+                None => {
+                    if let Some(id) = self.keys.job_id(&key) {
+                        self.published.remove(&id);
+                    }
+                }
+            },
+            MirrorEvent::Delete(key) => {
+                if let Some(id) = self.keys.job_id(&key) {
+                    self.published.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Reads the table and brings verdicts and etcd up to date; failures are logged and the
+    /// next pass tries again (nothing is withdrawn from etcd while the table cannot be read).
+    pub async fn pass(&mut self) -> PassReport {
+        let mut report = PassReport::default();
+        let rows = match job::Entity::find().all(&self.db).await {
+            Ok(rows) => {
+                if !self.table_ok {
+                    tracing::info!("the job table can be read again");
+                }
+                self.table_ok = true;
+                rows
+            }
+            Err(e) => {
+                if self.table_ok {
+                    tracing::error!(error = %e, "cannot read the job table; published jobs stay as they are");
+                }
+                self.table_ok = false;
+                return report;
+            }
+        };
+
+        let mut desired = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let verdict = validate(row, &self.machines, self.default_tz);
+            let error = verdict.as_ref().err().map(ToString::to_string);
+            if row.last_error != error {
+                self.record_verdict(row, error.as_deref()).await;
+                report.verdicts += 1;
+            }
+            if let Ok(spec) = verdict
+                && row.enabled != 0
+            {
+                desired.insert(row.id, spec);
+            }
+        }
+
+        for (id, spec) in &desired {
+            if self.published.get(id) == Some(spec) {
+                continue;
+            }
+            let value = match serde_json::to_string(spec) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(job_id = id, error = %e, "cannot encode job");
+                    continue;
+                }
+            };
+            let mut etcd = self.etcd.clone();
+            let put =
+                tokio::time::timeout(REQUEST_TIMEOUT, etcd.put(self.keys.job(*id), value, None));
+            match put.await {
+                Ok(Ok(_)) => {
+                    tracing::info!(job_id = id, job = %spec.name, rule = %spec.rule, "job published");
+                    self.published.insert(*id, spec.clone());
+                    report.published += 1;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(job_id = id, error = %e, "cannot publish job; will retry")
+                }
+                Err(_) => tracing::warn!(job_id = id, "publishing job timed out; will retry"),
+            }
+        }
+
+        let withdrawn: Vec<i64> = self
+            .published
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for id in withdrawn {
+            let mut etcd = self.etcd.clone();
+            let delete =
+                tokio::time::timeout(REQUEST_TIMEOUT, etcd.delete(self.keys.job(id), None));
+            match delete.await {
+                Ok(Ok(_)) => {
+                    tracing::info!(job_id = id, "job withdrawn (disabled, invalid or deleted)");
+                    self.published.remove(&id);
+                    report.withdrawn += 1;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(job_id = id, error = %e, "cannot withdraw job; will retry")
+                }
+                Err(_) => tracing::warn!(job_id = id, "withdrawing job timed out; will retry"),
+            }
+        }
+        report
+    }
+
+    async fn record_verdict(&self, row: &job::Model, error: Option<&str>) {
+        match error {
+            Some(e) => {
+                tracing::warn!(job_id = row.id, job = %row.name, "job row is invalid and not scheduled: {e}")
+            }
+            None => tracing::info!(job_id = row.id, job = %row.name, "job row is valid again"),
+        }
+        // Only last_error is written, so a user's concurrent UPDATE of other columns is kept.
+        let result = job::Entity::update_many()
+            .col_expr(
+                job::Column::LastError,
+                Expr::value(error.map(str::to_owned)),
+            )
+            .filter(job::Column::Id.eq(row.id))
+            .exec(&self.db)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(job_id = row.id, error = %e, "cannot record the row's verdict in last_error");
+        }
+    }
+}

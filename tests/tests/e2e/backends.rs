@@ -1,0 +1,104 @@
+//! The same code on MariaDB and PostgreSQL, and the database's own duplicate-run fence.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use gocron_shared::entity::run;
+use gocron_shared::job::{RunStatus, Trigger};
+use gocron_tests::{Backend, Cluster};
+use sea_orm::{ActiveValue::Set, EntityTrait};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_runs_each_tick_exactly_once() {
+    crate::pipeline::exactly_once(Backend::MariaDb, 2, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_concurrently_and_runs_a_job() {
+    let mut c = Cluster::new(Backend::Postgres, &[]).await;
+    // Three daemons migrate the same (already migrated) database at once.
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let job = c.insert_job("pg", "* * * * * *", "echo pg").await;
+    let runs = c.wait_for_finished(job, 2, Duration::from_secs(30)).await;
+    let done: Vec<_> = runs.iter().filter(|r| r.finished_at.is_some()).collect();
+    assert!(
+        done.iter()
+            .all(|r| r.status == "succeeded" && r.output.as_deref() == Some("pg\n"))
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_migrations_race_safely_on_every_backend() {
+    use sea_orm::ConnectionTrait;
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        // Undo the harness's own migration, so that four daemons race on an empty schema.
+        let c = Cluster::new(backend, &[]).await;
+        for table in ["cron_run", "cron_job", "gocron_migrations"] {
+            c.db.execute_unprepared(&format!("DROP TABLE {table}"))
+                .await
+                .unwrap();
+        }
+        let never = tokio_util::sync::CancellationToken::new();
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let (config, never) = (c.database(), never.clone());
+                tokio::spawn(async move {
+                    gocron_shared::db::connect_and_migrate(&config, &never)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        for racer in racers {
+            racer.await.expect("migration task").expect("migration");
+        }
+        assert!(
+            c.insert_job("after-race", "@daily", "true").await > 0,
+            "{backend:?}"
+        );
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_a_second_run_of_the_same_tick() {
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        let c = Cluster::new(backend, &[]).await;
+        let tick = Utc.timestamp_millis_opt(1_790_000_000_123).unwrap();
+        let row = |trigger: Trigger| run::ActiveModel {
+            job_id: Set(1),
+            scheduled_at: Set(tick),
+            status: Set(RunStatus::Dispatched.as_str().into()),
+            executor: Set(String::new()),
+            trigger: Set(trigger.as_str().into()),
+            ..Default::default()
+        };
+        run::Entity::insert(row(Trigger::Schedule))
+            .exec(&c.db)
+            .await
+            .unwrap();
+        let err = run::Entity::insert(row(Trigger::Schedule))
+            .exec(&c.db)
+            .await
+            .expect_err("a duplicate tick must be refused");
+        assert!(
+            gocron_shared::db::is_unique_violation(&err),
+            "{backend:?}: {err}"
+        );
+        // A manual run at the same instant is a different run.
+        run::Entity::insert(row(Trigger::Manual))
+            .exec(&c.db)
+            .await
+            .unwrap();
+        // Millisecond precision survives the round trip.
+        let stored = run::Entity::find().all(&c.db).await.unwrap();
+        assert!(
+            stored.iter().all(|r| r.scheduled_at == tick),
+            "{backend:?}: {stored:?}"
+        );
+        c.shutdown().await;
+    }
+}

@@ -1,0 +1,293 @@
+//! Job rows written with plain SQL: hot add, change, disable, bad rows; what a run records.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use gocron_tests::{Backend, Cluster, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    // A job that keeps ticking throughout, to show time passing without sleeping.
+    let clock = c.insert_job("clock", "* * * * * *", "true").await;
+    c.wait_for_finished(clock, 1, Duration::from_secs(20)).await;
+
+    // Added: the first tick more than a second after the INSERT runs.
+    let added_at = Utc::now();
+    let job = c.insert_job("hot", "* * * * * *", "echo first").await;
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(20)).await;
+    let first = &runs[0];
+    assert!(
+        first.scheduled_at <= added_at + chrono::Duration::milliseconds(2000),
+        "first tick {} is not within a second of the insert at {added_at}",
+        first.scheduled_at
+    );
+    assert_eq!(first.output.as_deref(), Some("first\n"));
+
+    // Changed: ticks from a second after the UPDATE run the new command.
+    c.sql(
+        "UPDATE cron_job SET command = 'echo second' WHERE id = ?",
+        vec![job.into()],
+    )
+    .await;
+    let changed_at = Utc::now();
+    let runs = wait_until(
+        "a run of the changed command",
+        Duration::from_secs(20),
+        || async {
+            let runs = c.runs(job).await;
+            runs.iter()
+                .any(|r| r.output.as_deref() == Some("second\n"))
+                .then_some(runs)
+        },
+    )
+    .await;
+    for r in runs.iter().filter(|r| r.finished_at.is_some()) {
+        if r.scheduled_at > changed_at + chrono::Duration::milliseconds(1000) {
+            assert_eq!(r.output.as_deref(), Some("second\n"), "{r:#?}");
+        }
+    }
+
+    // Disabled: no tick later than a second after the UPDATE runs.
+    c.sql(
+        "UPDATE cron_job SET enabled = 0 WHERE id = ?",
+        vec![job.into()],
+    )
+    .await;
+    let disabled_at = Utc::now();
+    let seen = c.runs(clock).await.len();
+    c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
+        .await;
+    let late: Vec<_> = c
+        .runs(job)
+        .await
+        .into_iter()
+        .filter(|r| r.scheduled_at > disabled_at + chrono::Duration::milliseconds(1000))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "runs after the job was disabled: {late:#?}"
+    );
+
+    // Deleted rows stop too, and re-enabling brings a job back.
+    c.sql(
+        "UPDATE cron_job SET enabled = 1 WHERE id = ?",
+        vec![job.into()],
+    )
+    .await;
+    let n = c.runs(job).await.len();
+    c.wait_for_finished(job, n + 1, Duration::from_secs(20))
+        .await;
+    c.sql("DELETE FROM cron_job WHERE id = ?", vec![job.into()])
+        .await;
+    let deleted_at = Utc::now();
+    let seen = c.runs(clock).await.len();
+    c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
+        .await;
+    let late: Vec<_> = c
+        .runs(job)
+        .await
+        .into_iter()
+        .filter(|r| r.scheduled_at > deleted_at + chrono::Duration::milliseconds(1000))
+        .collect();
+    assert!(late.is_empty(), "runs after the job was deleted: {late:#?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_reported_and_never_stop_the_others() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("real", "exec-a")]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let bad_rule = c.insert_job("bad-rule", "every day at noon", "true").await;
+    let bad_group = c
+        .insert_job_with(
+            "bad-group",
+            "* * * * * *",
+            "true",
+            &[("machine", "ghost".into())],
+        )
+        .await;
+    let good = c.insert_job("good", "* * * * * *", "true").await;
+
+    let error_of = |name: &'static str| {
+        let c = &c;
+        async move { c.job_by_name(name).await.last_error }
+    };
+    let rule_error = wait_until("last_error of bad-rule", Duration::from_secs(10), || {
+        error_of("bad-rule")
+    })
+    .await;
+    assert_eq!(
+        rule_error,
+        "invalid rule \"every day at noon\": 4 fields; expected 5 (min hour day month weekday), \
+         6 (seconds first) or 7 (seconds first, year last)"
+    );
+    let group_error = wait_until("last_error of bad-group", Duration::from_secs(10), || {
+        error_of("bad-group")
+    })
+    .await;
+    assert_eq!(
+        group_error,
+        "unknown machine group \"ghost\": not a key of [machine] in conf.ini (known: real)"
+    );
+
+    let good_runs = c.wait_for_finished(good, 3, Duration::from_secs(20)).await;
+    assert!(
+        good_runs
+            .iter()
+            .filter(|r| r.finished_at.is_some())
+            .all(|r| r.status == "succeeded")
+    );
+    assert!(
+        c.runs(bad_rule).await.is_empty(),
+        "an invalid rule was scheduled"
+    );
+    assert!(
+        c.runs(bad_group).await.is_empty(),
+        "an unknown group was scheduled"
+    );
+
+    // Fixing the row clears last_error and schedules it.
+    c.sql(
+        "UPDATE cron_job SET rule = '* * * * * *' WHERE id = ?",
+        vec![bad_rule.into()],
+    )
+    .await;
+    c.wait_for_finished(bad_rule, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(c.job_by_name("bad-rule").await.last_error, None);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_runs_record_environment_exit_codes_and_output() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let env = c
+        .insert_job(
+            "env",
+            "* * * * * *",
+            "echo \"$GOCRON_JOB_ID|$GOCRON_JOB_NAME|$GOCRON_RUN_ID|$GOCRON_SCHEDULED_AT|$GOCRON_EXECUTOR\"",
+        )
+        .await;
+    let fails = c
+        .insert_job(
+            "fails",
+            "* * * * * *",
+            "echo to-stdout; echo to-stderr >&2; exit 3",
+        )
+        .await;
+    let signalled = c.insert_job("signalled", "* * * * * *", "kill -9 $$").await;
+
+    let runs = c.wait_for_finished(env, 1, Duration::from_secs(20)).await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "succeeded");
+    assert_eq!(r.exit_code, Some(0));
+    let expected = format!(
+        "{env}|env|{}|{}|exec-a\n",
+        r.id,
+        r.scheduled_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    assert_eq!(r.output.as_deref(), Some(expected.as_str()));
+    assert!(
+        r.executor.starts_with("exec-a@127.0.0.1:"),
+        "{}",
+        r.executor
+    );
+    assert!(r.started_at.unwrap() >= r.scheduled_at);
+    assert!(r.finished_at.unwrap() >= r.started_at.unwrap());
+
+    let runs = c.wait_for_finished(fails, 1, Duration::from_secs(20)).await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.error.as_deref(), Some("exited with code 3"));
+    let output = r.output.as_deref().unwrap();
+    assert!(
+        output.contains("to-stdout\n") && output.contains("to-stderr\n"),
+        "{output:?}"
+    );
+
+    let runs = c
+        .wait_for_finished(signalled, 1, Duration::from_secs(20))
+        .await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.exit_code, None);
+    assert_eq!(r.error.as_deref(), Some("killed by signal 9"));
+    c.shutdown().await;
+}
+
+/// A one-route HTTP server: `/ok` answers 200 "fine", anything else 500 "broken".
+async fn http_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if request.starts_with("GET /ok ") {
+                    ("200 OK", "fine")
+                } else {
+                    ("500 Internal Server Error", "broken")
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_jobs_succeed_on_2xx_and_fail_otherwise() {
+    let server = http_server().await;
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let ok = c
+        .insert_job_with(
+            "ok",
+            "* * * * * *",
+            &format!("http://{server}/ok"),
+            &[("kind", "http".into())],
+        )
+        .await;
+    let broken = c
+        .insert_job_with(
+            "broken",
+            "* * * * * *",
+            &format!("http://{server}/x"),
+            &[("kind", "http".into())],
+        )
+        .await;
+    let runs = c.wait_for_finished(ok, 1, Duration::from_secs(20)).await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.exit_code, r.output.as_deref()),
+        ("succeeded", Some(200), Some("fine"))
+    );
+    let runs = c
+        .wait_for_finished(broken, 1, Duration::from_secs(20))
+        .await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.exit_code, Some(500));
+    assert_eq!(r.error.as_deref(), Some("HTTP 500 Internal Server Error"));
+    c.shutdown().await;
+}
