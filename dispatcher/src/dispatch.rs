@@ -15,6 +15,7 @@ use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use tarpc::client::RpcError;
 use tokio::sync::watch;
 
 /// Everything a tick needs; cheap to clone into each tick's task.
@@ -40,6 +41,8 @@ pub enum Handover {
     Lost,
     /// The run went to this executor (`name@address`).
     Started(String),
+    /// An executor already holds the run (a retried hand-over whose first answer was lost).
+    InHand(String),
     /// No executor took it; the run row says why.
     NoExecutor(String),
     /// Redis or the database failed; the tick could not be dispatched.
@@ -77,6 +80,9 @@ impl Dispatcher {
             }
             Handover::Started(executor) => {
                 tracing::debug!(job_id = job.id, %tick, %executor, "tick handed over")
+            }
+            Handover::InHand(why) => {
+                tracing::info!(job_id = job.id, %tick, "run already in an executor's hands: {why}")
             }
             Handover::NoExecutor(why) => {
                 tracing::warn!(job_id = job.id, job = %job.name, %tick, "no executor ran the tick: {why}")
@@ -162,7 +168,7 @@ impl Dispatcher {
             let executor = candidates[(first + i) % candidates.len()];
             match self.offer(executor, request.clone()).await {
                 Ok(label) => return Handover::Started(label),
-                Err(Offer::InHand(why)) => return Handover::Started(why),
+                Err(Offer::InHand(why)) => return Handover::InHand(why),
                 Err(Offer::Next(why)) => {
                     tracing::info!(run_id, executor = %executor, "executor did not take the run: {why}");
                     refusals.push(format!("{executor}: {why}"));
@@ -179,25 +185,52 @@ impl Dispatcher {
         .await
     }
 
+    /// Offers the run to one executor, within one `rpc_timeout` for connect and call together.
     async fn offer(&self, executor: &ExecutorInfo, request: RunRequest) -> Result<String, Offer> {
-        let inner = &self.inner;
-        let client = inner
-            .clients
-            .get(executor.address, inner.rpc_timeout)
-            .await
-            .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
-        match client
-            .start_run(rpc::context(inner.rpc_timeout), request)
-            .await
-        {
-            Ok(Ok(accepted)) => Ok(accepted.executor),
-            Ok(Err(Refused::AlreadyClaimed(why))) => Err(Offer::InHand(why)),
-            Ok(Err(refused)) => Err(Offer::Next(refused.to_string())),
-            Err(e) => {
-                inner.clients.forget(executor.address);
-                Err(Offer::Next(format!("rpc: {e}")))
+        let deadline = self.inner.rpc_timeout;
+        match tokio::time::timeout(deadline, self.offer_inner(executor, request)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.inner.clients.forget(executor.address);
+                Err(Offer::Next(format!(
+                    "no answer within {} ms",
+                    deadline.as_millis()
+                )))
             }
         }
+    }
+
+    async fn offer_inner(
+        &self,
+        executor: &ExecutorInfo,
+        request: RunRequest,
+    ) -> Result<String, Offer> {
+        let inner = &self.inner;
+        // A cached connection may be dead (the executor restarted on the same address): a
+        // request that never left is redialled once. Safe, since the claim makes it idempotent.
+        for attempt in 0..2 {
+            let client = inner
+                .clients
+                .get(executor.address, inner.rpc_timeout)
+                .await
+                .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
+            match client
+                .start_run(rpc::context(inner.rpc_timeout), request.clone())
+                .await
+            {
+                Ok(Ok(accepted)) => return Ok(accepted.executor),
+                Ok(Err(Refused::AlreadyClaimed(why))) => return Err(Offer::InHand(why)),
+                Ok(Err(refused)) => return Err(Offer::Next(refused.to_string())),
+                Err(e) => {
+                    inner.clients.forget(executor.address);
+                    let never_sent = matches!(e, RpcError::Shutdown | RpcError::Send(_));
+                    if !(never_sent && attempt == 0) {
+                        return Err(Offer::Next(format!("rpc: {e}")));
+                    }
+                }
+            }
+        }
+        Err(Offer::Next("connection lost twice".into()))
     }
 
     async fn no_executor(&self, run_id: i64, why: String) -> Handover {

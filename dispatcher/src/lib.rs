@@ -63,7 +63,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // Background watches end with this token, after the loop below has stopped.
     let watches = CancellationToken::new();
-    let executors = registry::live_executors(etcd.clone(), &keys, watches.clone());
+    let mut executors = registry::live_executors(etcd.clone(), &keys, watches.clone());
+    // Firing before the executors are known would record ticks as `no_executor`.
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            watches.cancel();
+            registration.revoke().await;
+            return Ok(());
+        }
+        _ = executors.changed() => {}
+    }
     let mut jobs = registry::mirror(etcd, keys.jobs(), watches.clone());
     let dispatcher = Dispatcher::new(
         &config.dispatcher,
@@ -87,14 +96,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            event = jobs.recv() => match event {
-                Some(event) => scheduler.apply(event, Utc::now()),
-                None => break,
-            },
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
-                for (job, tick) in scheduler.due(Utc::now()) {
-                    ticks.spawn(dispatcher.clone().fire(job, tick));
+            event = jobs.recv() => {
+                // Ticks already due fire first: a change rescheduling a job from "now" must not
+                // swallow the tick it arrived on top of.
+                fire_due(&mut scheduler, &dispatcher, &ticks);
+                match event {
+                    Some(event) => scheduler.apply(event, Utc::now()),
+                    None => break,
                 }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
+                fire_due(&mut scheduler, &dispatcher, &ticks);
             }
         }
     }
@@ -107,4 +119,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     registration.revoke().await;
     tracing::info!(dispatcher = %name, "dispatcher stopped");
     Ok(())
+}
+
+/// Hands every tick due now to its own task.
+fn fire_due(scheduler: &mut Scheduler, dispatcher: &Dispatcher, ticks: &TaskTracker) {
+    for (job, tick) in scheduler.due(Utc::now()) {
+        ticks.spawn(dispatcher.clone().fire(job, tick));
+    }
 }

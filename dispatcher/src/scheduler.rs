@@ -107,7 +107,9 @@ impl Scheduler {
                 None
             }
             Err(e) => {
-                tracing::warn!(%key, error = %e, "ignoring a published job that is not valid JSON");
+                // Better not to run a job than to run a version of it that may be withdrawn.
+                tracing::warn!(%key, error = %e, "a published job is not valid JSON; unscheduling it");
+                self.remove(id);
                 None
             }
         }
@@ -287,9 +289,14 @@ mod tests {
             s.next_deadline(),
             Some(at("2026-01-01T00:00:03Z").timestamp_millis())
         );
-        // The stale */10 entry must not fire.
-        let ticks = s.due(at("2026-01-01T00:00:10.001Z"));
+        let ticks = s.due(at("2026-01-01T00:00:03.001Z"));
         assert_eq!(fired(&ticks), [(1, "00:00:03".into())]);
+        // Woken late but within max_late: the due */3 ticks fire; the stale */10 entry never does.
+        let ticks = s.due(at("2026-01-01T00:00:10.001Z"));
+        assert_eq!(
+            fired(&ticks),
+            [(1, "00:00:06".into()), (1, "00:00:09".into())]
+        );
     }
 
     #[test]

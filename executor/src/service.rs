@@ -76,44 +76,59 @@ impl ExecutorRpc for Service {
                 max: inner.max,
             });
         };
+        // The claim and the start happen in a task of their own: tarpc aborts a handler whose
+        // deadline passed, and a claim that committed must never be left without its run.
         // The claim is what makes a hand-over idempotent: if a dispatcher retries with another
         // executor after a lost answer, only one of them flips the row out of `dispatched`.
-        let started_at = Utc::now();
-        let claimed = run::Entity::update_many()
-            .col_expr(
-                run::Column::Status,
-                Expr::value(RunStatus::Running.as_str()),
-            )
-            .col_expr(run::Column::Executor, Expr::value(inner.label.clone()))
-            .col_expr(run::Column::StartedAt, Expr::value(started_at))
-            .filter(run::Column::Id.eq(request.run_id))
-            .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
-            .exec(&inner.db)
-            .await
-            .map_err(|e| {
-                tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
-                Refused::Unavailable(e.to_string())
-            })?;
-        if claimed.rows_affected == 0 {
-            return Err(Refused::AlreadyClaimed(format!(
-                "run {} is no longer dispatched",
-                request.run_id
-            )));
-        }
-        tracing::info!(
-            run_id = request.run_id,
-            job_id = request.job.id,
-            job = %request.job.name,
-            dispatcher = %request.dispatcher,
-            "run started"
-        );
-        let runner = inner.runner.clone();
+        let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
+        let (db, label, runner) = (inner.db.clone(), inner.label.clone(), inner.runner.clone());
         inner.runs.spawn(async move {
-            runner.run(request).await;
+            let claimed = claim(&db, &label, &request).await;
+            let go = claimed.is_ok();
+            let _ = claimed_tx.send(claimed);
+            if go {
+                tracing::info!(
+                    run_id = request.run_id,
+                    job_id = request.job.id,
+                    job = %request.job.name,
+                    dispatcher = %request.dispatcher,
+                    "run started"
+                );
+                runner.run(request).await;
+            }
             drop(permit);
         });
+        claimed_rx
+            .await
+            .unwrap_or_else(|_| Err(Refused::Unavailable("the claim task ended".into())))?;
         Ok(Accepted {
             executor: inner.label.clone(),
         })
     }
+}
+
+/// Flips run `request.run_id` from `dispatched` to `running` for this executor.
+async fn claim(db: &DatabaseConnection, label: &str, request: &RunRequest) -> Result<(), Refused> {
+    let claimed = run::Entity::update_many()
+        .col_expr(
+            run::Column::Status,
+            Expr::value(RunStatus::Running.as_str()),
+        )
+        .col_expr(run::Column::Executor, Expr::value(label.to_owned()))
+        .col_expr(run::Column::StartedAt, Expr::value(Utc::now()))
+        .filter(run::Column::Id.eq(request.run_id))
+        .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
+        .exec(db)
+        .await
+        .map_err(|e| {
+            tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
+            Refused::Unavailable(e.to_string())
+        })?;
+    if claimed.rows_affected == 0 {
+        return Err(Refused::AlreadyClaimed(format!(
+            "run {} is no longer dispatched",
+            request.run_id
+        )));
+    }
+    Ok(())
 }

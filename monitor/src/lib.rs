@@ -53,7 +53,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 None => break,
             },
             _ = poll.tick(), if seen_etcd => {
-                publisher.pass().await;
+                // A pass is idempotent, so one cut short by shutdown loses nothing.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = publisher.pass() => {}
+                }
             }
         }
     }

@@ -19,8 +19,9 @@ pub struct Publisher {
     keys: EtcdKeys,
     machines: MachineGroups,
     default_tz: Tz,
-    /// What etcd holds, from the mirror plus our own writes.
-    published: HashMap<i64, JobSpec>,
+    /// What etcd holds, from the mirror plus our own writes; `None` for a value that does not
+    /// decode, so that the next pass overwrites or deletes it.
+    published: HashMap<i64, Option<JobSpec>>,
     /// Whether the last pass could read the table, so that an outage is logged once.
     table_ok: bool,
 }
@@ -58,35 +59,26 @@ impl Publisher {
 
     /// Takes in a change of etcd's published jobs.
     pub fn observe(&mut self, event: MirrorEvent) {
-        let decode = |keys: &EtcdKeys, key: &str, value: &[u8]| {
-            let id = keys.job_id(key)?;
-            serde_json::from_slice::<JobSpec>(value)
-                .ok()
-                .map(|s| (id, s))
-        };
         match event {
             MirrorEvent::Reset(all) => {
-                self.published = all
-                    .iter()
-                    .filter_map(|(k, v)| decode(&self.keys, k, v))
-                    .collect();
+                self.published.clear();
+                for (key, value) in all {
+                    self.observe_put(&key, &value);
+                }
             }
-            MirrorEvent::Put(key, value) => match decode(&self.keys, &key, &value) {
-                Some((id, spec)) => {
-                    self.published.insert(id, spec);
-                }
-                // Unreadable: forget it, so the next pass overwrites or deletes it.
-                None => {
-                    if let Some(id) = self.keys.job_id(&key) {
-                        self.published.remove(&id);
-                    }
-                }
-            },
+            MirrorEvent::Put(key, value) => self.observe_put(&key, &value),
             MirrorEvent::Delete(key) => {
                 if let Some(id) = self.keys.job_id(&key) {
                     self.published.remove(&id);
                 }
             }
+        }
+    }
+
+    fn observe_put(&mut self, key: &str, value: &[u8]) {
+        if let Some(id) = self.keys.job_id(key) {
+            self.published
+                .insert(id, serde_json::from_slice::<JobSpec>(value).ok());
         }
     }
 
@@ -127,7 +119,11 @@ impl Publisher {
         }
 
         for (id, spec) in &desired {
-            if self.published.get(id) == Some(spec) {
+            if self
+                .published
+                .get(id)
+                .is_some_and(|p| p.as_ref() == Some(spec))
+            {
                 continue;
             }
             let value = match serde_json::to_string(spec) {
@@ -143,7 +139,7 @@ impl Publisher {
             match put.await {
                 Ok(Ok(_)) => {
                     tracing::info!(job_id = id, job = %spec.name, rule = %spec.rule, "job published");
-                    self.published.insert(*id, spec.clone());
+                    self.published.insert(*id, Some(spec.clone()));
                     report.published += 1;
                 }
                 Ok(Err(e)) => {

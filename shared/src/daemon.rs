@@ -14,12 +14,15 @@ pub struct Args {
     pub config: PathBuf,
 }
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default: `info`).
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default: `info`), coloured on a terminal.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes belong on a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -1,8 +1,10 @@
 //! The Redis tick lock: exactly one dispatcher of many fires a (job, tick).
 //!
-//! One script does `SET key owner NX PX ttl` and, only for the winner, `INCR` of the machine
-//! group's dispatch counter, in one round trip; the counter gives round-robin across all
-//! dispatchers, not just within one. The lock is never released: it expires after `ttl`, which
+//! One script (atomic in Redis) takes the lock if nobody holds it and, only for the winner,
+//! `INCR`s the machine group's dispatch counter, in one round trip; the counter gives round-robin
+//! across all dispatchers, not just within one. It is idempotent per owner: the winner asking
+//! again (a retry after a lost reply) gets its sequence back. Owners are dispatcher names, which
+//! must therefore be unique. The lock is never released: it expires after `ttl`, which
 //! keeps it a fence against a late dispatcher whose clock lags (set `ttl` well above any skew).
 //! The database's unique `(job_id, scheduled_at, trigger)` is the fence behind this one.
 
@@ -15,11 +17,18 @@ use crate::config::RedisConfig;
 use crate::daemon::{Backoff, Cancelled};
 use crate::keys::RedisKeys;
 
+// The lock's value is `owner|sequence`. Asking again as the same owner returns the same
+// sequence, so a retry after a lost reply (timeout, reset) cannot turn a won tick into a lost one.
 const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+local held = redis.call('GET', KEYS[1])
+if held then
+  local owner, n = string.match(held, '^(.*)|(%d+)$')
+  if owner == ARGV[1] then return tonumber(n) end
+  return 0
 end
-return 0
+local n = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n, 'PX', ARGV[2])
+return n
 ";
 
 /// Tick locks on one Redis server.
@@ -65,8 +74,9 @@ impl TickLock {
         })
     }
 
-    /// Tries to win tick `scheduled_ms` of job `job_id`. `Ok(Some(n))`: this caller won, and `n`
-    /// is the `machine` group's dispatch count (for round-robin); `Ok(None)`: another won.
+    /// Tries to win tick `scheduled_ms` of job `job_id`. `Ok(Some(n))`: this caller won (now or
+    /// in an earlier attempt), and `n` is the `machine` group's dispatch count (for
+    /// round-robin); `Ok(None)`: another won.
     pub async fn acquire(
         &self,
         job_id: i64,

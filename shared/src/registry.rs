@@ -199,6 +199,8 @@ async fn ping(client: &Client, id: i64) -> Result<i64, String> {
         }
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        // etcd-client reports a lease that is gone as this error, not as a TTL of 0.
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => Ok(0),
         Ok(result) => result.map_err(|e: etcd_client::Error| e.to_string()),
         Err(_) => Err("timed out".to_owned()),
     }
@@ -304,7 +306,8 @@ async fn mirror_once(
     }
 }
 
-/// The live executors, sorted by name, kept up to date from etcd until `cancel`.
+/// The live executors, sorted by name, kept up to date from etcd until `cancel`. The receiver
+/// sees its first `changed()` once etcd has been read.
 pub fn live_executors(
     client: Client,
     keys: &EtcdKeys,
@@ -314,6 +317,7 @@ pub fn live_executors(
     let mut events = mirror(client, keys.executors(), cancel);
     tokio::spawn(async move {
         let mut known = std::collections::BTreeMap::<String, ExecutorInfo>::new();
+        let mut first = true;
         while let Some(event) = events.recv().await {
             let decode = |key: &str, value: &[u8]| match serde_json::from_slice::<ExecutorInfo>(
                 value,
@@ -342,7 +346,10 @@ pub fn live_executors(
             }
             let mut list: Vec<ExecutorInfo> = known.values().cloned().collect();
             list.sort_by(|a, b| a.name.cmp(&b.name));
-            if **tx.borrow() != list {
+            // The first read is always announced, even if empty: it tells the receiver the
+            // list is now known (see `changed()`), not just initialised.
+            if first || **tx.borrow() != list {
+                first = false;
                 tracing::info!(
                     executors = %list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     "live executors changed"

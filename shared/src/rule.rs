@@ -130,6 +130,9 @@ impl Schedule {
     }
 }
 
+/// The longest `@every` period: keeps millisecond arithmetic far from overflow.
+const MAX_EVERY_SECS: u64 = 100 * 366 * 86_400;
+
 /// Parses `1h30m`, `30s`, `2d`, `90m`: whole units of d, h, m, s, at least one second.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("@every needs a duration like 30s, 5m, 1h30m or 2d, not {text:?}");
@@ -162,6 +165,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     if total == 0 {
         return Err("@every needs a period of at least 1s".into());
+    }
+    if total > MAX_EVERY_SECS {
+        return Err("@every is limited to 100 years".into());
     }
     Ok(Duration::from_secs(total))
 }
@@ -279,6 +285,8 @@ mod tests {
             ("@every 0s", "at least 1s"),
             ("@every 5x", "duration"),
             ("@every 5", "duration"),
+            ("@every 2305843009213693952s", "100 years"),
+            ("@every 99999999999999999999999s", "duration"),
         ] {
             let err = Rule::parse(rule).unwrap_err();
             assert!(err.to_string().contains(needle), "{rule}: {err}");
