@@ -71,6 +71,7 @@ pub struct Cluster {
     /// A connection to the cluster's database, for the test's own SQL.
     pub db: DatabaseConnection,
     ini: String,
+    overrides: Vec<(String, String)>,
     daemons: Vec<Daemon>,
     drop_database: Option<(String, String)>,
 }
@@ -126,7 +127,7 @@ impl Cluster {
         let mut ini = format!(
             "[database]\nurl = {db_url}\nmax_connections = 5\n\
              [redis]\nurl = {redis}\nprefix = gct-{id}\n\
-             [etcd]\nendpoints = {etcd}\nprefix = /gocron-test/{id}\nlease_ttl = 3\n\
+             [etcd]\nendpoints = {etcd}\nprefix = /gocron-test/{id}\nlease_ttl = 6\n\
              [executor]\nlisten = 127.0.0.1:0\ndrain_secs = 10\n\
              [dispatcher]\nrpc_timeout_ms = 2000\n\
              [monitor]\npoll_ms = 250\n\
@@ -146,21 +147,34 @@ impl Cluster {
             backend,
             db,
             ini,
+            overrides: Vec::new(),
             daemons: Vec::new(),
             drop_database,
         }
     }
 
+    /// Sets `[section] key = value` for daemons started from now on.
+    pub fn set(&mut self, section: &str, key: &str, value: &str) {
+        self.overrides
+            .push((format!("GOCRON__{section}__{key}"), value.to_owned()));
+    }
+
     fn config(&self, section: &str, overrides: &[(&str, &str)]) -> Config {
-        let env = overrides
+        let own = overrides
             .iter()
             .map(|(k, v)| (format!("GOCRON__{section}__{k}"), v.to_string()));
+        let env = self.overrides.iter().cloned().chain(own);
         Config::from_ini(&self.ini, "test conf.ini", env).expect("test configuration")
     }
 
     /// The `[database]` section the cluster's daemons use.
     pub fn database(&self) -> gocron_shared::config::DatabaseConfig {
         self.config("DATABASE", &[]).database
+    }
+
+    /// The whole configuration the cluster's daemons use.
+    pub fn base_config(&self) -> Config {
+        self.config("NONE", &[])
     }
 
     /// Starts a monitor.

@@ -28,36 +28,39 @@ async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
     assert_eq!(first.output.as_deref(), Some("first\n"));
 
     // Changed: ticks from a second after the UPDATE run the new command.
+    let changed_at = Utc::now();
     c.sql(
         "UPDATE cron_job SET command = 'echo second' WHERE id = ?",
         vec![job.into()],
     )
     .await;
-    let changed_at = Utc::now();
+    let effective = changed_at + chrono::Duration::milliseconds(1000);
     let runs = wait_until(
-        "a run of the changed command",
+        "two finished runs a second after the change",
         Duration::from_secs(20),
         || async {
             let runs = c.runs(job).await;
-            runs.iter()
-                .any(|r| r.output.as_deref() == Some("second\n"))
-                .then_some(runs)
+            let after = runs
+                .iter()
+                .filter(|r| r.scheduled_at > effective && r.finished_at.is_some())
+                .count();
+            (after >= 2).then_some(runs)
         },
     )
     .await;
     for r in runs.iter().filter(|r| r.finished_at.is_some()) {
-        if r.scheduled_at > changed_at + chrono::Duration::milliseconds(1000) {
+        if r.scheduled_at > effective {
             assert_eq!(r.output.as_deref(), Some("second\n"), "{r:#?}");
         }
     }
 
     // Disabled: no tick later than a second after the UPDATE runs.
+    let disabled_at = Utc::now();
     c.sql(
         "UPDATE cron_job SET enabled = 0 WHERE id = ?",
         vec![job.into()],
     )
     .await;
-    let disabled_at = Utc::now();
     let seen = c.runs(clock).await.len();
     c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
         .await;
@@ -81,9 +84,9 @@ async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
     let n = c.runs(job).await.len();
     c.wait_for_finished(job, n + 1, Duration::from_secs(20))
         .await;
+    let deleted_at = Utc::now();
     c.sql("DELETE FROM cron_job WHERE id = ?", vec![job.into()])
         .await;
-    let deleted_at = Utc::now();
     let seen = c.runs(clock).await.len();
     c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
         .await;

@@ -3,4 +3,5 @@
 
 mod backends;
 mod jobs;
+mod lock;
 mod pipeline;
