@@ -7,14 +7,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gocron_shared::config::DispatcherConfig;
-use gocron_shared::db::is_unique_violation;
-use gocron_shared::entity::run;
-use gocron_shared::job::{JobSpec, RunStatus, Trigger};
+use gocron_shared::job::{JobSpec, Trigger};
 use gocron_shared::lock::TickLock;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use gocron_shared::runs::RunLog;
 use tarpc::client::RpcError;
 use tokio::sync::watch;
 
@@ -26,7 +23,7 @@ pub struct Dispatcher {
 
 struct Inner {
     name: String,
-    db: DatabaseConnection,
+    runs: RunLog,
     lock: TickLock,
     machines: MachineGroups,
     executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
@@ -53,7 +50,7 @@ impl Dispatcher {
     /// A dispatcher named `config.name`.
     pub fn new(
         config: &DispatcherConfig,
-        db: DatabaseConnection,
+        runs: RunLog,
         lock: TickLock,
         machines: MachineGroups,
         executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
@@ -61,7 +58,7 @@ impl Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
-                db,
+                runs,
                 lock,
                 machines,
                 executors,
@@ -112,21 +109,11 @@ impl Dispatcher {
             }
         };
 
-        let row = run::ActiveModel {
-            job_id: Set(job.id),
-            scheduled_at: Set(tick),
-            status: Set(RunStatus::Dispatched.as_str().to_owned()),
-            executor: Set(String::new()),
-            trigger: Set(Trigger::Schedule.as_str().to_owned()),
-            ..Default::default()
-        };
-        let run_id = match run::Entity::insert(row).exec(&inner.db).await {
-            Ok(r) => r.last_insert_id,
-            Err(e) if is_unique_violation(&e) => {
-                // The lock said we won, yet the tick has a row: Redis lost the lock (restart,
-                // failover). The unique key just stopped a duplicate run.
-                return Handover::Lost;
-            }
+        let run_id = match inner.runs.insert(job.id, tick, Trigger::Schedule).await {
+            Ok(Some(id)) => id,
+            // The lock said we won, yet the tick has a row: Redis lost the lock (restart,
+            // failover). The unique key just stopped a duplicate run.
+            Ok(None) => return Handover::Lost,
             Err(e) => return Handover::Failed(format!("database: inserting the run row: {e}")),
         };
 
@@ -234,19 +221,9 @@ impl Dispatcher {
     }
 
     async fn no_executor(&self, run_id: i64, why: String) -> Handover {
-        let result = run::Entity::update_many()
-            .col_expr(
-                run::Column::Status,
-                Expr::value(RunStatus::NoExecutor.as_str()),
-            )
-            .col_expr(run::Column::Error, Expr::value(why.clone()))
-            .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
-            .filter(run::Column::Id.eq(run_id))
-            .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
-            .exec(&self.inner.db)
-            .await;
-        match result {
-            Ok(_) => Handover::NoExecutor(why),
+        match self.inner.runs.no_executor(run_id, why.clone()).await {
+            Ok(true) => Handover::NoExecutor(why),
+            Ok(false) => Handover::InHand("an executor claimed it after all".into()),
             Err(e) => Handover::Failed(format!("{why}; and recording that failed: {e}")),
         }
     }

@@ -18,6 +18,7 @@ use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::TickLock;
 use gocron_shared::registry::{self, Registration};
+use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,7 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut jobs = registry::mirror(etcd, keys.jobs(), watches.clone());
     let dispatcher = Dispatcher::new(
         &config.dispatcher,
-        db,
+        RunLog::spawn(db),
         lock,
         config.machines.clone(),
         executors,

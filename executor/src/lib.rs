@@ -19,6 +19,7 @@ use gocron_shared::keys::EtcdKeys;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::registry::{self, Registration};
 use gocron_shared::rpc::{self, ExecutorRpc as _};
+use gocron_shared::runs::RunLog;
 use tarpc::server::{BaseChannel, Channel as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let runs = TaskTracker::new();
-    let service = Service::new(&config.executor, &info, db, runs.clone());
+    let service = Service::new(&config.executor, &info, RunLog::spawn(db), runs.clone());
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let value = serde_json::to_string(&info)?;
     let Ok(registration) = Registration::start(

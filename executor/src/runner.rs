@@ -10,11 +10,9 @@ use std::time::Duration;
 use chrono::{SecondsFormat, TimeZone as _, Utc};
 use gocron_shared::config::ExecutorConfig;
 use gocron_shared::daemon::Backoff;
-use gocron_shared::entity::run;
 use gocron_shared::job::{JobKind, RunStatus};
 use gocron_shared::rpc::RunRequest;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use gocron_shared::runs::{Outcome, RunLog};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -22,23 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// hold them forever) before the run is recorded without the rest.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
 
-/// How a run ended, before it is written down.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// `succeeded` or `failed`.
-    pub status: RunStatus,
-    /// Exit code (shell) or HTTP status (http).
-    pub exit_code: Option<i32>,
-    /// Why it failed, in words.
-    pub error: Option<String>,
-    /// The tail of the output.
-    pub output: String,
-}
-
 /// Runs jobs for one executor; cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
-    db: DatabaseConnection,
+    runs: RunLog,
     shell: String,
     executor_name: String,
     output_bytes: usize,
@@ -46,10 +31,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner that writes outcomes to `db`.
-    pub fn new(config: &ExecutorConfig, executor_name: &str, db: DatabaseConnection) -> Runner {
+    /// A runner that records outcomes in `runs`.
+    pub fn new(config: &ExecutorConfig, executor_name: &str, runs: RunLog) -> Runner {
         Runner {
-            db,
+            runs,
             shell: config.shell.clone(),
             executor_name: executor_name.to_owned(),
             output_bytes: config.output_kib * 1024,
@@ -224,17 +209,15 @@ impl Runner {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
         for _ in 0..12 {
-            let result = run::Entity::update_many()
-                .col_expr(run::Column::Status, Expr::value(outcome.status.as_str()))
-                .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
-                .col_expr(run::Column::ExitCode, Expr::value(outcome.exit_code))
-                .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
-                .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
-                .filter(run::Column::Id.eq(run_id))
-                .exec(&self.db)
-                .await;
-            match result {
-                Ok(_) => return,
+            match self.runs.finish(run_id, outcome.clone()).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        run_id,
+                        "the run row was no longer 'running'; outcome not recorded"
+                    );
+                    return;
+                }
                 Err(e) => {
                     let _ = backoff.wait(&e, &never).await;
                 }

@@ -3,14 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chrono::Utc;
 use gocron_shared::config::ExecutorConfig;
-use gocron_shared::entity::run;
-use gocron_shared::job::RunStatus;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use gocron_shared::runs::RunLog;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -23,33 +19,34 @@ pub struct Service {
 }
 
 struct Inner {
-    db: DatabaseConnection,
+    runs: RunLog,
     /// `name@address`, as written to `cron_run.executor`.
     label: String,
     slots: Arc<Semaphore>,
     max: usize,
     stopping: AtomicBool,
-    runs: TaskTracker,
+    tasks: TaskTracker,
     runner: Runner,
 }
 
 impl Service {
-    /// A service that runs jobs on `runs`, at most `config.max_concurrent` at once.
+    /// A service that records runs in `runs` and runs them on `tasks`, at most
+    /// `config.max_concurrent` at once.
     pub fn new(
         config: &ExecutorConfig,
         info: &ExecutorInfo,
-        db: DatabaseConnection,
-        runs: TaskTracker,
+        runs: RunLog,
+        tasks: TaskTracker,
     ) -> Service {
         Service {
             inner: Arc::new(Inner {
-                runner: Runner::new(config, &info.name, db.clone()),
-                db,
+                runner: Runner::new(config, &info.name, runs.clone()),
+                runs,
                 label: info.to_string(),
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
                 max: config.max_concurrent,
                 stopping: AtomicBool::new(false),
-                runs,
+                tasks,
             }),
         }
     }
@@ -81,9 +78,13 @@ impl ExecutorRpc for Service {
         // The claim is what makes a hand-over idempotent: if a dispatcher retries with another
         // executor after a lost answer, only one of them flips the row out of `dispatched`.
         let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
-        let (db, label, runner) = (inner.db.clone(), inner.label.clone(), inner.runner.clone());
-        inner.runs.spawn(async move {
-            let claimed = claim(&db, &label, &request).await;
+        let (runs, label, runner) = (
+            inner.runs.clone(),
+            inner.label.clone(),
+            inner.runner.clone(),
+        );
+        inner.tasks.spawn(async move {
+            let claimed = claim(&runs, &label, &request).await;
             let go = claimed.is_ok();
             let _ = claimed_tx.send(claimed);
             if go {
@@ -108,27 +109,16 @@ impl ExecutorRpc for Service {
 }
 
 /// Flips run `request.run_id` from `dispatched` to `running` for this executor.
-async fn claim(db: &DatabaseConnection, label: &str, request: &RunRequest) -> Result<(), Refused> {
-    let claimed = run::Entity::update_many()
-        .col_expr(
-            run::Column::Status,
-            Expr::value(RunStatus::Running.as_str()),
-        )
-        .col_expr(run::Column::Executor, Expr::value(label.to_owned()))
-        .col_expr(run::Column::StartedAt, Expr::value(Utc::now()))
-        .filter(run::Column::Id.eq(request.run_id))
-        .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
-        .exec(db)
-        .await
-        .map_err(|e| {
-            tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
-            Refused::Unavailable(e.to_string())
-        })?;
-    if claimed.rows_affected == 0 {
-        return Err(Refused::AlreadyClaimed(format!(
+async fn claim(runs: &RunLog, label: &str, request: &RunRequest) -> Result<(), Refused> {
+    match runs.claim(request.run_id, label).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Refused::AlreadyClaimed(format!(
             "run {} is no longer dispatched",
             request.run_id
-        )));
+        ))),
+        Err(e) => {
+            tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
+            Err(Refused::Unavailable(e.to_string()))
+        }
     }
-    Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`rule`]: cron rules (5/6 fields, macros, `@every`) and next-fire computation in a time zone.
 //! - [`job`]: the validated job definition that the monitor publishes and dispatchers schedule.
 //! - [`entity`], [`migration`], [`db`]: the `cron_job` and `cron_run` tables and the connection.
+//! - [`runs`]: every write to `cron_run` (its state machine), with group commit.
 //! - [`rpc`]: the dispatcher → executor tarpc service and its wire types.
 //! - [`keys`]: every etcd key and Redis key layout, in one place.
 //! - [`registry`]: etcd leases (registration) and prefix mirroring (discovery without gaps).
@@ -30,6 +31,7 @@ pub mod migration;
 pub mod registry;
 pub mod rpc;
 pub mod rule;
+pub mod runs;
 
 /// The version of gocron, as every daemon reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

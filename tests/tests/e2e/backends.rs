@@ -101,3 +101,81 @@ async fn the_database_refuses_a_second_run_of_the_same_tick() {
         c.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
+    use gocron_shared::runs::{Outcome, RunLog};
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        let c = Cluster::new(backend, &[]).await;
+        let log = RunLog::spawn(c.db.clone());
+        let tick = Utc.timestamp_millis_opt(1_790_000_000_000).unwrap();
+        // Concurrent writes share a transaction: a duplicate in the batch must fail alone.
+        let writes: Vec<_> = (0..20)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.insert(i % 10, tick, Trigger::Schedule).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for w in writes {
+            ids.push(
+                w.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{backend:?}: {e}")),
+            );
+        }
+        assert_eq!(
+            ids.iter().filter(|id| id.is_some()).count(),
+            10,
+            "{backend:?}: {ids:?}"
+        );
+        assert_eq!(
+            run::Entity::find().all(&c.db).await.unwrap().len(),
+            10,
+            "{backend:?}"
+        );
+
+        let id = ids.iter().flatten().copied().next().unwrap();
+        assert!(
+            log.claim(id, "a@1").await.unwrap(),
+            "{backend:?}: first claim"
+        );
+        assert!(
+            !log.claim(id, "b@2").await.unwrap(),
+            "{backend:?}: second claim"
+        );
+        assert!(
+            !log.no_executor(id, "x".into()).await.unwrap(),
+            "{backend:?}"
+        );
+        let outcome = Outcome {
+            status: RunStatus::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            output: "ok\n".into(),
+        };
+        assert!(
+            log.finish(id, outcome.clone()).await.unwrap(),
+            "{backend:?}"
+        );
+        assert!(
+            !log.finish(id, outcome).await.unwrap(),
+            "{backend:?}: finished twice"
+        );
+        let row = run::Entity::find_by_id(id)
+            .one(&c.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.executor.as_str(),
+                row.output.as_deref()
+            ),
+            ("succeeded", "a@1", Some("ok\n")),
+            "{backend:?}"
+        );
+        c.shutdown().await;
+    }
+}
