@@ -45,11 +45,11 @@ impl Runner {
         }
     }
 
-    /// Runs `request` to its end and records the outcome.
-    pub async fn run(&self, request: RunRequest) {
+    /// Runs `request` to its end; the outcome is not recorded yet (see [`Runner::record`]).
+    pub async fn execute(&self, request: &RunRequest) -> Outcome {
         let outcome = match request.job.kind {
-            JobKind::Shell => self.run_shell(&request).await,
-            JobKind::Http => self.run_http(&request).await,
+            JobKind::Shell => self.run_shell(request).await,
+            JobKind::Http => self.run_http(request).await,
         };
         tracing::info!(
             run_id = request.run_id,
@@ -59,7 +59,7 @@ impl Runner {
             error = outcome.error.as_deref().unwrap_or(""),
             "run finished"
         );
-        self.record(request.run_id, outcome).await;
+        outcome
     }
 
     async fn run_shell(&self, request: &RunRequest) -> Outcome {
@@ -205,7 +205,7 @@ impl Runner {
     }
 
     /// Writes the final status; retried with backoff, because a lost outcome is a lost run.
-    async fn record(&self, run_id: i64, outcome: Outcome) {
+    pub async fn record(&self, run_id: i64, outcome: Outcome) {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
         for _ in 0..12 {

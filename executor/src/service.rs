@@ -95,9 +95,11 @@ impl ExecutorRpc for Service {
                     dispatcher = %request.dispatcher,
                     "run started"
                 );
-                runner.run(request).await;
+                let outcome = runner.execute(&request).await;
+                // The slot is free once the job is; recording may retry for a while.
+                drop(permit);
+                runner.record(request.run_id, outcome).await;
             }
-            drop(permit);
         });
         claimed_rx
             .await

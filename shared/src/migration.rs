@@ -6,6 +6,10 @@
 //! that two daemons migrating at once cannot leave a half-made schema: the loser of the race
 //! fails on the bookkeeping row and simply finds the work done when it retries (see
 //! [`crate::db::migrate`]).
+//!
+//! `cron_run` has no index on `status` on purpose: every status change would move an entry in a
+//! tiny-cardinality index, which is where InnoDB's gap locks made concurrent inserts and claims
+//! deadlock under load.
 
 use sea_orm::{ConnectionTrait, DbBackend};
 use sea_orm_migration::prelude::*;
@@ -64,7 +68,6 @@ const SQLITE: &[&str] = &[
         "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
         UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
-    "CREATE INDEX IF NOT EXISTS cron_run_status ON cron_run (status)",
 ];
 
 const MYSQL: &[&str] = &[
@@ -97,8 +100,7 @@ const MYSQL: &[&str] = &[
         output MEDIUMTEXT NULL,
         error TEXT NULL,
         `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
-        UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`),
-        KEY cron_run_status (status)
+        UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
 ];
 
@@ -134,7 +136,6 @@ const POSTGRES: &[&str] = &[
         "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
         CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
-    "CREATE INDEX IF NOT EXISTS cron_run_status ON cron_run (status)",
 ];
 
 #[async_trait::async_trait]

@@ -8,14 +8,16 @@
 //! (group commit): with a thousand runs a second, a database sees a few transactions a second
 //! per process instead of three thousand, which is what keeps SQLite's single writer lock (and
 //! MySQL's commit cost) off the fire path. No write waits for a timer: an idle writer commits a
-//! lone write at once. Each write runs in its own savepoint, so one failing statement (the
-//! unique-tick fence) does not abort the others' transaction on PostgreSQL.
+//! lone write at once. One failing statement (the unique-tick fence) never fails the others:
+//! on PostgreSQL, where it would abort the transaction, each write runs in its own savepoint.
+//! A batch that loses a deadlock or a serialization race is replayed whole: every write is a
+//! conditional statement, so replaying one is safe, and replies go out only after the commit.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -142,30 +144,93 @@ impl RunLog {
     }
 }
 
-/// A write's reply, held until its transaction's commit says whether the write stands.
-type Reply = Box<dyn FnOnce(Option<&DbErr>) + Send>;
+/// What a write found: the new row's id (`None`: the tick already had a row), or whether a
+/// conditional update changed the row.
+enum Found {
+    Inserted(Option<i64>),
+    Updated(bool),
+}
+
+/// How often a batch that lost a deadlock or a serialization race is replayed.
+const REPLAYS: usize = 3;
 
 async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let txn = match db.begin().await {
-            Ok(txn) => txn,
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            match commit(&db, &batch).await {
+                Err(e) if attempt <= REPLAYS && is_transient(&e) => {
+                    tracing::debug!(error = %e, attempt, writes = batch.len(), "replaying a batch");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(found) => {
+                for (write, found) in batch.drain(..).zip(found) {
+                    answer(write, found);
+                }
+            }
             Err(e) => {
-                let message = format!("cannot start a transaction: {e}");
+                let message = e.to_string();
                 for write in batch.drain(..) {
                     fail(write, &message);
                 }
-                continue;
             }
-        };
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        for write in batch.drain(..) {
-            replies.push(apply(&txn, write).await);
         }
-        let committed = txn.commit().await.err();
-        for reply in replies {
-            reply(committed.as_ref());
+    }
+}
+
+/// Whether a failed transaction may succeed if replayed: a deadlock (MySQL 1213), a
+/// serialization failure or deadlock (SQLSTATE 40001 / 40P01), or SQLite's busy/locked.
+fn is_transient(e: &DbErr) -> bool {
+    let text = e.to_string();
+    [
+        "1213",
+        "40001",
+        "40P01",
+        "database is locked",
+        "database is busy",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Applies every write of `batch` in one transaction; each write's finding, once committed.
+async fn commit(db: &DatabaseConnection, batch: &[Write]) -> Result<Vec<Found>, DbErr> {
+    let txn = db.begin().await?;
+    let mut found = Vec::with_capacity(batch.len());
+    for write in batch {
+        match apply(&txn, write).await {
+            Ok(f) => found.push(f),
+            Err(e) if is_transient(&e) => return Err(e),
+            // A write that fails for its own reasons fails alone; its savepoint (PostgreSQL) or
+            // the statement's own rollback (SQLite, MySQL) left the others intact.
+            Err(e) => {
+                tracing::warn!(error = %e, "a run write failed");
+                found.push(Found::Updated(false));
+            }
         }
+    }
+    txn.commit().await?;
+    Ok(found)
+}
+
+fn answer(write: Write, found: Found) {
+    match (write, found) {
+        (Write::Insert { reply, .. }, Found::Inserted(id)) => drop(reply.send(Ok(id))),
+        (Write::Insert { reply, .. }, Found::Updated(_)) => {
+            drop(reply.send(Err(DbErr::Custom("inserting the run row failed".into()))))
+        }
+        (
+            Write::Claim { reply, .. }
+            | Write::NoExecutor { reply, .. }
+            | Write::Finish { reply, .. },
+            found,
+        ) => drop(reply.send(Ok(matches!(found, Found::Updated(true))))),
     }
 }
 
@@ -179,30 +244,18 @@ fn fail(write: Write, message: &str) {
     }
 }
 
-/// Runs one write in its own savepoint; returns how to answer once the commit is known.
-async fn apply(txn: &sea_orm::DatabaseTransaction, write: Write) -> Reply {
-    fn answer<T: Send + 'static>(
-        reply: oneshot::Sender<Result<T, DbErr>>,
-        result: Result<T, DbErr>,
-    ) -> Reply {
-        Box::new(move |commit: Option<&DbErr>| {
-            let result = match commit {
-                Some(e) => Err(DbErr::Custom(format!("commit failed: {e}"))),
-                None => result,
-            };
-            let _ = reply.send(result);
-        })
-    }
+/// Runs one write; `Err` only for what should fail or replay the whole batch.
+async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Found, DbErr> {
     match write {
         Write::Insert {
             job_id,
             scheduled_at,
             trigger,
-            reply,
+            ..
         } => {
             let row = run::ActiveModel {
-                job_id: Set(job_id),
-                scheduled_at: Set(scheduled_at),
+                job_id: Set(*job_id),
+                scheduled_at: Set(*scheduled_at),
                 status: Set(RunStatus::Dispatched.as_str().to_owned()),
                 executor: Set(String::new()),
                 trigger: Set(trigger.as_str().to_owned()),
@@ -215,72 +268,70 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: Write) -> Reply {
                     .map(|r| r.last_insert_id)
             })
             .await;
-            let result = match result {
-                Ok(id) => Ok(Some(id)),
-                Err(e) if is_unique_violation(&e) => Ok(None),
+            match result {
+                Ok(id) => Ok(Found::Inserted(Some(id))),
+                Err(e) if is_unique_violation(&e) => Ok(Found::Inserted(None)),
                 Err(e) => Err(e),
-            };
-            answer(reply, result)
+            }
         }
         Write::Claim {
             run_id,
             executor,
             started_at,
-            reply,
+            ..
         } => {
             let update = run::Entity::update_many()
                 .col_expr(
                     run::Column::Status,
                     Expr::value(RunStatus::Running.as_str()),
                 )
-                .col_expr(run::Column::Executor, Expr::value(executor))
-                .col_expr(run::Column::StartedAt, Expr::value(started_at))
-                .filter(run::Column::Id.eq(run_id))
+                .col_expr(run::Column::Executor, Expr::value(executor.clone()))
+                .col_expr(run::Column::StartedAt, Expr::value(*started_at))
+                .filter(run::Column::Id.eq(*run_id))
                 .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()));
-            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await;
-            answer(reply, result.map(|r| r.rows_affected == 1))
+            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
+            Ok(Found::Updated(result.rows_affected == 1))
         }
-        Write::NoExecutor {
-            run_id,
-            error,
-            reply,
-        } => {
+        Write::NoExecutor { run_id, error, .. } => {
             let update = run::Entity::update_many()
                 .col_expr(
                     run::Column::Status,
                     Expr::value(RunStatus::NoExecutor.as_str()),
                 )
-                .col_expr(run::Column::Error, Expr::value(error))
+                .col_expr(run::Column::Error, Expr::value(error.clone()))
                 .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
-                .filter(run::Column::Id.eq(run_id))
+                .filter(run::Column::Id.eq(*run_id))
                 .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()));
-            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await;
-            answer(reply, result.map(|r| r.rows_affected == 1))
+            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
+            Ok(Found::Updated(result.rows_affected == 1))
         }
         Write::Finish {
-            run_id,
-            outcome,
-            reply,
+            run_id, outcome, ..
         } => {
             let update = run::Entity::update_many()
                 .col_expr(run::Column::Status, Expr::value(outcome.status.as_str()))
                 .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
                 .col_expr(run::Column::ExitCode, Expr::value(outcome.exit_code))
-                .col_expr(run::Column::Error, Expr::value(outcome.error))
-                .col_expr(run::Column::Output, Expr::value(outcome.output))
-                .filter(run::Column::Id.eq(run_id))
+                .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
+                .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
+                .filter(run::Column::Id.eq(*run_id))
                 .filter(run::Column::Status.eq(RunStatus::Running.as_str()));
-            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await;
-            answer(reply, result.map(|r| r.rows_affected == 1))
+            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
+            Ok(Found::Updated(result.rows_affected == 1))
         }
     }
 }
 
-/// Runs `work` in a savepoint of `txn`, rolled back if it fails.
+/// Runs `work` so that its failure leaves the rest of `txn` intact: in a savepoint on
+/// PostgreSQL (where a failed statement aborts the whole transaction); directly on SQLite and
+/// MySQL, which roll back just the failed statement (and savepoints would triple the statements).
 async fn in_savepoint<T>(
     txn: &sea_orm::DatabaseTransaction,
     work: impl AsyncFnOnce(&sea_orm::DatabaseTransaction) -> Result<T, DbErr>,
 ) -> Result<T, DbErr> {
+    if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return work(txn).await;
+    }
     let sp = txn.begin().await?;
     match work(&sp).await {
         Ok(v) => {
