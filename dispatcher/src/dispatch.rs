@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::job::{JobSpec, Trigger};
-use gocron_shared::lock::TickLock;
+use gocron_shared::lock::Fences;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest};
 use gocron_shared::runs::RunLog;
@@ -24,7 +24,7 @@ pub struct Dispatcher {
 struct Inner {
     name: String,
     runs: RunLog,
-    lock: TickLock,
+    lock: Fences,
     machines: MachineGroups,
     executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
     clients: Clients,
@@ -51,7 +51,7 @@ impl Dispatcher {
     pub fn new(
         config: &DispatcherConfig,
         runs: RunLog,
-        lock: TickLock,
+        lock: Fences,
         machines: MachineGroups,
         executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
     ) -> Dispatcher {
@@ -220,10 +220,23 @@ impl Dispatcher {
         Err(Offer::Next("connection lost twice".into()))
     }
 
+    /// Records that nobody took the run, after claiming it as "nobody": if an executor holds the
+    /// claim (its answer was lost), the run is in its hands and the row is its to write.
     async fn no_executor(&self, run_id: i64, why: String) -> Handover {
-        match self.inner.runs.no_executor(run_id, why.clone()).await {
+        let inner = &self.inner;
+        let nobody = format!("nobody:{}", inner.name);
+        match inner.lock.claim_run(run_id, &nobody).await {
+            Ok(None) => {}
+            Ok(Some(holder)) => return Handover::InHand(format!("held by {holder}")),
+            Err(e) => {
+                return Handover::Failed(format!(
+                    "{why}; and the run could not be claimed as unrun (redis: {e}), so its row stays 'dispatched'"
+                ));
+            }
+        }
+        match inner.runs.no_executor(run_id, why.clone()).await {
             Ok(true) => Handover::NoExecutor(why),
-            Ok(false) => Handover::InHand("an executor claimed it after all".into()),
+            Ok(false) => Handover::InHand("the row was no longer dispatched".into()),
             Err(e) => Handover::Failed(format!("{why}; and recording that failed: {e}")),
         }
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
-use gocron_shared::lock::TickLock;
+use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, Registration};
 use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         return Ok(());
     };
     let Ok(lock) =
-        TickLock::connect(&config.redis, &name, config.dispatcher.lock_ttl, &shutdown).await
+        Fences::connect(&config.redis, &name, config.dispatcher.lock_ttl, &shutdown).await
     else {
         return Ok(());
     };

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::registry::{self, Registration};
 use gocron_shared::rpc::{self, ExecutorRpc as _};
@@ -52,9 +53,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
         return Ok(());
     };
+    let Ok(fences) = Fences::connect(
+        &config.redis,
+        &info.to_string(),
+        config.dispatcher.lock_ttl,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
 
     let runs = TaskTracker::new();
-    let service = Service::new(&config.executor, &info, RunLog::spawn(db), runs.clone());
+    let service = Service::new(
+        &config.executor,
+        &info,
+        RunLog::spawn(db),
+        fences,
+        runs.clone(),
+    );
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let value = serde_json::to_string(&info)?;
     let Ok(registration) = Registration::start(

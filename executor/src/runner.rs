@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{SecondsFormat, TimeZone as _, Utc};
+use chrono::{DateTime, SecondsFormat, TimeZone as _, Utc};
 use gocron_shared::config::ExecutorConfig;
 use gocron_shared::daemon::Backoff;
 use gocron_shared::job::{JobKind, RunStatus};
@@ -205,16 +205,26 @@ impl Runner {
     }
 
     /// Writes the final status; retried with backoff, because a lost outcome is a lost run.
-    pub async fn record(&self, run_id: i64, outcome: Outcome) {
+    pub async fn record(
+        &self,
+        run_id: i64,
+        executor: &str,
+        started_at: DateTime<Utc>,
+        outcome: Outcome,
+    ) {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
         for _ in 0..12 {
-            match self.runs.finish(run_id, outcome.clone()).await {
+            match self
+                .runs
+                .finish(run_id, executor, started_at, outcome.clone())
+                .await
+            {
                 Ok(true) => return,
                 Ok(false) => {
                     tracing::warn!(
                         run_id,
-                        "the run row was no longer 'running'; outcome not recorded"
+                        "the run row was already final; outcome not recorded"
                     );
                     return;
                 }

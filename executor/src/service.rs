@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use chrono::Utc;
 use gocron_shared::config::ExecutorConfig;
+use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest};
 use gocron_shared::runs::RunLog;
@@ -20,6 +22,7 @@ pub struct Service {
 
 struct Inner {
     runs: RunLog,
+    fences: Fences,
     /// `name@address`, as written to `cron_run.executor`.
     label: String,
     slots: Arc<Semaphore>,
@@ -30,18 +33,20 @@ struct Inner {
 }
 
 impl Service {
-    /// A service that records runs in `runs` and runs them on `tasks`, at most
-    /// `config.max_concurrent` at once.
+    /// A service that claims runs with `fences`, records them in `runs` and runs them on
+    /// `tasks`, at most `config.max_concurrent` at once.
     pub fn new(
         config: &ExecutorConfig,
         info: &ExecutorInfo,
         runs: RunLog,
+        fences: Fences,
         tasks: TaskTracker,
     ) -> Service {
         Service {
             inner: Arc::new(Inner {
                 runner: Runner::new(config, &info.name, runs.clone()),
                 runs,
+                fences,
                 label: info.to_string(),
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
                 max: config.max_concurrent,
@@ -74,32 +79,40 @@ impl ExecutorRpc for Service {
             });
         };
         // The claim and the start happen in a task of their own: tarpc aborts a handler whose
-        // deadline passed, and a claim that committed must never be left without its run.
-        // The claim is what makes a hand-over idempotent: if a dispatcher retries with another
-        // executor after a lost answer, only one of them flips the row out of `dispatched`.
+        // deadline passed, and a run claimed must never be left without its start.
         let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
-        let (runs, label, runner) = (
+        let (runs, fences, label, runner) = (
             inner.runs.clone(),
+            inner.fences.clone(),
             inner.label.clone(),
             inner.runner.clone(),
         );
         inner.tasks.spawn(async move {
-            let claimed = claim(&runs, &label, &request).await;
+            let claimed = claim(&fences, &label, request.run_id).await;
             let go = claimed.is_ok();
             let _ = claimed_tx.send(claimed);
-            if go {
-                tracing::info!(
-                    run_id = request.run_id,
-                    job_id = request.job.id,
-                    job = %request.job.name,
-                    dispatcher = %request.dispatcher,
-                    "run started"
-                );
-                let outcome = runner.execute(&request).await;
-                // The slot is free once the job is; recording may retry for a while.
-                drop(permit);
-                runner.record(request.run_id, outcome).await;
+            if !go {
+                return;
             }
+            tracing::info!(
+                run_id = request.run_id,
+                job_id = request.job.id,
+                job = %request.job.name,
+                dispatcher = %request.dispatcher,
+                "run started"
+            );
+            let started_at = Utc::now();
+            // `running` is written while the job runs, not before: the job waits for nobody.
+            let (started, outcome) = tokio::join!(
+                runs.start(request.run_id, &label, started_at),
+                runner.execute(&request)
+            );
+            if let Err(e) = started {
+                tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
+            }
+            // The slot is free once the job is; recording may retry for a while.
+            drop(permit);
+            runner.record(request.run_id, &label, started_at, outcome).await;
         });
         claimed_rx
             .await
@@ -110,17 +123,16 @@ impl ExecutorRpc for Service {
     }
 }
 
-/// Flips run `request.run_id` from `dispatched` to `running` for this executor.
-async fn claim(runs: &RunLog, label: &str, request: &RunRequest) -> Result<(), Refused> {
-    match runs.claim(request.run_id, label).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Refused::AlreadyClaimed(format!(
-            "run {} is no longer dispatched",
-            request.run_id
+/// Claims run `run_id` for this executor (see [`gocron_shared::lock`]).
+async fn claim(fences: &Fences, label: &str, run_id: i64) -> Result<(), Refused> {
+    match fences.claim_run(run_id, label).await {
+        Ok(None) => Ok(()),
+        Ok(Some(holder)) => Err(Refused::AlreadyClaimed(format!(
+            "run {run_id} is held by {holder}"
         ))),
         Err(e) => {
-            tracing::warn!(run_id = request.run_id, error = %e, "cannot claim run");
-            Err(Refused::Unavailable(e.to_string()))
+            tracing::warn!(run_id, error = %e, "cannot claim run");
+            Err(Refused::Unavailable(format!("redis: {e}")))
         }
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! Redis (under `[redis] prefix`, default `gocron`):
 //! - `{prefix}:tick:{job_id}:{scheduled_ms}`: the tick lock; its value is the winning dispatcher.
+//! - `{prefix}:run:{run_id}`: who owns a run: an executor's `name@address`, or `nobody:{dispatcher}`.
 //! - `{prefix}:rr:{machine}`: the dispatch counter of a machine group (`*` = any executor), for
 //!   round-robin that holds across all dispatchers.
 
@@ -79,6 +80,11 @@ impl RedisKeys {
         format!("{}:tick:{job_id}:{scheduled_ms}", self.prefix)
     }
 
+    /// The claim of one run.
+    pub fn run(&self, run_id: i64) -> String {
+        format!("{}:run:{run_id}", self.prefix)
+    }
+
     /// The dispatch counter of a machine group.
     pub fn round_robin(&self, machine: &str) -> String {
         let machine = if machine.is_empty() { "*" } else { machine };
@@ -101,6 +107,7 @@ mod tests {
         let r = RedisKeys::new("gc");
         assert_eq!(r.tick(3, 1000), "gc:tick:3:1000");
         assert_eq!(r.round_robin(""), "gc:rr:*");
+        assert_eq!(r.run(9), "gc:run:9");
         assert_eq!(r.round_robin("php"), "gc:rr:php");
     }
 }

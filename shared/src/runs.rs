@@ -1,8 +1,12 @@
 //! Every write to `cron_run`, in one place: the run row's state machine, and group commit.
 //!
-//! A row moves `dispatched` → `running` (an executor claimed it) → `succeeded` | `failed`, or
+//! A row moves `dispatched` → `running` (an executor started it) → `succeeded` | `failed`, or
 //! `dispatched` → `no_executor`. Each transition is a conditional `UPDATE` on the expected
-//! status, so a late or repeated writer can never move a row backwards or claim it twice.
+//! status, so a late or repeated writer can never move a row backwards. (Who may write a run's
+//! transitions is decided before, by the run claim in Redis: see [`crate::lock`].)
+//!
+//! A finish carries the executor and start time too, so when a run's start and finish are
+//! queued together (short jobs on a busy database) only the finish is written.
 //!
 //! Writes go through one task per process that commits whatever is queued in one transaction
 //! (group commit): with a thousand runs a second, a database sees a few transactions a second
@@ -48,7 +52,7 @@ enum Write {
         trigger: Trigger,
         reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
     },
-    Claim {
+    Start {
         run_id: i64,
         executor: String,
         started_at: DateTime<Utc>,
@@ -61,6 +65,8 @@ enum Write {
     },
     Finish {
         run_id: i64,
+        executor: String,
+        started_at: DateTime<Utc>,
         outcome: Outcome,
         reply: oneshot::Sender<Result<bool, DbErr>>,
     },
@@ -111,13 +117,18 @@ impl RunLog {
     }
 
     /// `dispatched` → `running` for `executor`; `Ok(false)` when the row was not `dispatched`
-    /// (another executor, or an earlier attempt, has it).
-    pub async fn claim(&self, run_id: i64, executor: &str) -> Result<bool, DbErr> {
+    /// (its finish was written first).
+    pub async fn start(
+        &self,
+        run_id: i64,
+        executor: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<bool, DbErr> {
         let executor = executor.to_owned();
-        self.submit(|reply| Write::Claim {
+        self.submit(|reply| Write::Start {
             run_id,
             executor,
-            started_at: Utc::now(),
+            started_at,
             reply,
         })
         .await
@@ -133,10 +144,20 @@ impl RunLog {
         .await
     }
 
-    /// `running` → the outcome's final status.
-    pub async fn finish(&self, run_id: i64, outcome: Outcome) -> Result<bool, DbErr> {
+    /// `running` (or still `dispatched`) → the outcome's final status, with the executor and
+    /// start time.
+    pub async fn finish(
+        &self,
+        run_id: i64,
+        executor: &str,
+        started_at: DateTime<Utc>,
+        outcome: Outcome,
+    ) -> Result<bool, DbErr> {
+        let executor = executor.to_owned();
         self.submit(|reply| Write::Finish {
             run_id,
+            executor,
+            started_at,
             outcome,
             reply,
         })
@@ -157,6 +178,7 @@ const REPLAYS: usize = 3;
 async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        coalesce(&mut batch);
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -182,6 +204,30 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
             }
         }
     }
+}
+
+/// Answers each start whose run's finish is in the same batch: the finish writes it all.
+fn coalesce(batch: &mut Vec<Write>) {
+    let finishing: std::collections::HashSet<i64> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Finish { run_id, .. } => Some(*run_id),
+            _ => None,
+        })
+        .collect();
+    if finishing.is_empty() {
+        return;
+    }
+    let mut kept = Vec::with_capacity(batch.len());
+    for write in batch.drain(..) {
+        match write {
+            Write::Start { run_id, reply, .. } if finishing.contains(&run_id) => {
+                let _ = reply.send(Ok(true));
+            }
+            other => kept.push(other),
+        }
+    }
+    *batch = kept;
 }
 
 /// Whether a failed transaction may succeed if replayed: a deadlock (MySQL 1213), a
@@ -226,7 +272,7 @@ fn answer(write: Write, found: Found) {
             drop(reply.send(Err(DbErr::Custom("inserting the run row failed".into()))))
         }
         (
-            Write::Claim { reply, .. }
+            Write::Start { reply, .. }
             | Write::NoExecutor { reply, .. }
             | Write::Finish { reply, .. },
             found,
@@ -238,7 +284,7 @@ fn fail(write: Write, message: &str) {
     let err = || DbErr::Custom(message.to_owned());
     match write {
         Write::Insert { reply, .. } => drop(reply.send(Err(err()))),
-        Write::Claim { reply, .. }
+        Write::Start { reply, .. }
         | Write::NoExecutor { reply, .. }
         | Write::Finish { reply, .. } => drop(reply.send(Err(err()))),
     }
@@ -274,7 +320,7 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
                 Err(e) => Err(e),
             }
         }
-        Write::Claim {
+        Write::Start {
             run_id,
             executor,
             started_at,
@@ -306,16 +352,25 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
             Ok(Found::Updated(result.rows_affected == 1))
         }
         Write::Finish {
-            run_id, outcome, ..
+            run_id,
+            executor,
+            started_at,
+            outcome,
+            ..
         } => {
             let update = run::Entity::update_many()
                 .col_expr(run::Column::Status, Expr::value(outcome.status.as_str()))
+                .col_expr(run::Column::Executor, Expr::value(executor.clone()))
+                .col_expr(run::Column::StartedAt, Expr::value(*started_at))
                 .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
                 .col_expr(run::Column::ExitCode, Expr::value(outcome.exit_code))
                 .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
                 .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
                 .filter(run::Column::Id.eq(*run_id))
-                .filter(run::Column::Status.eq(RunStatus::Running.as_str()));
+                .filter(
+                    run::Column::Status
+                        .is_in([RunStatus::Dispatched.as_str(), RunStatus::Running.as_str()]),
+                );
             let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
             Ok(Found::Updated(result.rows_affected == 1))
         }

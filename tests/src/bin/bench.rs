@@ -57,15 +57,15 @@ async fn measure(backend: Backend, db: &str, n: usize, secs: i64) -> anyhow::Res
     // A whole second's burst must fit: the executors must not answer busy.
     c.set("EXECUTOR", "MAX_CONCURRENT", &(n * 2 + 16).to_string());
     c.set("DATABASE", "MAX_CONNECTIONS", "16");
+    // bash's $EPOCHREALTIME is the job's own clock reading without forking `date`: on 2 cores,
+    // 1000 forks of `date` a second would cost more CPU than the machine has.
+    c.set("EXECUTOR", "SHELL", "/bin/bash");
     c.start_executor("exec-a").await;
     c.start_executor("exec-b").await;
     c.start_dispatcher("disp-0");
     c.start_dispatcher("disp-1");
     c.start_monitor();
     let out = c.path("lag.txt");
-    // bash's $EPOCHREALTIME is the job's own clock reading without forking `date`: on 2 cores,
-    // 1000 forks of `date` a second would cost more CPU than the machine has.
-    c.set("EXECUTOR", "SHELL", "/bin/bash");
     let command = format!(
         "echo \"$GOCRON_JOB_ID $GOCRON_SCHEDULED_AT $EPOCHREALTIME\" >> {}",
         out.display()

@@ -136,13 +136,14 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
         );
 
         let id = ids.iter().flatten().copied().next().unwrap();
+        let at = Utc::now();
         assert!(
-            log.claim(id, "a@1").await.unwrap(),
-            "{backend:?}: first claim"
+            log.start(id, "a@1", at).await.unwrap(),
+            "{backend:?}: start"
         );
         assert!(
-            !log.claim(id, "b@2").await.unwrap(),
-            "{backend:?}: second claim"
+            !log.start(id, "a@1", at).await.unwrap(),
+            "{backend:?}: started twice"
         );
         assert!(
             !log.no_executor(id, "x".into()).await.unwrap(),
@@ -155,12 +156,29 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
             output: "ok\n".into(),
         };
         assert!(
-            log.finish(id, outcome.clone()).await.unwrap(),
+            log.finish(id, "a@1", at, outcome.clone()).await.unwrap(),
             "{backend:?}"
         );
         assert!(
-            !log.finish(id, outcome).await.unwrap(),
+            !log.finish(id, "a@1", at, outcome.clone()).await.unwrap(),
             "{backend:?}: finished twice"
+        );
+        // A start and its finish queued together: the row ends final, whatever the order.
+        let other = ids.iter().flatten().copied().nth(1).unwrap();
+        let (_, finished) = tokio::join!(
+            log.start(other, "b@2", at),
+            log.finish(other, "b@2", at, outcome.clone())
+        );
+        assert!(finished.unwrap(), "{backend:?}");
+        let row = run::Entity::find_by_id(other)
+            .one(&c.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.executor.as_str()),
+            ("succeeded", "b@2"),
+            "{backend:?}"
         );
         let row = run::Entity::find_by_id(id)
             .one(&c.db)

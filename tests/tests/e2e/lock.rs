@@ -1,8 +1,8 @@
-//! The Redis tick lock on a real Redis: one winner per tick, idempotent for the winner.
+//! The Redis fences on a real Redis: one winner per tick, one holder per run, idempotent.
 
 use std::time::Duration;
 
-use gocron_shared::lock::TickLock;
+use gocron_shared::lock::Fences;
 use gocron_tests::{Backend, Cluster};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
     let mut locks = Vec::new();
     for owner in ["d0", "d1", "d2"] {
         locks.push(
-            TickLock::connect(&config.redis, owner, Duration::from_secs(60), &never)
+            Fences::connect(&config.redis, owner, Duration::from_secs(60), &never)
                 .await
                 .unwrap(),
         );
@@ -48,5 +48,28 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
             None
         );
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_has_one_holder() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let config = c.base_config();
+    let never = CancellationToken::new();
+    let fences = Fences::connect(&config.redis, "d0", Duration::from_secs(60), &never)
+        .await
+        .unwrap();
+    assert_eq!(fences.claim_run(5, "exec-a@1").await.unwrap(), None);
+    // The holder asking again keeps it; anyone else learns who holds it.
+    assert_eq!(fences.claim_run(5, "exec-a@1").await.unwrap(), None);
+    assert_eq!(
+        fences.claim_run(5, "exec-b@2").await.unwrap(),
+        Some("exec-a@1".to_owned())
+    );
+    assert_eq!(
+        fences.claim_run(5, "nobody:d0").await.unwrap(),
+        Some("exec-a@1".to_owned())
+    );
+    assert_eq!(fences.claim_run(6, "nobody:d0").await.unwrap(), None);
     c.shutdown().await;
 }
