@@ -92,15 +92,23 @@ async fn measure(backend: Backend, db: &str, n: usize, secs: i64) -> anyhow::Res
     while unfinished_before(&c, end_at).await > 0 && tokio::time::Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let not_ok = run::Entity::find()
+    let not_ok_rows = run::Entity::find()
         .filter(
             run::Column::ScheduledAt
                 .gte(DateTime::from_timestamp_millis(start).unwrap_or_default()),
         )
         .filter(run::Column::ScheduledAt.lt(end_at))
         .filter(run::Column::Status.ne("succeeded"))
-        .count(&c.db)
+        .all(&c.db)
         .await?;
+    let not_ok = not_ok_rows.len();
+    if let Some(sample) = not_ok_rows.first() {
+        let statuses = gocron_tests::tally(not_ok_rows.iter().map(|r| r.status.clone()));
+        eprintln!(
+            "N={n}: runs not succeeded by status: {statuses:?}; e.g. run {} ({}): {:?}",
+            sample.id, sample.status, sample.error
+        );
+    }
     // Read before shutdown: the output file lives in the cluster's temporary folder.
     let written = lines(&out);
     c.shutdown().await;
