@@ -103,15 +103,17 @@ impl ExecutorRpc for Service {
             );
             let started_at = Utc::now();
             // `running` is written while the job runs, not before: the job waits for nobody.
-            let (started, outcome) = tokio::join!(
-                runs.start(request.run_id, &label, started_at),
-                runner.execute(&request)
-            );
+            // The slot is free once the job is, whatever the database's backlog.
+            let job = async {
+                let outcome = runner.execute(&request).await;
+                drop(permit);
+                outcome
+            };
+            let (started, outcome) =
+                tokio::join!(runs.start(request.run_id, &label, started_at), job);
             if let Err(e) = started {
                 tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
             }
-            // The slot is free once the job is; recording may retry for a while.
-            drop(permit);
             runner.record(request.run_id, &label, started_at, outcome).await;
         });
         claimed_rx
