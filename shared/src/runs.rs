@@ -29,8 +29,9 @@ use crate::db::is_unique_violation;
 use crate::entity::run;
 use crate::job::{RunStatus, Trigger};
 
-/// The most writes committed in one transaction.
-const MAX_BATCH: usize = 512;
+/// The most writes committed in one transaction: large, so that under a backlog a run's start
+/// and finish usually share a batch and merge into one write.
+const MAX_BATCH: usize = 4096;
 
 /// How a run ended, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ fn stopped() -> DbErr {
 impl RunLog {
     /// Starts the writer task on `db`; it ends when the last clone is dropped.
     pub fn spawn(db: DatabaseConnection) -> RunLog {
-        let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
+        let (writes, queue) = mpsc::channel(2 * MAX_BATCH);
         tokio::spawn(commit_loop(db, queue));
         RunLog { writes }
     }

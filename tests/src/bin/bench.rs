@@ -86,11 +86,25 @@ async fn measure(backend: Backend, db: &str, n: usize, secs: i64) -> anyhow::Res
         (end - Utc::now().timestamp_millis()).max(0) as u64,
     ))
     .await;
-    // Let the window's last runs finish (bounded), then stop ticking.
+    // A tick is missed only if its command never runs: wait (bounded) for every expected line,
+    // and for the window's rows to be final, before counting.
     let end_at = DateTime::from_timestamp_millis(end).unwrap_or_default();
-    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while unfinished_before(&c, end_at).await > 0 && tokio::time::Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let expected_lines = n as i64 * secs;
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while tokio::time::Instant::now() < drain_deadline {
+        let ran = lines(&out)
+            .iter()
+            .filter_map(|l| {
+                l.split(' ')
+                    .nth(1)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            })
+            .filter(|t| in_window(t.timestamp_millis()))
+            .count() as i64;
+        if ran >= expected_lines && unfinished_before(&c, end_at).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let not_ok_rows = run::Entity::find()
         .filter(
