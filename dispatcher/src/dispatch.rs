@@ -10,7 +10,7 @@ use gocron_shared::config::DispatcherConfig;
 use gocron_shared::job::{JobSpec, Trigger};
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
-use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest};
+use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
 use tarpc::client::RpcError;
 use tokio::sync::watch;
@@ -29,6 +29,7 @@ struct Inner {
     executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
     clients: Clients,
     rpc_timeout: Duration,
+    secret: Secret,
 }
 
 /// How a hand-over ended, for logs and tests.
@@ -49,6 +50,7 @@ pub enum Handover {
 impl Dispatcher {
     /// A dispatcher named `config.name`.
     pub fn new(
+        secret: Secret,
         config: &DispatcherConfig,
         runs: RunLog,
         lock: Fences,
@@ -64,6 +66,7 @@ impl Dispatcher {
                 executors,
                 clients: Clients::default(),
                 rpc_timeout: config.rpc_timeout,
+                secret,
             }),
         }
     }
@@ -141,6 +144,7 @@ impl Dispatcher {
         };
 
         let request = RunRequest {
+            secret: inner.secret.clone(),
             run_id,
             job: job.clone(),
             scheduled_ms,

@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let mut jobs = registry::mirror(etcd, keys.jobs(), watches.clone());
     let dispatcher = Dispatcher::new(
+        config.rpc.secret.clone(),
         &config.dispatcher,
         RunLog::spawn(db),
         lock,

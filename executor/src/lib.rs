@@ -66,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let runs = TaskTracker::new();
     let service = Service::new(
+        config.rpc.secret.clone(),
         &config.executor,
         &info,
         RunLog::spawn(db),
@@ -105,7 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::debug!(%peer, "dispatcher connected");
         let channel = BaseChannel::with_defaults(rpc::transport(stream));
         let serve = channel
-            .execute(service.clone().serve())
+            .execute(service.for_peer(peer).serve())
             .for_each_concurrent(None, |response| response);
         let stop = stop_connections.clone();
         connections.spawn(async move {

@@ -1,5 +1,6 @@
 //! The RPC handler: refuse when busy or stopping, claim the run row, start the run, answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -7,7 +8,7 @@ use chrono::Utc;
 use gocron_shared::config::ExecutorConfig;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
-use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest};
+use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -18,9 +19,12 @@ use crate::runner::Runner;
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+    /// The connection's remote address, for the log of refused calls.
+    peer: Option<SocketAddr>,
 }
 
 struct Inner {
+    secret: Secret,
     runs: RunLog,
     fences: Fences,
     /// `name@address`, as written to `cron_run.executor`.
@@ -36,6 +40,7 @@ impl Service {
     /// A service that claims runs with `fences`, records them in `runs` and runs them on
     /// `tasks`, at most `config.max_concurrent` at once.
     pub fn new(
+        secret: Secret,
         config: &ExecutorConfig,
         info: &ExecutorInfo,
         runs: RunLog,
@@ -43,7 +48,9 @@ impl Service {
         tasks: TaskTracker,
     ) -> Service {
         Service {
+            peer: None,
             inner: Arc::new(Inner {
+                secret,
                 runner: Runner::new(config, &info.name, runs.clone()),
                 runs,
                 fences,
@@ -53,6 +60,14 @@ impl Service {
                 stopping: AtomicBool::new(false),
                 tasks,
             }),
+        }
+    }
+
+    /// The service for one connection from `peer`.
+    pub fn for_peer(&self, peer: SocketAddr) -> Service {
+        Service {
+            inner: self.inner.clone(),
+            peer: Some(peer),
         }
     }
 
@@ -69,6 +84,15 @@ impl ExecutorRpc for Service {
         request: RunRequest,
     ) -> Result<Accepted, Refused> {
         let inner = &self.inner;
+        // Before anything else: only our dispatchers may make this machine run a command.
+        if !inner.secret.matches(&request.secret) {
+            tracing::warn!(
+                peer = ?self.peer,
+                run_id = request.run_id,
+                "refused a call with a missing or wrong [rpc] secret"
+            );
+            return Err(Refused::Unauthorized);
+        }
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }

@@ -65,6 +65,15 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     /// `[monitor]`.
     pub monitor: MonitorConfig,
+    /// `[rpc]`.
+    pub rpc: RpcConfig,
+}
+
+/// `[rpc]`: how dispatchers and executors trust each other.
+#[derive(Debug, Clone)]
+pub struct RpcConfig {
+    /// `secret`: shared by all dispatchers and executors; at least 16 characters.
+    pub secret: crate::rpc::Secret,
 }
 
 /// `[database]`: where jobs and runs live.
@@ -165,7 +174,11 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("monitor", &["poll_ms"]),
+    ("rpc", &["secret"]),
 ];
+
+/// The shortest `[rpc] secret` accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
 
 /// The environment variable prefix for overrides: `GOCRON__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "GOCRON__";
@@ -449,6 +462,20 @@ impl Raw {
             poll_interval: Duration::from_millis(self.positive("monitor", "poll_ms", 250)?),
         };
 
+        let secret = self.string("rpc", "secret", "");
+        if secret.chars().count() < MIN_SECRET_CHARS {
+            return Err(self.invalid(
+                "rpc",
+                "secret",
+                format!(
+                    "required, at least {MIN_SECRET_CHARS} characters, the same on every dispatcher and executor"
+                ),
+            ));
+        }
+        let rpc = RpcConfig {
+            secret: crate::rpc::Secret::new(secret),
+        };
+
         Ok(Config {
             database,
             redis,
@@ -457,6 +484,7 @@ impl Raw {
             executor,
             dispatcher,
             monitor,
+            rpc,
         })
     }
 }
@@ -473,17 +501,35 @@ pub fn host_name() -> String {
 mod tests {
     use super::*;
 
+    /// The given overrides, plus a valid `[rpc] secret` unless one is given.
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
+        let mut all: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+            .collect();
+        if !pairs
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("GOCRON__RPC__SECRET"))
+        {
+            all.push(("GOCRON__RPC__SECRET".into(), "0123456789abcdef".into()));
+        }
+        all
+    }
+
+    #[test]
+    fn the_rpc_secret_is_required_and_long() {
+        for secret in ["", "short"] {
+            let err = Config::from_ini("", "c.ini", env(&[("GOCRON__RPC__SECRET", secret)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("[rpc] secret: required, at least 16"), "{err}");
+        }
     }
 
     #[test]
     fn the_sample_conf_ini_is_valid() {
         let text = include_str!("../../conf/conf.ini");
-        let c = Config::from_ini(text, "conf/conf.ini", env(&[])).unwrap();
+        let c = Config::from_ini(text, "conf/conf.ini", Vec::new()).unwrap();
         assert!(c.machines.is_known("local"));
         assert_eq!(c.monitor.poll_interval, Duration::from_millis(250));
     }

@@ -23,9 +23,36 @@ pub trait ExecutorRpc {
     async fn start_run(request: RunRequest) -> Result<Accepted, Refused>;
 }
 
+/// The shared secret (`[rpc] secret`) every call carries, so that only dispatchers can make an
+/// executor run anything. Never printed: its `Debug` is `Secret(***)`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// Whether `other` is this secret, in time independent of where they differ.
+    pub fn matches(&self, other: &Secret) -> bool {
+        use subtle::ConstantTimeEq as _;
+        // Lengths may leak; contents may not. Secrets are required to be long (see config).
+        self.0.len() == other.0.len() && bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A run handed to an executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRequest {
+    /// The caller's credential, checked before anything else.
+    pub secret: Secret,
     /// The `cron_run` row, inserted by the dispatcher with status `dispatched`.
     pub run_id: i64,
     /// The job as published.
@@ -64,7 +91,11 @@ pub enum Refused {
     /// Occurs when the executor is shutting down: offer the run to the next executor.
     #[error("shutting down")]
     ShuttingDown,
-    /// Occurs when the executor cannot reach the database to claim the run: offer it elsewhere.
+    /// Occurs when the call's credential is missing or wrong: the caller is not one of our
+    /// dispatchers (or its `[rpc] secret` differs); nothing was done.
+    #[error("unauthorized: wrong [rpc] secret")]
+    Unauthorized,
+    /// Occurs when the executor cannot reach Redis to claim the run: offer it elsewhere.
     #[error("cannot claim the run: {0}")]
     Unavailable(String),
 }

@@ -131,6 +131,7 @@ impl Cluster {
              [executor]\nlisten = 127.0.0.1:0\ndrain_secs = 10\n\
              [dispatcher]\nrpc_timeout_ms = 2000\n\
              [monitor]\npoll_ms = 250\n\
+             [rpc]\nsecret = test-secret-{id}-0123456789\n\
              [machine]\n"
         );
         for (name, members) in machines {
@@ -229,6 +230,23 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// The address executor `name` registered in etcd.
+    pub async fn executor_address(&self, name: &str) -> std::net::SocketAddr {
+        let key = format!("/gocron-test/{}/executors/{name}", self.id);
+        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
+        let mut client = etcd_client::Client::connect([etcd], None)
+            .await
+            .expect("etcd");
+        let found = client.get(key, None).await.expect("etcd get");
+        let kv = found
+            .kvs()
+            .first()
+            .unwrap_or_else(|| panic!("executor {name} is not registered"));
+        let info: gocron_shared::machine::ExecutorInfo =
+            serde_json::from_slice(kv.value()).expect("registration JSON");
+        info.address
     }
 
     /// Stops the daemon called `name` gracefully and waits for it to exit.

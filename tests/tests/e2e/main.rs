@@ -5,3 +5,4 @@ mod backends;
 mod jobs;
 mod lock;
 mod pipeline;
+mod rpc;
