@@ -8,6 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::job::{JobSpec, Trigger};
+
+use crate::scheduler::Tick;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret};
@@ -71,9 +73,10 @@ impl Dispatcher {
         }
     }
 
-    /// Fires tick `tick` of `job` if this dispatcher wins it.
-    pub async fn fire(self, job: Arc<JobSpec>, tick: DateTime<Utc>) -> Handover {
-        let outcome = self.fire_inner(&job, tick).await;
+    /// Fires `tick` if this dispatcher wins it.
+    pub async fn fire(self, tick: Tick) -> Handover {
+        let (job, following, tick) = (tick.job, tick.following, tick.at);
+        let outcome = self.fire_inner(&job, tick, following).await;
         match &outcome {
             Handover::Lost => {
                 tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
@@ -94,7 +97,12 @@ impl Dispatcher {
         outcome
     }
 
-    async fn fire_inner(&self, job: &JobSpec, tick: DateTime<Utc>) -> Handover {
+    async fn fire_inner(
+        &self,
+        job: &JobSpec,
+        tick: DateTime<Utc>,
+        following: Option<DateTime<Utc>>,
+    ) -> Handover {
         let inner = &self.inner;
         let scheduled_ms = tick.timestamp_millis();
 
@@ -148,6 +156,7 @@ impl Dispatcher {
             run_id,
             job: job.clone(),
             scheduled_ms,
+            timeout_ms: run_timeout_ms(job, tick, following),
             trigger: Trigger::Schedule,
             dispatcher: inner.name.clone(),
         };
@@ -244,6 +253,14 @@ impl Dispatcher {
             Err(e) => Handover::Failed(format!("{why}; and recording that failed: {e}")),
         }
     }
+}
+
+/// A run's timeout: `timeout_secs`, or until the job's following tick when that is 0.
+fn run_timeout_ms(job: &JobSpec, tick: DateTime<Utc>, following: Option<DateTime<Utc>>) -> u64 {
+    if job.timeout_secs > 0 {
+        return u64::from(job.timeout_secs) * 1000;
+    }
+    following.map_or(0, |next| (next - tick).num_milliseconds().max(0) as u64)
 }
 
 enum Offer {

@@ -125,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 /// Hands every tick due now to its own task.
 fn fire_due(scheduler: &mut Scheduler, dispatcher: &Dispatcher, ticks: &TaskTracker) {
-    for (job, tick) in scheduler.due(Utc::now()) {
-        ticks.spawn(dispatcher.clone().fire(job, tick));
+    for tick in scheduler.due(Utc::now()) {
+        ticks.spawn(dispatcher.clone().fire(tick));
     }
 }

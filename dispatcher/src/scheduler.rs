@@ -22,8 +22,16 @@ struct Entry {
     generation: u64,
 }
 
-/// A tick to fire: the job and the scheduled instant.
-pub type Tick = (Arc<JobSpec>, DateTime<Utc>);
+/// A tick to fire.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    /// The job.
+    pub job: Arc<JobSpec>,
+    /// The scheduled instant.
+    pub at: DateTime<Utc>,
+    /// The job's following tick, if any: a run with `timeout_secs = 0` may last until then.
+    pub following: Option<DateTime<Utc>>,
+}
 
 /// Every job this dispatcher schedules.
 pub struct Scheduler {
@@ -197,6 +205,7 @@ impl Scheduler {
             let Some(tick) = Utc.timestamp_millis_opt(at).single() else {
                 continue;
             };
+            let following = entry.schedule.next_after(tick);
             if now_ms - at > max_late_ms {
                 tracing::warn!(
                     job_id = id,
@@ -206,9 +215,13 @@ impl Scheduler {
                     "tick missed: this dispatcher was too late to fire it"
                 );
             } else {
-                ticks.push((entry.spec.clone(), tick));
+                ticks.push(Tick {
+                    job: entry.spec.clone(),
+                    at: tick,
+                    following,
+                });
             }
-            let mut next = entry.schedule.next_after(tick);
+            let mut next = following;
             if next.is_some_and(|n| now_ms - n.timestamp_millis() > max_late_ms) {
                 next = entry.schedule.next_after(now);
             }
@@ -251,7 +264,7 @@ mod tests {
     fn fired(ticks: &[Tick]) -> Vec<(i64, String)> {
         ticks
             .iter()
-            .map(|(s, t)| (s.id, t.format("%H:%M:%S").to_string()))
+            .map(|t| (t.job.id, t.at.format("%H:%M:%S").to_string()))
             .collect()
     }
 

@@ -29,7 +29,8 @@ use tokio_util::task::TaskTracker;
 use crate::service::Service;
 
 /// Runs the executor until `shutdown` is cancelled, then drains: it leaves etcd first (so no new
-/// runs arrive), refuses calls, and waits up to `[executor] drain_secs` for running jobs.
+/// runs arrive), refuses calls, waits up to `[executor] drain_secs` for running jobs, then stops
+/// those still going (their process groups, status `killed`) and records every outcome.
 ///
 /// `[executor] listen` may use port 0 (tests do): the bound port is then advertised.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -65,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let runs = TaskTracker::new();
+    let stop_runs = CancellationToken::new();
     let service = Service::new(
         config.rpc.secret.clone(),
         &config.executor,
@@ -72,6 +74,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         RunLog::spawn(db),
         fences,
         runs.clone(),
+        stop_runs.clone(),
     );
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let value = serde_json::to_string(&info)?;
@@ -133,8 +136,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if tokio::time::timeout(drain, runs.wait()).await.is_err() {
         tracing::warn!(
             running = runs.len(),
-            "drain time is over; exiting while jobs still run (their rows stay 'running')"
+            "drain time is over; stopping the jobs still running (status killed)"
         );
+        stop_runs.cancel();
+        runs.wait().await;
     }
     stop_connections.cancel();
     connections.close();

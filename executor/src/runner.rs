@@ -10,9 +10,11 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, TimeZone as _, Utc};
 use gocron_shared::config::ExecutorConfig;
 use gocron_shared::daemon::Backoff;
-use gocron_shared::job::{JobKind, RunStatus};
+use gocron_shared::job::{JobKind, RunStatus, TimeoutPolicy};
 use gocron_shared::rpc::RunRequest;
 use gocron_shared::runs::{Outcome, RunLog};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,9 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct Runner {
     runs: RunLog,
+    kill_grace: Duration,
+    /// Cancelled when the executor's drain time is over: every run still going is stopped.
+    stop_all: CancellationToken,
     shell: String,
     executor_name: String,
     output_bytes: usize,
@@ -31,10 +36,17 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner that records outcomes in `runs`.
-    pub fn new(config: &ExecutorConfig, executor_name: &str, runs: RunLog) -> Runner {
+    /// A runner that records outcomes in `runs`; `stop_all` stops every run still going.
+    pub fn new(
+        config: &ExecutorConfig,
+        executor_name: &str,
+        runs: RunLog,
+        stop_all: CancellationToken,
+    ) -> Runner {
         Runner {
             runs,
+            kill_grace: Duration::from_secs(config.kill_grace_secs),
+            stop_all,
             shell: config.shell.clone(),
             executor_name: executor_name.to_owned(),
             output_bytes: config.output_kib * 1024,
@@ -110,7 +122,28 @@ impl Runner {
         .map(|r| tokio::spawn(read_into(r, tail.clone(), stop_reading.clone())))
         .collect::<Vec<_>>();
 
-        let status = child.wait().await;
+        // Under the `kill` policy the run may last until its timeout; any run is stopped when
+        // the executor's drain time is over.
+        let timeout = (request.job.timeout_policy == TimeoutPolicy::Kill && request.timeout_ms > 0)
+            .then(|| Duration::from_millis(request.timeout_ms));
+        let deadline = timeout.map(|t| {
+            // The timeout counts from the tick, not from the start, like the schedule does.
+            let late = Utc::now().timestamp_millis() - request.scheduled_ms;
+            tokio::time::Instant::now()
+                + t.saturating_sub(Duration::from_millis(late.max(0) as u64))
+        });
+        let stopped = tokio::select! {
+            status = child.wait() => Ok(status),
+            _ = sleep_until_some(deadline) => Err(RunStatus::Timeout),
+            _ = self.stop_all.cancelled() => Err(RunStatus::Killed),
+        };
+        let (status, stop_reason) = match stopped {
+            Ok(status) => (status, None),
+            Err(reason) => {
+                let status = self.stop_group(&mut child, request.run_id).await;
+                (status, Some(reason))
+            }
+        };
         let all_read = async {
             for reader in readers {
                 let _ = reader.await;
@@ -124,6 +157,21 @@ impl Runner {
             );
         }
         let output = tail.lock().map(|t| t.text()).unwrap_or_default();
+        if let Some(reason) = stop_reason {
+            let error = match (reason, timeout) {
+                (RunStatus::Timeout, Some(t)) => format!(
+                    "timed out after {} ms (policy kill): process group stopped",
+                    t.as_millis()
+                ),
+                _ => "stopped: the executor shut down and its drain time was over".to_owned(),
+            };
+            return Outcome {
+                status: reason,
+                exit_code: status.as_ref().ok().and_then(|s| s.code()),
+                error: Some(error),
+                output,
+            };
+        }
         match status {
             Ok(status) if status.success() => Outcome {
                 status: RunStatus::Succeeded,
@@ -158,6 +206,37 @@ impl Runner {
                 output,
             },
         }
+    }
+
+    /// Stops the job's whole process group: SIGTERM, then after the grace SIGKILL (sent even if
+    /// the main process has exited, so that no child of the job survives it).
+    async fn stop_group(
+        &self,
+        child: &mut tokio::process::Child,
+        run_id: i64,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let Some(pid) = child.id() else {
+            return child.wait().await;
+        };
+        // `process_group(0)` made the job the leader of a group whose id is its pid.
+        let group = Pid::from_raw(pid as i32);
+        tracing::info!(
+            run_id,
+            pgid = pid,
+            "stopping the job's process group (SIGTERM)"
+        );
+        let _ = killpg(group, Signal::SIGTERM);
+        let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::info!(run_id, pgid = pid, "grace over: SIGKILL");
+                let _ = killpg(group, Signal::SIGKILL);
+                child.wait().await
+            }
+        };
+        // Stragglers that ignored SIGTERM while the leader exited.
+        let _ = killpg(group, Signal::SIGKILL);
+        status
     }
 
     async fn run_http(&self, request: &RunRequest) -> Outcome {
@@ -238,6 +317,14 @@ impl Runner {
             ?outcome,
             "could not record the run's outcome; its row stays 'running'"
         );
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -11,6 +11,7 @@ use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runner::Runner;
@@ -46,12 +47,13 @@ impl Service {
         runs: RunLog,
         fences: Fences,
         tasks: TaskTracker,
+        stop_all: CancellationToken,
     ) -> Service {
         Service {
             peer: None,
             inner: Arc::new(Inner {
                 secret,
-                runner: Runner::new(config, &info.name, runs.clone()),
+                runner: Runner::new(config, &info.name, runs.clone(), stop_all),
                 runs,
                 fences,
                 label: info.to_string(),

@@ -120,8 +120,10 @@ pub struct ExecutorConfig {
     pub output_kib: usize,
     /// `shell`: the shell that runs `shell` jobs with `-c`.
     pub shell: String,
-    /// `drain_secs`: on shutdown, how long running jobs may go on before the executor exits.
+    /// `drain_secs`: on shutdown, how long running jobs may go on before they are stopped.
     pub drain_secs: u64,
+    /// `kill_grace_secs`: between SIGTERM and SIGKILL when a job's process group is stopped.
+    pub kill_grace_secs: u64,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -161,6 +163,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "output_kib",
             "shell",
             "drain_secs",
+            "kill_grace_secs",
         ],
     ),
     (
@@ -440,6 +443,7 @@ impl Raw {
             output_kib: self.positive("executor", "output_kib", 64)? as usize,
             shell: self.string("executor", "shell", "/bin/sh"),
             drain_secs: self.parsed("executor", "drain_secs", 30, "a whole number")?,
+            kill_grace_secs: self.parsed("executor", "kill_grace_secs", 10, "a whole number")?,
         };
 
         let dispatcher = DispatcherConfig {

@@ -79,12 +79,18 @@ pub enum RunStatus {
     Failed,
     /// No live executor of the job's machine group accepted the run.
     NoExecutor,
+    /// The run passed its timeout under the `kill` policy, and its process group was stopped.
+    Timeout,
+    /// The run was stopped before its end: its executor was shutting down and the drain time
+    /// was over.
+    Killed,
 }
 
 text_enum!(RunStatus, "status",
     RunStatus::Dispatched => "dispatched", RunStatus::Running => "running",
     RunStatus::Succeeded => "succeeded", RunStatus::Failed => "failed",
-    RunStatus::NoExecutor => "no_executor");
+    RunStatus::NoExecutor => "no_executor", RunStatus::Timeout => "timeout",
+    RunStatus::Killed => "killed");
 
 /// Why a run exists (`cron_run.trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +285,8 @@ mod tests {
             RunStatus::Succeeded,
             RunStatus::Failed,
             RunStatus::NoExecutor,
+            RunStatus::Timeout,
+            RunStatus::Killed,
         ] {
             assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), s);
         }

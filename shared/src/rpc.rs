@@ -59,6 +59,9 @@ pub struct RunRequest {
     pub job: JobSpec,
     /// The tick, in Unix milliseconds.
     pub scheduled_ms: i64,
+    /// The run's timeout in milliseconds, from the tick (0: none): `timeout_secs`, or until the
+    /// job's next tick when that is 0. What passing it does is the job's `timeout_policy`.
+    pub timeout_ms: u64,
     /// Why the run exists.
     pub trigger: Trigger,
     /// The dispatcher that sends it, for logs.

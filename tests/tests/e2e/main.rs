@@ -6,3 +6,4 @@ mod jobs;
 mod lock;
 mod pipeline;
 mod rpc;
+mod stop;

@@ -35,6 +35,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
             time_zone: String::new(),
         },
         scheduled_ms: tick.timestamp_millis(),
+        timeout_ms: 0,
         trigger: Trigger::Manual,
         dispatcher: "intruder".into(),
     };
