@@ -129,23 +129,26 @@ impl Dispatcher {
         };
 
         let live = inner.executors.borrow().clone();
-        let group = if job.machine.is_empty() {
-            "any executor".to_owned()
-        } else {
-            format!("machine group {:?}", job.machine)
+        // Only for messages: built when there is something to report, not on every tick.
+        let group = || {
+            if job.machine.is_empty() {
+                "any executor".to_owned()
+            } else {
+                format!("machine group {:?}", job.machine)
+            }
         };
         let candidates = match inner.machines.select(&job.machine, &live) {
             None => {
                 return self
                     .no_executor(
                         run_id,
-                        format!("unknown {group}: not in this dispatcher's conf.ini"),
+                        format!("unknown {}: not in this dispatcher's conf.ini", group()),
                     )
                     .await;
             }
             Some(c) if c.is_empty() => {
                 return self
-                    .no_executor(run_id, format!("no live executor in {group}"))
+                    .no_executor(run_id, format!("no live executor in {}", group()))
                     .await;
             }
             Some(c) => c,
@@ -178,7 +181,8 @@ impl Dispatcher {
         self.no_executor(
             run_id,
             format!(
-                "no executor of {group} took the run: {}",
+                "no executor of {} took the run: {}",
+                group(),
                 refusals.join("; ")
             ),
         )

@@ -178,43 +178,42 @@ impl Cluster {
         self.config("NONE", &[])
     }
 
-    /// Starts a monitor.
-    pub fn start_monitor(&mut self) {
-        let config = self.config("MONITOR", &[]);
+    /// Starts daemon `name` of `kind`: `run` is its library's `run(config, shutdown)`.
+    fn spawn<F>(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        config: Config,
+        run: fn(Config, CancellationToken) -> F,
+    ) where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(gocron_monitor::run(config, stop.clone()));
+        let task = tokio::spawn(run(config, stop.clone()));
         self.daemons.push(Daemon {
-            kind: "monitor",
-            name: "monitor".into(),
+            kind,
+            name: name.into(),
             stop,
             task,
         });
+    }
+
+    /// Starts a monitor.
+    pub fn start_monitor(&mut self) {
+        let config = self.config("MONITOR", &[]);
+        self.spawn("monitor", "monitor", config, gocron_monitor::run);
     }
 
     /// Starts a dispatcher named `name`.
     pub fn start_dispatcher(&mut self, name: &str) {
         let config = self.config("DISPATCHER", &[("NAME", name)]);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(gocron_dispatcher::run(config, stop.clone()));
-        self.daemons.push(Daemon {
-            kind: "dispatcher",
-            name: name.into(),
-            stop,
-            task,
-        });
+        self.spawn("dispatcher", name, config, gocron_dispatcher::run);
     }
 
     /// Starts an executor named `name` and waits until it is registered in etcd.
     pub async fn start_executor(&mut self, name: &str) {
         let config = self.config("EXECUTOR", &[("NAME", name)]);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(gocron_executor::run(config, stop.clone()));
-        self.daemons.push(Daemon {
-            kind: "executor",
-            name: name.into(),
-            stop,
-            task,
-        });
+        self.spawn("executor", name, config, gocron_executor::run);
         let key = format!("/gocron-test/{}/executors/{name}", self.id);
         let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
         wait_until(

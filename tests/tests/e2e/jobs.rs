@@ -5,6 +5,27 @@ use std::time::Duration;
 use chrono::Utc;
 use gocron_tests::{Backend, Cluster, wait_until};
 
+/// Lets the `clock` job tick four more times, then asserts that `job` has no run scheduled later
+/// than a second after `since` (when it was `what`).
+async fn assert_no_run_after(
+    c: &Cluster,
+    job: i64,
+    clock: i64,
+    since: chrono::DateTime<Utc>,
+    what: &str,
+) {
+    let seen = c.runs(clock).await.len();
+    c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
+        .await;
+    let late: Vec<_> = c
+        .runs(job)
+        .await
+        .into_iter()
+        .filter(|r| r.scheduled_at > since + chrono::Duration::milliseconds(1000))
+        .collect();
+    assert!(late.is_empty(), "runs after the job was {what}: {late:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
@@ -61,19 +82,7 @@ async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
         vec![job.into()],
     )
     .await;
-    let seen = c.runs(clock).await.len();
-    c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
-        .await;
-    let late: Vec<_> = c
-        .runs(job)
-        .await
-        .into_iter()
-        .filter(|r| r.scheduled_at > disabled_at + chrono::Duration::milliseconds(1000))
-        .collect();
-    assert!(
-        late.is_empty(),
-        "runs after the job was disabled: {late:#?}"
-    );
+    assert_no_run_after(&c, job, clock, disabled_at, "disabled").await;
 
     // Deleted rows stop too, and re-enabling brings a job back.
     c.sql(
@@ -87,16 +96,7 @@ async fn rows_added_changed_and_disabled_take_effect_within_a_second() {
     let deleted_at = Utc::now();
     c.sql("DELETE FROM cron_job WHERE id = ?", vec![job.into()])
         .await;
-    let seen = c.runs(clock).await.len();
-    c.wait_for_finished(clock, seen + 4, Duration::from_secs(30))
-        .await;
-    let late: Vec<_> = c
-        .runs(job)
-        .await
-        .into_iter()
-        .filter(|r| r.scheduled_at > deleted_at + chrono::Duration::milliseconds(1000))
-        .collect();
-    assert!(late.is_empty(), "runs after the job was deleted: {late:#?}");
+    assert_no_run_after(&c, job, clock, deleted_at, "deleted").await;
     c.shutdown().await;
 }
 
