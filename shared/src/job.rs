@@ -82,15 +82,24 @@ pub enum RunStatus {
     /// The run passed its timeout under the `kill` policy, and its process group was stopped.
     Timeout,
     /// The run was stopped before its end: its executor was shutting down and the drain time
-    /// was over.
+    /// was over, or an operator killed it.
     Killed,
+    /// The executor holding the run died (its etcd lease expired) before recording an outcome,
+    /// or the dispatcher died during the hand-off; the job is free to run again.
+    Lost,
+    /// The tick was not started because the job's previous run was still live (policy
+    /// `abandon`); `error` names the run it waited on.
+    Skipped,
+    /// The tick passed while no dispatcher could fire it (misfire policy `skip`).
+    Missed,
 }
 
 text_enum!(RunStatus, "status",
     RunStatus::Dispatched => "dispatched", RunStatus::Running => "running",
     RunStatus::Succeeded => "succeeded", RunStatus::Failed => "failed",
     RunStatus::NoExecutor => "no_executor", RunStatus::Timeout => "timeout",
-    RunStatus::Killed => "killed");
+    RunStatus::Killed => "killed", RunStatus::Lost => "lost",
+    RunStatus::Skipped => "skipped", RunStatus::Missed => "missed");
 
 /// Why a run exists (`cron_run.trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +296,9 @@ mod tests {
             RunStatus::NoExecutor,
             RunStatus::Timeout,
             RunStatus::Killed,
+            RunStatus::Lost,
+            RunStatus::Skipped,
+            RunStatus::Missed,
         ] {
             assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), s);
         }

@@ -66,6 +66,7 @@ const SQLITE: &[&str] = &[
         output TEXT NULL,
         error TEXT NULL,
         "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        overrun_at TIMESTAMP NULL,
         UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
 ];
@@ -100,6 +101,7 @@ const MYSQL: &[&str] = &[
         output MEDIUMTEXT NULL,
         error TEXT NULL,
         `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        overrun_at DATETIME(3) NULL,
         UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
 ];
@@ -134,6 +136,7 @@ const POSTGRES: &[&str] = &[
         output TEXT NULL,
         error TEXT NULL,
         "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        overrun_at TIMESTAMPTZ(3) NULL,
         CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
 ];

@@ -29,6 +29,9 @@ pub struct Model {
     pub error: Option<String>,
     /// `schedule` or `manual`.
     pub trigger: String,
+    /// When the run passed its timeout while still running under the `abandon` or `sync`
+    /// policy (the overrun flag); the run itself goes on.
+    pub overrun_at: Option<DateTimeUtc>,
 }
 
 /// No relations are navigated through the ORM.
