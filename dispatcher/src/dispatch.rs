@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gocron_shared::config::DispatcherConfig;
-use gocron_shared::job::{JobSpec, Trigger};
+use gocron_shared::job::{JobSpec, TimeoutPolicy, Trigger};
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::live::{self, Holder};
 
 use crate::scheduler::Tick;
-use gocron_shared::lock::Fences;
+use gocron_shared::lock::{Fences, Won};
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
@@ -32,6 +34,8 @@ struct Inner {
     clients: Clients,
     rpc_timeout: Duration,
     secret: Secret,
+    etcd: etcd_client::Client,
+    keys: EtcdKeys,
 }
 
 /// How a hand-over ended, for logs and tests.
@@ -45,12 +49,17 @@ pub enum Handover {
     InHand(String),
     /// No executor took it; the run row says why.
     NoExecutor(String),
+    /// Not started: the job's previous run is still live (policy `abandon`); a `skipped` row
+    /// says which.
+    Skipped(String),
     /// Redis or the database failed; the tick could not be dispatched.
     Failed(String),
 }
 
 impl Dispatcher {
-    /// A dispatcher named `config.name`.
+    /// A dispatcher named `config.name`; `etcd` and `keys` confirm that an executor is gone
+    /// before its runs are called lost.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         secret: Secret,
         config: &DispatcherConfig,
@@ -58,6 +67,8 @@ impl Dispatcher {
         lock: Fences,
         machines: MachineGroups,
         executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
+        etcd: etcd_client::Client,
+        keys: EtcdKeys,
     ) -> Dispatcher {
         Dispatcher {
             inner: Arc::new(Inner {
@@ -69,14 +80,16 @@ impl Dispatcher {
                 clients: Clients::default(),
                 rpc_timeout: config.rpc_timeout,
                 secret,
+                etcd,
+                keys,
             }),
         }
     }
 
     /// Fires `tick` if this dispatcher wins it.
     pub async fn fire(self, tick: Tick) -> Handover {
-        let (job, following, tick) = (tick.job, tick.following, tick.at);
-        let outcome = self.fire_inner(&job, tick, following).await;
+        let (job, following, trigger, tick) = (tick.job, tick.following, tick.trigger, tick.at);
+        let outcome = self.fire_inner(&job, tick, following, trigger).await;
         match &outcome {
             Handover::Lost => {
                 tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
@@ -86,6 +99,9 @@ impl Dispatcher {
             }
             Handover::InHand(why) => {
                 tracing::info!(job_id = job.id, %tick, "run already in an executor's hands: {why}")
+            }
+            Handover::Skipped(why) => {
+                tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick skipped: {why}")
             }
             Handover::NoExecutor(why) => {
                 tracing::warn!(job_id = job.id, job = %job.name, %tick, "no executor ran the tick: {why}")
@@ -102,14 +118,22 @@ impl Dispatcher {
         job: &JobSpec,
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
+        trigger: Trigger,
     ) -> Handover {
         let inner = &self.inner;
         let scheduled_ms = tick.timestamp_millis();
 
         let mut attempt = 0;
-        let sequence = loop {
-            match inner.lock.acquire(job.id, scheduled_ms, &job.machine).await {
-                Ok(Some(n)) => break n,
+        let Won {
+            sequence,
+            in_flight,
+        } = loop {
+            match inner
+                .lock
+                .acquire(job.id, scheduled_ms, trigger, &job.machine)
+                .await
+            {
+                Ok(Some(won)) => break won,
                 Ok(None) => return Handover::Lost,
                 Err(e) if attempt < 3 => {
                     attempt += 1;
@@ -120,13 +144,49 @@ impl Dispatcher {
             }
         };
 
-        let run_id = match inner.runs.insert(job.id, tick, Trigger::Schedule).await {
+        // "Still running" is the job's runs in flight whose holder is alive now; the others
+        // are lost, and the job is free to run again.
+        let view = inner.executors.borrow().clone();
+        let live = live::settle(
+            in_flight,
+            &view,
+            &inner.etcd,
+            &inner.keys,
+            &inner.runs,
+            &inner.lock,
+        )
+        .await;
+        if let Some(previous) = live.first()
+            && job.timeout_policy == TimeoutPolicy::Abandon
+        {
+            let holder = previous.holder.as_ref().map(Holder::label);
+            let why = format!(
+                "run {} of this job is still running on {} (timeout policy abandon)",
+                previous.run_id,
+                holder.as_deref().unwrap_or("?")
+            );
+            return match inner.runs.skipped(job.id, tick, trigger, why.clone()).await {
+                Ok(Some(_)) => Handover::Skipped(why),
+                Ok(None) => Handover::Lost,
+                Err(e) => Handover::Failed(format!("{why}; and recording the skip failed: {e}")),
+            };
+        }
+
+        let run_id = match inner.runs.insert(job.id, tick, trigger).await {
             Ok(Some(id)) => id,
             // The lock said we won, yet the tick has a row: Redis lost the lock (restart,
             // failover). The unique key just stopped a duplicate run.
             Ok(None) => return Handover::Lost,
             Err(e) => return Handover::Failed(format!("database: inserting the run row: {e}")),
         };
+        // In flight from now: held by this dispatcher until an executor claims it.
+        let handing = Holder::Dispatcher {
+            since_ms: Utc::now().timestamp_millis(),
+            name: inner.name.clone(),
+        };
+        if let Err(e) = inner.lock.hold(job.id, run_id, &handing).await {
+            tracing::warn!(run_id, error = %e, "cannot enter the run in the job's live runs");
+        }
 
         let live = inner.executors.borrow().clone();
         // Only for messages: built when there is something to report, not on every tick.
@@ -141,6 +201,7 @@ impl Dispatcher {
             None => {
                 return self
                     .no_executor(
+                        job.id,
                         run_id,
                         format!("unknown {}: not in this dispatcher's conf.ini", group()),
                     )
@@ -148,7 +209,7 @@ impl Dispatcher {
             }
             Some(c) if c.is_empty() => {
                 return self
-                    .no_executor(run_id, format!("no live executor in {}", group()))
+                    .no_executor(job.id, run_id, format!("no live executor in {}", group()))
                     .await;
             }
             Some(c) => c,
@@ -160,7 +221,7 @@ impl Dispatcher {
             job: job.clone(),
             scheduled_ms,
             timeout_ms: run_timeout_ms(job, tick, following),
-            trigger: Trigger::Schedule,
+            trigger,
             dispatcher: inner.name.clone(),
         };
         // Round-robin across all dispatchers: the group's dispatch count picks the first
@@ -179,6 +240,7 @@ impl Dispatcher {
             }
         }
         self.no_executor(
+            job.id,
             run_id,
             format!(
                 "no executor of {} took the run: {}",
@@ -239,10 +301,10 @@ impl Dispatcher {
 
     /// Records that nobody took the run, after claiming it as "nobody": if an executor holds the
     /// claim (its answer was lost), the run is in its hands and the row is its to write.
-    async fn no_executor(&self, run_id: i64, why: String) -> Handover {
+    async fn no_executor(&self, job_id: i64, run_id: i64, why: String) -> Handover {
         let inner = &self.inner;
         let nobody = format!("nobody:{}", inner.name);
-        match inner.lock.claim_run(run_id, &nobody).await {
+        match inner.lock.claim_run(job_id, run_id, &nobody, None).await {
             Ok(None) => {}
             Ok(Some(holder)) => return Handover::InHand(format!("held by {holder}")),
             Err(e) => {

@@ -13,16 +13,16 @@ pub mod scheduler;
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
-use gocron_shared::registry::{self, Registration};
+use gocron_shared::registry::{self, MirrorEvent, Registration};
 use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Handover};
 use crate::scheduler::Scheduler;
 
 /// How long hand-overs under way may take to finish at shutdown.
@@ -74,7 +74,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         _ = executors.changed() => {}
     }
-    let mut jobs = registry::mirror(etcd, keys.jobs(), watches.clone());
+    let mut jobs = registry::mirror(etcd.clone(), keys.jobs(), watches.clone());
+    let mut requests = registry::mirror(etcd.clone(), keys.manual(), watches.clone());
     let dispatcher = Dispatcher::new(
         config.rpc.secret.clone(),
         &config.dispatcher,
@@ -82,9 +83,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lock,
         config.machines.clone(),
         executors,
+        etcd.clone(),
+        keys.clone(),
     );
     let mut scheduler = Scheduler::new(
-        keys,
+        keys.clone(),
         config.dispatcher.time_zone,
         config.dispatcher.max_late,
     );
@@ -107,6 +110,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     None => break,
                 }
             }
+            Some(event) = requests.recv() => {
+                for (job_id, requested) in run_now_requests(&keys, event) {
+                    let Some(tick) = scheduler.manual(job_id, requested) else {
+                        tracing::warn!(job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
+                        continue;
+                    };
+                    let (dispatcher, mut etcd, key) =
+                        (dispatcher.clone(), etcd.clone(), keys.manual_request_key(job_id, requested.timestamp_millis()));
+                    ticks.spawn(async move {
+                        if !matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
+                            // Served (here or by another dispatcher): the request is done.
+                            let _ = etcd.delete(key, None).await;
+                        }
+                    });
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
                 fire_due(&mut scheduler, &dispatcher, &ticks);
             }
@@ -121,6 +140,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     registration.revoke().await;
     tracing::info!(dispatcher = %name, "dispatcher stopped");
     Ok(())
+}
+
+/// The (job id, instant) of each run-now request an etcd event brings.
+fn run_now_requests(keys: &EtcdKeys, event: MirrorEvent) -> Vec<(i64, DateTime<Utc>)> {
+    let keys_of = match event {
+        MirrorEvent::Reset(all) => all.into_iter().map(|(k, _)| k).collect(),
+        MirrorEvent::Put(key, _) => vec![key],
+        MirrorEvent::Delete(_) => Vec::new(),
+    };
+    keys_of
+        .iter()
+        .filter_map(|key| {
+            let (job_id, ms) = keys.manual_request(key)?;
+            Some((job_id, Utc.timestamp_millis_opt(ms).single()?))
+        })
+        .collect()
 }
 
 /// Hands every tick due now to its own task.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
-use gocron_shared::job::JobSpec;
+use gocron_shared::job::{JobSpec, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::registry::MirrorEvent;
 use gocron_shared::rule::Schedule;
@@ -31,6 +31,8 @@ pub struct Tick {
     pub at: DateTime<Utc>,
     /// The job's following tick, if any: a run with `timeout_secs = 0` may last until then.
     pub following: Option<DateTime<Utc>>,
+    /// A tick of the rule, or an operator's run-now request made at `at`.
+    pub trigger: Trigger,
 }
 
 /// Every job this dispatcher schedules.
@@ -45,6 +47,18 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// The tick of a run-now request for job `job_id` made at `requested` (`None`: the job is
+    /// not scheduled here, e.g. disabled or invalid).
+    pub fn manual(&self, job_id: i64, requested: DateTime<Utc>) -> Option<Tick> {
+        let entry = self.jobs.get(&job_id)?;
+        Some(Tick {
+            job: entry.spec.clone(),
+            at: requested,
+            following: entry.schedule.next_after(requested),
+            trigger: Trigger::Manual,
+        })
+    }
+
     /// An empty table; jobs with no time zone use `default_tz`; a tick found more than
     /// `max_late` past is not fired.
     pub fn new(keys: EtcdKeys, default_tz: Tz, max_late: Duration) -> Scheduler {
@@ -219,6 +233,7 @@ impl Scheduler {
                     job: entry.spec.clone(),
                     at: tick,
                     following,
+                    trigger: Trigger::Schedule,
                 });
             }
             let mut next = following;

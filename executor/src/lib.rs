@@ -34,6 +34,16 @@ use crate::service::Service;
 ///
 /// `[executor] listen` may use port 0 (tests do): the bound port is then advertised.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_until(config, shutdown, CancellationToken::new()).await
+}
+
+/// [`run`], where cancelling `hurry` during the drain stops the running jobs at once (as when
+/// the drain time is over), still recording their status.
+pub async fn run_until(
+    config: Config,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.executor.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.executor.listen))?;
@@ -46,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         address: advertise,
         version: gocron_shared::VERSION.to_owned(),
         started_at: chrono::Utc::now().to_rfc3339(),
+        instance: ExecutorInfo::new_instance(),
     };
 
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
@@ -133,10 +144,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "waiting for running jobs"
         );
     }
-    if tokio::time::timeout(drain, runs.wait()).await.is_err() {
+    let drained = tokio::select! {
+        _ = runs.wait() => true,
+        _ = tokio::time::sleep(drain) => false,
+        _ = hurry.cancelled() => false,
+    };
+    if !drained {
         tracing::warn!(
             running = runs.len(),
-            "drain time is over; stopping the jobs still running (status killed)"
+            "stopping the jobs still running (status killed)"
         );
         stop_runs.cancel();
         runs.wait().await;

@@ -9,5 +9,6 @@ async fn main() -> anyhow::Result<()> {
     daemon::init_tracing();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
-    gocron_executor::run(config, daemon::shutdown_on_signals()).await
+    let (shutdown, hurry) = daemon::shutdown_and_hurry_on_signals();
+    gocron_executor::run_until(config, shutdown, hurry).await
 }

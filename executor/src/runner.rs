@@ -1,7 +1,7 @@
 //! Running one job: a shell command in its own process group, or an HTTP GET; keeping the tail of
 //! its output; recording the outcome in `cron_run`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,40 @@ pub struct Runner {
     executor_name: String,
     output_bytes: usize,
     http: reqwest::Client,
+    /// The runs going on, by run id, each with its kill switch.
+    kills: Arc<Mutex<HashMap<i64, Arc<KillSwitch>>>>,
+}
+
+/// Stops one run on an operator's request.
+#[derive(Default)]
+struct KillSwitch {
+    token: CancellationToken,
+    by: Mutex<String>,
+}
+
+/// Why a run was stopped before its end.
+enum Stop {
+    /// It passed its timeout under the `kill` policy.
+    Timeout(Duration),
+    /// The executor's drain time was over.
+    Drain,
+    /// An operator asked.
+    OnDemand(String),
+}
+
+/// Takes a run's kill switch out of the table when the run ends, however it ends.
+struct Registered<'a> {
+    kills: &'a Mutex<HashMap<i64, Arc<KillSwitch>>>,
+    run_id: i64,
+    switch: Arc<KillSwitch>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut kills) = self.kills.lock() {
+            kills.remove(&self.run_id);
+        }
+    }
 }
 
 impl Runner {
@@ -54,15 +88,52 @@ impl Runner {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            kills: Arc::default(),
         }
+    }
+
+    /// Stops run `run_id` (status `killed`, saying `by` whom) if it is going here.
+    pub fn kill(&self, run_id: i64, by: &str) -> bool {
+        let switch = self
+            .kills
+            .lock()
+            .ok()
+            .and_then(|kills| kills.get(&run_id).cloned());
+        let Some(switch) = switch else {
+            return false;
+        };
+        if let Ok(mut who) = switch.by.lock() {
+            *who = by.to_owned();
+        }
+        switch.token.cancel();
+        true
     }
 
     /// Runs `request` to its end; the outcome is not recorded yet (see [`Runner::record`]).
     pub async fn execute(&self, request: &RunRequest) -> Outcome {
-        let outcome = match request.job.kind {
-            JobKind::Shell => self.run_shell(request).await,
-            JobKind::Http => self.run_http(request).await,
+        let registered = Registered {
+            kills: &self.kills,
+            run_id: request.run_id,
+            switch: Arc::default(),
         };
+        if let Ok(mut kills) = self.kills.lock() {
+            kills.insert(request.run_id, registered.switch.clone());
+        }
+        let outcome = match request.job.kind {
+            JobKind::Shell => self.run_shell(request, &registered.switch).await,
+            JobKind::Http => {
+                tokio::select! {
+                    outcome = self.run_http(request) => outcome,
+                    _ = registered.switch.token.cancelled() => Outcome {
+                        status: RunStatus::Killed,
+                        exit_code: None,
+                        error: Some(killed_by(&registered.switch)),
+                        output: String::new(),
+                    },
+                }
+            }
+        };
+        drop(registered);
         tracing::info!(
             run_id = request.run_id,
             job_id = request.job.id,
@@ -74,7 +145,7 @@ impl Runner {
         outcome
     }
 
-    async fn run_shell(&self, request: &RunRequest) -> Outcome {
+    async fn run_shell(&self, request: &RunRequest, switch: &KillSwitch) -> Outcome {
         let scheduled = Utc
             .timestamp_millis_opt(request.scheduled_ms)
             .single()
@@ -122,20 +193,28 @@ impl Runner {
         .map(|r| tokio::spawn(read_into(r, tail.clone(), stop_reading.clone())))
         .collect::<Vec<_>>();
 
-        // Under the `kill` policy the run may last until its timeout; any run is stopped when
-        // the executor's drain time is over.
-        let timeout = (request.job.timeout_policy == TimeoutPolicy::Kill && request.timeout_ms > 0)
-            .then(|| Duration::from_millis(request.timeout_ms));
-        let deadline = timeout.map(|t| {
+        // At the timeout, `kill` stops the run; `abandon` and `sync` flag it and let it go on.
+        let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
+        let mut deadline = timeout.map(|t| {
             // The timeout counts from the tick, not from the start, like the schedule does.
             let late = Utc::now().timestamp_millis() - request.scheduled_ms;
             tokio::time::Instant::now()
                 + t.saturating_sub(Duration::from_millis(late.max(0) as u64))
         });
-        let stopped = tokio::select! {
-            status = child.wait() => Ok(status),
-            _ = sleep_until_some(deadline) => Err(RunStatus::Timeout),
-            _ = self.stop_all.cancelled() => Err(RunStatus::Killed),
+        let stopped = loop {
+            tokio::select! {
+                status = child.wait() => break Ok(status),
+                _ = sleep_until_some(deadline) => {
+                    let timeout = timeout.unwrap_or_default();
+                    if request.job.timeout_policy == TimeoutPolicy::Kill {
+                        break Err(Stop::Timeout(timeout));
+                    }
+                    deadline = None;
+                    self.flag_overrun(request, timeout);
+                }
+                _ = self.stop_all.cancelled() => break Err(Stop::Drain),
+                _ = switch.token.cancelled() => break Err(Stop::OnDemand(killed_by(switch))),
+            }
         };
         let (status, stop_reason) = match stopped {
             Ok(status) => (status, None),
@@ -158,15 +237,22 @@ impl Runner {
         }
         let output = tail.lock().map(|t| t.text()).unwrap_or_default();
         if let Some(reason) = stop_reason {
-            let error = match (reason, timeout) {
-                (RunStatus::Timeout, Some(t)) => format!(
-                    "timed out after {} ms (policy kill): process group stopped",
-                    t.as_millis()
+            let (run_status, error) = match reason {
+                Stop::Timeout(t) => (
+                    RunStatus::Timeout,
+                    format!(
+                        "timed out after {} ms (policy kill): process group stopped",
+                        t.as_millis()
+                    ),
                 ),
-                _ => "stopped: the executor shut down and its drain time was over".to_owned(),
+                Stop::Drain => (
+                    RunStatus::Killed,
+                    "stopped: the executor shut down and its drain time was over".to_owned(),
+                ),
+                Stop::OnDemand(why) => (RunStatus::Killed, why),
             };
             return Outcome {
-                status: reason,
+                status: run_status,
                 exit_code: status.as_ref().ok().and_then(|s| s.code()),
                 error: Some(error),
                 output,
@@ -283,14 +369,34 @@ impl Runner {
         }
     }
 
+    /// Flags a run that passed its timeout under `abandon` or `sync` (`cron_run.overrun_at`,
+    /// which the monitor alarms on); the run goes on.
+    fn flag_overrun(&self, request: &RunRequest, timeout: Duration) {
+        tracing::warn!(
+            run_id = request.run_id,
+            job_id = request.job.id,
+            job = %request.job.name,
+            policy = %request.job.timeout_policy,
+            timeout_ms = timeout.as_millis() as u64,
+            "the run passed its timeout; flagged, still running"
+        );
+        let (runs, run_id) = (self.runs.clone(), request.run_id);
+        tokio::spawn(async move {
+            if let Err(e) = runs.overrun(run_id).await {
+                tracing::warn!(run_id, error = %e, "cannot flag the run's overrun");
+            }
+        });
+    }
+
     /// Writes the final status; retried with backoff, because a lost outcome is a lost run.
+    /// Whether the row is final now (written here, or already final).
     pub async fn record(
         &self,
         run_id: i64,
         executor: &str,
         started_at: DateTime<Utc>,
         outcome: Outcome,
-    ) {
+    ) -> bool {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
         for _ in 0..12 {
@@ -299,13 +405,13 @@ impl Runner {
                 .finish(run_id, executor, started_at, outcome.clone())
                 .await
             {
-                Ok(true) => return,
+                Ok(true) => return true,
                 Ok(false) => {
                     tracing::warn!(
                         run_id,
                         "the run row was already final; outcome not recorded"
                     );
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     let _ = backoff.wait(&e, &never).await;
@@ -317,7 +423,14 @@ impl Runner {
             ?outcome,
             "could not record the run's outcome; its row stays 'running'"
         );
+        false
     }
+}
+
+/// The run's error when an operator killed it.
+fn killed_by(switch: &KillSwitch) -> String {
+    let by = switch.by.lock().map(|b| b.clone()).unwrap_or_default();
+    format!("killed on request of {by}: process group stopped")
 }
 
 /// Sleeps until `deadline`, or forever without one.

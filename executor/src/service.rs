@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::Utc;
 use gocron_shared::config::ExecutorConfig;
+use gocron_shared::live::Holder;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
-use gocron_shared::rpc::{Accepted, ExecutorRpc, Refused, RunRequest, Secret};
+use gocron_shared::rpc::{Accepted, ExecutorRpc, KillRequest, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,8 @@ struct Inner {
     fences: Fences,
     /// `name@address`, as written to `cron_run.executor`.
     label: String,
+    /// This process, as entered in the jobs' live hashes.
+    holder: Holder,
     slots: Arc<Semaphore>,
     max: usize,
     stopping: AtomicBool,
@@ -57,6 +60,7 @@ impl Service {
                 runs,
                 fences,
                 label: info.to_string(),
+                holder: Holder::executor(info),
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
                 max: config.max_concurrent,
                 stopping: AtomicBool::new(false),
@@ -107,14 +111,15 @@ impl ExecutorRpc for Service {
         // The claim and the start happen in a task of their own: tarpc aborts a handler whose
         // deadline passed, and a run claimed must never be left without its start.
         let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
-        let (runs, fences, label, runner) = (
+        let (runs, fences, label, holder, runner) = (
             inner.runs.clone(),
             inner.fences.clone(),
             inner.label.clone(),
+            inner.holder.clone(),
             inner.runner.clone(),
         );
         inner.tasks.spawn(async move {
-            let claimed = claim(&fences, &label, request.run_id).await;
+            let claimed = claim(&fences, &label, &holder, &request).await;
             let go = claimed.is_ok();
             let _ = claimed_tx.send(claimed);
             if !go {
@@ -140,7 +145,16 @@ impl ExecutorRpc for Service {
             if let Err(e) = started {
                 tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
             }
-            runner.record(request.run_id, &label, started_at, outcome).await;
+            if runner
+                .record(request.run_id, &label, started_at, outcome)
+                .await
+            {
+                // Out of the live runs only once the outcome is safe: an unrecorded run stays
+                // live while this process lives, and becomes `lost` if it dies.
+                if let Err(e) = fences.release(request.job.id, request.run_id).await {
+                    tracing::warn!(run_id = request.run_id, error = %e, "cannot drop the run from the job's live runs");
+                }
+            }
         });
         claimed_rx
             .await
@@ -149,11 +163,42 @@ impl ExecutorRpc for Service {
             executor: inner.label.clone(),
         })
     }
+
+    async fn kill_run(
+        self,
+        _: tarpc::context::Context,
+        request: KillRequest,
+    ) -> Result<(), Refused> {
+        if !self.inner.secret.matches(&request.secret) {
+            tracing::warn!(
+                peer = ?self.peer,
+                run_id = request.run_id,
+                "refused a kill with a missing or wrong [rpc] secret"
+            );
+            return Err(Refused::Unauthorized);
+        }
+        if self.inner.runner.kill(request.run_id, &request.by) {
+            tracing::info!(run_id = request.run_id, by = %request.by, "killing the run on request");
+            Ok(())
+        } else {
+            Err(Refused::NotRunning(request.run_id))
+        }
+    }
 }
 
-/// Claims run `run_id` for this executor (see [`gocron_shared::lock`]).
-async fn claim(fences: &Fences, label: &str, run_id: i64) -> Result<(), Refused> {
-    match fences.claim_run(run_id, label).await {
+/// Claims the run for this executor and enters it in its job's live runs (see
+/// [`gocron_shared::lock`], [`gocron_shared::live`]).
+async fn claim(
+    fences: &Fences,
+    label: &str,
+    holder: &Holder,
+    request: &RunRequest,
+) -> Result<(), Refused> {
+    let run_id = request.run_id;
+    match fences
+        .claim_run(request.job.id, run_id, label, Some(holder))
+        .await
+    {
         Ok(None) => Ok(()),
         Ok(Some(holder)) => Err(Refused::AlreadyClaimed(format!(
             "run {run_id} is held by {holder}"

@@ -12,17 +12,27 @@
 //! back, the first pass publishes what changed meanwhile. Two monitors may run: they compute the
 //! same state and their writes are idempotent.
 //!
+//! It also sweeps for lost runs (see [`lost`]): a run whose executor died is recorded `lost`
+//! within about the etcd lease TTL.
+//!
 //! Modules:
 //! - [`sync`]: one pass of table → verdicts → etcd.
+//! - [`lost`]: runs in flight whose holder is gone become `lost`.
 
+pub mod lost;
 pub mod sync;
+
+use std::time::Duration;
 
 use chrono_tz::Tz;
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, MirrorEvent};
+use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 
+use crate::lost::Sweeper;
 use crate::sync::Publisher;
 
 /// Runs the monitor until `shutdown` is cancelled.
@@ -33,8 +43,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
         return Ok(());
     };
+    let Ok(fences) = Fences::connect(
+        &config.redis,
+        "monitor",
+        config.dispatcher.lock_ttl,
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
+    let mut executors = registry::live_executors(etcd.clone(), &keys, shutdown.child_token());
+    let sweeper = Sweeper {
+        fences,
+        runs: RunLog::spawn(db.clone()),
+        executors: executors.clone(),
+        etcd: etcd.clone(),
+        keys: keys.clone(),
+    };
+    // A third of the lease TTL: a dead executor's runs are lost within about one TTL.
+    let mut sweep = tokio::time::interval(Duration::from_millis(
+        (config.etcd.lease_ttl * 1000 / 3).max(500),
+    ));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until the executors have been read, every run would look lost.
+    let mut seen_executors = false;
     let default_tz: Tz = config.dispatcher.time_zone;
     let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz);
     let mut poll = tokio::time::interval(config.monitor.poll_interval);
@@ -52,6 +87,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 None => break,
             },
+            _ = executors.changed(), if !seen_executors => seen_executors = true,
+            _ = sweep.tick(), if seen_executors => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = sweeper.sweep() => {}
+                }
+            }
             _ = poll.tick(), if seen_etcd => {
                 // A pass is idempotent, so one cut short by shutdown loses nothing.
                 tokio::select! {

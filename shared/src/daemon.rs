@@ -42,6 +42,26 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Two tokens: the first SIGINT or SIGTERM cancels `.0` (stop gracefully), the second cancels
+/// `.1` (hurry: skip what can be skipped, such as waiting for running jobs), a third exits the
+/// process at once.
+pub fn shutdown_and_hurry_on_signals() -> (CancellationToken, CancellationToken) {
+    let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+    let (first, second) = (shutdown.clone(), hurry.clone());
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; a second signal stops running jobs at once");
+        first.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: stopping running jobs now; a third exits at once");
+        second.cancel();
+        wait_for_signal().await;
+        tracing::warn!("third signal: exiting now");
+        std::process::exit(130);
+    });
+    (shutdown, hurry)
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (

@@ -4,10 +4,14 @@
 //! - `{prefix}/executors/{name}`: an executor's [`crate::machine::ExecutorInfo`] (JSON), under its lease.
 //! - `{prefix}/dispatchers/{name}`: a dispatcher's name and start time (JSON), under its lease.
 //! - `{prefix}/jobs/{id}`: a valid, enabled job's [`crate::job::JobSpec`] (JSON), kept by the monitor.
+//! - `{prefix}/manual/{id}/{requested_ms}`: a request to run job `id` now (see
+//!   [`crate::control::run_now`]), under a short lease; the dispatcher that fires it deletes it.
 //!
 //! Redis (under `[redis] prefix`, default `gocron`):
 //! - `{prefix}:tick:{job_id}:{scheduled_ms}`: the tick lock; its value is the winning dispatcher.
 //! - `{prefix}:run:{run_id}`: who owns a run: an executor's `name@address`, or `nobody:{dispatcher}`.
+//! - `{prefix}:live:{job_id}`: the job's runs in flight, run id → holder (see [`crate::live`]).
+//! - `{prefix}:manual:{job_id}:{requested_ms}`: the lock of a run-now request (like a tick's).
 //! - `{prefix}:rr:{machine}`: the dispatch counter of a machine group (`*` = any executor), for
 //!   round-robin that holds across all dispatchers.
 
@@ -55,6 +59,22 @@ impl EtcdKeys {
         format!("{}{id}", self.jobs())
     }
 
+    /// The folder of run-now requests.
+    pub fn manual(&self) -> String {
+        format!("{}/manual/", self.prefix)
+    }
+
+    /// The run-now request of job `job_id` made at `requested_ms`.
+    pub fn manual_request_key(&self, job_id: i64, requested_ms: i64) -> String {
+        format!("{}{job_id}/{requested_ms}", self.manual())
+    }
+
+    /// The (job id, requested ms) of a key under [`EtcdKeys::manual`].
+    pub fn manual_request(&self, key: &str) -> Option<(i64, i64)> {
+        let (job, ms) = key.strip_prefix(&self.manual())?.split_once('/')?;
+        Some((job.parse().ok()?, ms.parse().ok()?))
+    }
+
     /// The job id of a key under [`EtcdKeys::jobs`].
     pub fn job_id(&self, key: &str) -> Option<i64> {
         key.strip_prefix(&self.jobs())?.parse().ok()
@@ -78,6 +98,29 @@ impl RedisKeys {
     /// The lock of one tick of one job.
     pub fn tick(&self, job_id: i64, scheduled_ms: i64) -> String {
         format!("{}:tick:{job_id}:{scheduled_ms}", self.prefix)
+    }
+
+    /// The lock of one run-now request of one job.
+    pub fn manual(&self, job_id: i64, requested_ms: i64) -> String {
+        format!("{}:manual:{job_id}:{requested_ms}", self.prefix)
+    }
+
+    /// The hash of a job's runs in flight.
+    pub fn live(&self, job_id: i64) -> String {
+        format!("{}:live:{job_id}", self.prefix)
+    }
+
+    /// The pattern matching every job's live hash (for `SCAN`).
+    pub fn live_pattern(&self) -> String {
+        format!("{}:live:*", self.prefix)
+    }
+
+    /// The job id of a live hash's key.
+    pub fn live_job(&self, key: &str) -> Option<i64> {
+        key.strip_prefix(&self.prefix)?
+            .strip_prefix(":live:")?
+            .parse()
+            .ok()
     }
 
     /// The claim of one run.
@@ -109,5 +152,12 @@ mod tests {
         assert_eq!(r.round_robin(""), "gc:rr:*");
         assert_eq!(r.run(9), "gc:run:9");
         assert_eq!(r.round_robin("php"), "gc:rr:php");
+        assert_eq!(r.live(4), "gc:live:4");
+        assert_eq!(r.live_job("gc:live:4"), Some(4));
+        assert_eq!(r.live_job("gc:live:x"), None);
+        assert_eq!(r.manual(4, 99), "gc:manual:4:99");
+        assert_eq!(k.manual_request_key(4, 99), "/gocron/manual/4/99");
+        assert_eq!(k.manual_request("/gocron/manual/4/99"), Some((4, 99)));
+        assert_eq!(k.manual_request("/gocron/manual/4"), None);
     }
 }

@@ -16,15 +16,20 @@
 //! - [`rpc`]: the dispatcher → executor tarpc service and its wire types.
 //! - [`keys`]: every etcd key and Redis key layout, in one place.
 //! - [`registry`]: etcd leases (registration) and prefix mirroring (discovery without gaps).
-//! - [`lock`]: the Redis tick lock that lets exactly one dispatcher fire a (job, tick).
+//! - [`lock`]: the Redis tick lock that lets exactly one dispatcher fire a (job, tick), the run
+//!   claim, and each job's hash of runs in flight.
+//! - [`live`]: which runs are live (their holder is registered now), and which are lost.
+//! - [`control`]: operator actions: run a job now, kill a run.
 //! - [`daemon`]: what the three `main`s share: flags, logging, signals, retry with backoff.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod db;
 pub mod entity;
 pub mod job;
 pub mod keys;
+pub mod live;
 pub mod lock;
 pub mod machine;
 pub mod migration;

@@ -21,26 +21,56 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
 use crate::daemon::{Backoff, Cancelled};
+use crate::job::Trigger;
 use crate::keys::RedisKeys;
+use crate::live::{Holder, LiveRun};
 
 // The lock's value is `owner|sequence`. Asking again as the same owner returns the same
 // sequence, so a retry after a lost reply (timeout, reset) cannot turn a won tick into a lost one.
-const CLAIM: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
-return redis.call('GET', KEYS[1])
-";
-
+// The winner also gets the job's runs in flight (the live hash), for the `abandon` policy.
 const ACQUIRE: &str = r"
+local n
 local held = redis.call('GET', KEYS[1])
 if held then
-  local owner, n = string.match(held, '^(.*)|(%d+)$')
-  if owner == ARGV[1] then return tonumber(n) end
-  return 0
+  local owner, seq = string.match(held, '^(.*)|(%d+)$')
+  if owner ~= ARGV[1] then return {0} end
+  n = tonumber(seq)
+else
+  n = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n, 'PX', ARGV[2])
 end
-local n = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n, 'PX', ARGV[2])
-return n
+local reply = redis.call('HGETALL', KEYS[3])
+table.insert(reply, 1, n)
+return reply
 ";
+
+// Claims the run (first holder wins; the same holder asking again wins again) and, for the
+// winner, puts it in the job's live hash (an executor) or takes it out (the dispatcher's
+// "nobody": the run will not happen).
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  held = ARGV[1]
+end
+if held == ARGV[1] then
+  if ARGV[4] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+  else
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  end
+end
+return held
+";
+
+/// A tick won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Won {
+    /// The machine group's dispatch count (for round-robin).
+    pub sequence: u64,
+    /// The job's runs in flight when the tick was won.
+    pub in_flight: Vec<LiveRun>,
+}
 
 /// Tick locks and run claims on one Redis server.
 #[derive(Clone)]
@@ -87,38 +117,143 @@ impl Fences {
         })
     }
 
-    /// Tries to win tick `scheduled_ms` of job `job_id`. `Ok(Some(n))`: this caller won (now or
-    /// in an earlier attempt), and `n` is the `machine` group's dispatch count (for
-    /// round-robin); `Ok(None)`: another won.
+    /// Tries to win tick `scheduled_ms` of job `job_id` (for `Trigger::Manual`, the run-now
+    /// request made at that instant). `Ok(Some(won))`: this caller won (now or in an earlier
+    /// attempt); `Ok(None)`: another won.
     pub async fn acquire(
         &self,
         job_id: i64,
         scheduled_ms: i64,
+        trigger: Trigger,
         machine: &str,
-    ) -> redis::RedisResult<Option<u64>> {
+    ) -> redis::RedisResult<Option<Won>> {
         let mut conn = self.conn.clone();
-        let n: u64 = self
+        let key = match trigger {
+            Trigger::Schedule => self.keys.tick(job_id, scheduled_ms),
+            Trigger::Manual => self.keys.manual(job_id, scheduled_ms),
+        };
+        let reply: Vec<redis::Value> = self
             .acquire
-            .key(self.keys.tick(job_id, scheduled_ms))
+            .key(key)
             .key(self.keys.round_robin(machine))
+            .key(self.keys.live(job_id))
             .arg(&self.owner)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok((n > 0).then_some(n))
+        let mut values = reply.into_iter();
+        let sequence: u64 = match values.next() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => 0,
+        };
+        if sequence == 0 {
+            return Ok(None);
+        }
+        let rest: Vec<String> = values
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Won {
+            sequence,
+            in_flight: pairs(job_id, rest),
+        }))
     }
 
-    /// Claims run `run_id` as `holder`. `Ok(None)`: `holder` has it (now, or from an earlier
-    /// attempt); `Ok(Some(other))`: `other` holds it.
-    pub async fn claim_run(&self, run_id: i64, holder: &str) -> redis::RedisResult<Option<String>> {
+    /// Claims run `run_id` of job `job_id` as `holder`. `Ok(None)`: `holder` has it (now, or
+    /// from an earlier attempt); `Ok(Some(other))`: `other` holds it. An executor (`live` is
+    /// its [`Holder`]) enters the run in the job's live hash with the claim; the dispatcher's
+    /// "nobody" (`live` is `None`) takes it out.
+    pub async fn claim_run(
+        &self,
+        job_id: i64,
+        run_id: i64,
+        holder: &str,
+        live: Option<&Holder>,
+    ) -> redis::RedisResult<Option<String>> {
         let mut conn = self.conn.clone();
         let held: String = self
             .claim
             .key(self.keys.run(run_id))
+            .key(self.keys.live(job_id))
             .arg(holder)
             .arg(self.ttl.as_millis() as u64)
+            .arg(run_id)
+            .arg(live.map(ToString::to_string).unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         Ok((held != holder).then_some(held))
     }
+
+    /// Enters run `run_id` in job `job_id`'s live hash, held by `holder`.
+    pub async fn hold(&self, job_id: i64, run_id: i64, holder: &Holder) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.keys.live(job_id))
+            .arg(run_id)
+            .arg(holder.to_string())
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Takes run `run_id` out of job `job_id`'s live hash (its final status is recorded).
+    pub async fn release(&self, job_id: i64, run_id: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HDEL")
+            .arg(self.keys.live(job_id))
+            .arg(run_id)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Job `job_id`'s runs in flight.
+    pub async fn in_flight(&self, job_id: i64) -> redis::RedisResult<Vec<LiveRun>> {
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.keys.live(job_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(pairs(job_id, flat))
+    }
+
+    /// Every job's runs in flight (a `SCAN` of the live hashes: for the monitor's sweep).
+    pub async fn all_in_flight(&self) -> redis::RedisResult<Vec<LiveRun>> {
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.live_pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut runs = Vec::new();
+        for key in keys {
+            let Some(job_id) = self.keys.live_job(&key) else {
+                continue;
+            };
+            runs.extend(self.in_flight(job_id).await?);
+        }
+        Ok(runs)
+    }
+}
+
+/// Reads `HGETALL`'s flat field/value list of a live hash.
+fn pairs(job_id: i64, flat: Vec<String>) -> Vec<LiveRun> {
+    flat.chunks_exact(2)
+        .filter_map(|kv| {
+            Some(LiveRun {
+                job_id,
+                run_id: kv[0].parse().ok()?,
+                holder: Holder::parse(&kv[1]),
+            })
+        })
+        .collect()
 }

@@ -72,6 +72,17 @@ pub struct ExecutorInfo {
     pub version: String,
     /// When it started (RFC 3339).
     pub started_at: String,
+    /// A random id of this executor process: a run held by an instance that is no longer
+    /// registered is lost (see [`crate::live`]), even if an executor of the same name is back.
+    #[serde(default)]
+    pub instance: String,
+}
+
+impl ExecutorInfo {
+    /// A fresh random instance id.
+    pub fn new_instance() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
 }
 
 impl fmt::Display for ExecutorInfo {
@@ -141,6 +152,7 @@ mod tests {
             address: addr.parse().unwrap(),
             version: "0".into(),
             started_at: String::new(),
+            instance: String::new(),
         }
     }
 

@@ -306,6 +306,26 @@ async fn mirror_once(
     }
 }
 
+/// The executors registered right now, read from etcd (not from a mirror that may lag): for
+/// confirming that a run's executor is gone before calling the run lost.
+pub async fn read_executors(
+    client: &Client,
+    keys: &EtcdKeys,
+) -> Result<Vec<ExecutorInfo>, etcd_client::Error> {
+    let mut client = client.clone();
+    let response = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.get(keys.executors(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| etcd_client::Error::InvalidArgs("reading the executors timed out".into()))??;
+    Ok(response
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect())
+}
+
 /// The live executors, sorted by name, kept up to date from etcd until `cancel`. The receiver
 /// sees its first `changed()` once etcd has been read.
 pub fn live_executors(

@@ -21,6 +21,20 @@ use crate::job::{JobSpec, Trigger};
 pub trait ExecutorRpc {
     /// Claims run `request.run_id` and starts it; returns as soon as it has started.
     async fn start_run(request: RunRequest) -> Result<Accepted, Refused>;
+    /// Stops run `request.run_id` (its whole process group) if this executor runs it; the run
+    /// ends `killed`. Returns once the stop has begun; the status follows in the run row.
+    async fn kill_run(request: KillRequest) -> Result<(), Refused>;
+}
+
+/// An operator's request to stop a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillRequest {
+    /// The caller's credential, checked before anything else.
+    pub secret: Secret,
+    /// The run to stop.
+    pub run_id: i64,
+    /// Who asks, for logs and the run's `error`.
+    pub by: String,
 }
 
 /// The shared secret (`[rpc] secret`) every call carries, so that only dispatchers can make an
@@ -98,6 +112,9 @@ pub enum Refused {
     /// dispatchers (or its `[rpc] secret` differs); nothing was done.
     #[error("unauthorized: wrong [rpc] secret")]
     Unauthorized,
+    /// Occurs when a kill names a run this executor is not running (finished, or elsewhere).
+    #[error("run {0} is not running on this executor")]
+    NotRunning(i64),
     /// Occurs when the executor cannot reach Redis to claim the run: offer it elsewhere.
     #[error("cannot claim the run: {0}")]
     Unavailable(String),

@@ -1,7 +1,10 @@
 //! Every write to `cron_run`, in one place: the run row's state machine, and group commit.
 //!
-//! A row moves `dispatched` → `running` (an executor started it) → `succeeded` | `failed`, or
-//! `dispatched` → `no_executor`. Each transition is a conditional `UPDATE` on the expected
+//! A row moves `dispatched` → `running` (an executor started it) → `succeeded` | `failed` |
+//! `timeout` | `killed`, or `dispatched` → `no_executor`; a run whose holder died becomes `lost`
+//! from `dispatched` or `running` (and still takes the outcome if its executor was alive after
+//! all and reports one); a tick skipped under `abandon` is inserted `skipped`, already final.
+//! The overrun flag (`overrun_at`) is set once, on a run still in flight. Each transition is a conditional `UPDATE` on the expected
 //! status, so a late or repeated writer can never move a row backwards. (Who may write a run's
 //! transitions is decided before, by the run claim in Redis: see [`crate::lock`].)
 //!
@@ -33,6 +36,9 @@ use crate::job::{RunStatus, Trigger};
 /// and finish usually share a batch and merge into one write.
 const MAX_BATCH: usize = 4096;
 
+/// The statuses of a run in flight.
+const IN_FLIGHT: [&str; 2] = ["dispatched", "running"];
+
 /// How a run ended, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -51,6 +57,8 @@ enum Write {
         job_id: i64,
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
+        /// `None`: a `dispatched` row; `Some(why)`: a `skipped` one.
+        skipped: Option<String>,
         reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
     },
     Start {
@@ -62,6 +70,15 @@ enum Write {
     NoExecutor {
         run_id: i64,
         error: String,
+        reply: oneshot::Sender<Result<bool, DbErr>>,
+    },
+    Lost {
+        run_id: i64,
+        error: String,
+        reply: oneshot::Sender<Result<bool, DbErr>>,
+    },
+    Overrun {
+        run_id: i64,
         reply: oneshot::Sender<Result<bool, DbErr>>,
     },
     Finish {
@@ -112,9 +129,46 @@ impl RunLog {
             job_id,
             scheduled_at,
             trigger,
+            skipped: None,
             reply,
         })
         .await
+    }
+
+    /// Inserts a `skipped` row for a tick that was not started, saying why; `Ok(None)` when the
+    /// tick already has a row.
+    pub async fn skipped(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        trigger: Trigger,
+        why: String,
+    ) -> Result<Option<i64>, DbErr> {
+        self.submit(|reply| Write::Insert {
+            job_id,
+            scheduled_at,
+            trigger,
+            skipped: Some(why),
+            reply,
+        })
+        .await
+    }
+
+    /// `dispatched` or `running` → `lost`, saying why; `Ok(false)` when the row was already
+    /// final.
+    pub async fn lost(&self, run_id: i64, error: String) -> Result<bool, DbErr> {
+        self.submit(|reply| Write::Lost {
+            run_id,
+            error,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets the overrun flag of a run still in flight; `Ok(false)` when it was already set or
+    /// the run is over.
+    pub async fn overrun(&self, run_id: i64) -> Result<bool, DbErr> {
+        self.submit(|reply| Write::Overrun { run_id, reply }).await
     }
 
     /// `dispatched` → `running` for `executor`; `Ok(false)` when the row was not `dispatched`
@@ -275,6 +329,8 @@ fn answer(write: Write, found: Found) {
         (
             Write::Start { reply, .. }
             | Write::NoExecutor { reply, .. }
+            | Write::Lost { reply, .. }
+            | Write::Overrun { reply, .. }
             | Write::Finish { reply, .. },
             found,
         ) => drop(reply.send(Ok(matches!(found, Found::Updated(true))))),
@@ -287,6 +343,8 @@ fn fail(write: Write, message: &str) {
         Write::Insert { reply, .. } => drop(reply.send(Err(err()))),
         Write::Start { reply, .. }
         | Write::NoExecutor { reply, .. }
+        | Write::Lost { reply, .. }
+        | Write::Overrun { reply, .. }
         | Write::Finish { reply, .. } => drop(reply.send(Err(err()))),
     }
 }
@@ -298,14 +356,21 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
             job_id,
             scheduled_at,
             trigger,
+            skipped,
             ..
         } => {
+            let status = match skipped {
+                None => RunStatus::Dispatched,
+                Some(_) => RunStatus::Skipped,
+            };
             let row = run::ActiveModel {
                 job_id: Set(*job_id),
                 scheduled_at: Set(*scheduled_at),
-                status: Set(RunStatus::Dispatched.as_str().to_owned()),
+                status: Set(status.as_str().to_owned()),
                 executor: Set(String::new()),
                 trigger: Set(trigger.as_str().to_owned()),
+                error: Set(skipped.clone()),
+                finished_at: Set(skipped.as_ref().map(|_| Utc::now())),
                 ..Default::default()
             };
             let result = in_savepoint(txn, async |sp| {
@@ -352,6 +417,25 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
             let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
             Ok(Found::Updated(result.rows_affected == 1))
         }
+        Write::Lost { run_id, error, .. } => {
+            let update = run::Entity::update_many()
+                .col_expr(run::Column::Status, Expr::value(RunStatus::Lost.as_str()))
+                .col_expr(run::Column::Error, Expr::value(error.clone()))
+                .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+                .filter(run::Column::Id.eq(*run_id))
+                .filter(run::Column::Status.is_in(IN_FLIGHT));
+            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
+            Ok(Found::Updated(result.rows_affected == 1))
+        }
+        Write::Overrun { run_id, .. } => {
+            let update = run::Entity::update_many()
+                .col_expr(run::Column::OverrunAt, Expr::value(Utc::now()))
+                .filter(run::Column::Id.eq(*run_id))
+                .filter(run::Column::Status.is_in(IN_FLIGHT))
+                .filter(run::Column::OverrunAt.is_null());
+            let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
+            Ok(Found::Updated(result.rows_affected == 1))
+        }
         Write::Finish {
             run_id,
             executor,
@@ -368,10 +452,13 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
                 .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
                 .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
                 .filter(run::Column::Id.eq(*run_id))
-                .filter(
-                    run::Column::Status
-                        .is_in([RunStatus::Dispatched.as_str(), RunStatus::Running.as_str()]),
-                );
+                // `lost` too: an executor judged dead (its lease expired in a partition) that
+                // comes back with the outcome knows better.
+                .filter(run::Column::Status.is_in([
+                    RunStatus::Dispatched.as_str(),
+                    RunStatus::Running.as_str(),
+                    RunStatus::Lost.as_str(),
+                ]));
             let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
             Ok(Found::Updated(result.rows_affected == 1))
         }

@@ -212,8 +212,74 @@ impl Cluster {
 
     /// Starts an executor named `name` and waits until it is registered in etcd.
     pub async fn start_executor(&mut self, name: &str) {
-        let config = self.config("EXECUTOR", &[("NAME", name)]);
+        self.start_executor_with(name, &[]).await;
+    }
+
+    /// Starts an executor named `name` with `[section] key = value` settings of its own, and
+    /// waits until it is registered in etcd.
+    pub async fn start_executor_with(&mut self, name: &str, settings: &[(&str, &str, &str)]) {
+        let own = settings
+            .iter()
+            .map(|(section, key, value)| (format!("GOCRON__{section}__{key}"), value.to_string()));
+        let env = self
+            .overrides
+            .iter()
+            .cloned()
+            .chain([("GOCRON__EXECUTOR__NAME".to_owned(), name.to_owned())])
+            .chain(own);
+        let config = Config::from_ini(&self.ini, "test conf.ini", env).expect("test configuration");
         self.spawn("executor", name, config, gocron_executor::run);
+        self.wait_registered(name).await;
+    }
+
+    /// Starts an executor named `name` as a process of its own (`binary`: the
+    /// `gocron-test-executor` binary, the real executor's `main`, whose path only integration
+    /// tests know), so that a test can kill it with SIGKILL; waits until it is registered. The
+    /// caller owns the process.
+    pub async fn start_executor_process(
+        &mut self,
+        name: &str,
+        binary: &Path,
+    ) -> std::process::Child {
+        let ini = self.path(&format!("{name}.ini"));
+        std::fs::write(&ini, &self.ini).expect("writing the executor's conf.ini");
+        let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
+        let child = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&ini)
+            .envs(self.overrides.iter().cloned())
+            .env("GOCRON__EXECUTOR__NAME", name)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting gocron-test-executor");
+        self.wait_registered(name).await;
+        child
+    }
+
+    /// A connection to the cluster's Redis fences, as an operator tool would have.
+    pub async fn fences(&self) -> gocron_shared::lock::Fences {
+        let config = self.base_config();
+        gocron_shared::lock::Fences::connect(
+            &config.redis,
+            "test",
+            Duration::from_secs(60),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("redis")
+    }
+
+    /// A client of the cluster's etcd.
+    pub async fn etcd(&self) -> etcd_client::Client {
+        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
+        etcd_client::Client::connect([etcd], None)
+            .await
+            .expect("etcd")
+    }
+
+    async fn wait_registered(&self, name: &str) {
         let key = format!("/gocron-test/{}/executors/{name}", self.id);
         let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
         wait_until(

@@ -5,5 +5,6 @@ mod backends;
 mod jobs;
 mod lock;
 mod pipeline;
+mod policies;
 mod rpc;
 mod stop;

@@ -1,0 +1,110 @@
+//! Operator actions, for the command-line tools: run a job now, kill a run.
+//!
+//! Run-now goes through the dispatchers, so that it takes the same path as a tick: the request
+//! is an etcd key (`{prefix}/manual/{job_id}/{requested_ms}`, under a short lease so a request
+//! nobody serves disappears); every dispatcher sees it, they race for its lock in Redis like
+//! for a tick, the winner applies the job's policy (an `abandon` job with a live run gets a
+//! `skipped` row), hands the run to an executor with `trigger = manual`, and deletes the key.
+//! The run row is `(job_id, scheduled_at = requested instant, trigger = 'manual')`.
+//!
+//! Kill finds the run's executor in the job's live hash (see [`crate::live`]) and asks it over
+//! RPC, with the `[rpc] secret`, to stop the run's process group; the run ends `killed`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use etcd_client::{Client, PutOptions};
+
+use crate::keys::EtcdKeys;
+use crate::live::Holder;
+use crate::lock::Fences;
+use crate::rpc::{self, KillRequest, Refused, Secret};
+
+/// How long a run-now request waits for a dispatcher before it lapses.
+pub const REQUEST_TTL_SECS: i64 = 60;
+
+/// Occurs when an operator action cannot be done; says why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Occurs when etcd cannot be written.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// Occurs when Redis cannot be read.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Occurs when the run is not in flight (finished, never started, or unknown).
+    #[error("run {0} is not in flight")]
+    NotInFlight(i64),
+    /// Occurs when the run is still being handed to an executor: try again in a moment.
+    #[error("run {0} is being handed over by {1}; try again")]
+    InHandOff(i64, String),
+    /// Occurs when the executor cannot be reached.
+    #[error("executor {0}: {1}")]
+    Unreachable(String, String),
+    /// Occurs when the executor refuses (wrong secret, or it no longer runs it).
+    #[error("executor {0} refused: {1}")]
+    Refused(String, Refused),
+}
+
+/// Asks the dispatchers to run job `job_id` now; returns the request's instant, which is the
+/// run row's `scheduled_at` (with `trigger = 'manual'`).
+pub async fn run_now(
+    etcd: &mut Client,
+    keys: &EtcdKeys,
+    job_id: i64,
+) -> Result<DateTime<Utc>, ControlError> {
+    let now = Utc::now();
+    let ms = now.timestamp_millis();
+    let lease = etcd.lease_grant(REQUEST_TTL_SECS, None).await?;
+    etcd.put(
+        keys.manual_request_key(job_id, ms),
+        "",
+        Some(PutOptions::new().with_lease(lease.id())),
+    )
+    .await?;
+    Ok(Utc.timestamp_millis_opt(ms).single().unwrap_or(now))
+}
+
+/// Asks the executor running run `run_id` of job `job_id` to stop it (status `killed`); `by`
+/// says who asks.
+pub async fn kill_run(
+    fences: &Fences,
+    secret: &Secret,
+    job_id: i64,
+    run_id: i64,
+    by: &str,
+    timeout: Duration,
+) -> Result<(), ControlError> {
+    let run = fences
+        .in_flight(job_id)
+        .await?
+        .into_iter()
+        .find(|r| r.run_id == run_id)
+        .ok_or(ControlError::NotInFlight(run_id))?;
+    let label = match run.holder {
+        Some(Holder::Executor { label, .. }) => label,
+        Some(Holder::Dispatcher { name, .. }) => {
+            return Err(ControlError::InHandOff(run_id, name));
+        }
+        None => return Err(ControlError::NotInFlight(run_id)),
+    };
+    let unreachable = |why: String| ControlError::Unreachable(label.clone(), why);
+    let address = label
+        .rsplit_once('@')
+        .and_then(|(_, addr)| addr.parse().ok())
+        .ok_or_else(|| unreachable("no address in its label".into()))?;
+    let client = rpc::connect(address, timeout)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let request = KillRequest {
+        secret: secret.clone(),
+        run_id,
+        by: by.to_owned(),
+    };
+    client
+        .kill_run(rpc::context(timeout), request)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|refused| ControlError::Refused(label.clone(), refused))
+}

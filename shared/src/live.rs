@@ -1,0 +1,219 @@
+//! Which runs are live: "still running" derived from live state, never from a flag a crash can
+//! leave behind.
+//!
+//! Each job has a hash in Redis (`{prefix}:live:{job_id}`, see [`crate::keys`]) of its runs in
+//! flight: run id → [`Holder`]. The dispatcher that wins a tick enters the run as held by itself
+//! (the hand-off); the executor that claims it replaces that with itself, atomically with the
+//! claim; whoever records the run's final status removes it. The hash is only an index of
+//! candidates: whether a run is live is decided by [`Holder::is_live`] against the executors
+//! registered in etcd right now. An executor that dies (SIGKILL, power loss) loses its lease
+//! within the TTL, so its runs stop being live even though their entries remain; whoever finds
+//! them (the dispatcher at the job's next tick, or the monitor's sweep) records them `lost` and
+//! removes the entries. A run whose row says `running` is therefore never trusted on its own.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::keys::EtcdKeys;
+use crate::lock::Fences;
+use crate::machine::ExecutorInfo;
+use crate::registry;
+use crate::runs::RunLog;
+
+/// How long a dispatcher may hold a run during the hand-off before the run counts as lost: a
+/// hand-off offers the run to each executor within `[dispatcher] rpc_timeout_ms`, so a holder
+/// older than this died mid-hand-off.
+pub const HANDOFF_LIMIT: Duration = Duration::from_secs(60);
+
+/// Who holds a run in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// The dispatcher `name` has been handing it over since `since_ms`.
+    Dispatcher {
+        /// When the hand-off began (Unix ms).
+        since_ms: i64,
+        /// The dispatcher's name.
+        name: String,
+    },
+    /// An executor runs it.
+    Executor {
+        /// The executor process's [`ExecutorInfo::instance`].
+        instance: String,
+        /// `name@address`.
+        label: String,
+    },
+}
+
+impl Holder {
+    /// The holder for an executor.
+    pub fn executor(info: &ExecutorInfo) -> Holder {
+        Holder::Executor {
+            instance: info.instance.clone(),
+            label: info.to_string(),
+        }
+    }
+
+    /// Reads the stored form; `None` for anything else (treated as not live).
+    pub fn parse(text: &str) -> Option<Holder> {
+        let mut parts = text.splitn(3, ' ');
+        match (parts.next()?, parts.next()?, parts.next()?) {
+            ("d", since, name) => Some(Holder::Dispatcher {
+                since_ms: since.parse().ok()?,
+                name: name.to_owned(),
+            }),
+            ("x", instance, label) => Some(Holder::Executor {
+                instance: instance.to_owned(),
+                label: label.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the run is live: its executor process is registered now, or its dispatcher's
+    /// hand-off began less than [`HANDOFF_LIMIT`] ago.
+    pub fn is_live(&self, executors: &[ExecutorInfo], now_ms: i64) -> bool {
+        match self {
+            Holder::Dispatcher { since_ms, .. } => {
+                now_ms - since_ms < HANDOFF_LIMIT.as_millis() as i64
+            }
+            Holder::Executor { instance, .. } => executors.iter().any(|e| &e.instance == instance),
+        }
+    }
+
+    /// Where the run is, for messages and `cron_run.executor`: `name@address`, or the
+    /// dispatcher handing it over.
+    pub fn label(&self) -> String {
+        match self {
+            Holder::Dispatcher { name, .. } => format!("dispatcher {name} (hand-off)"),
+            Holder::Executor { label, .. } => label.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    /// The stored form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Dispatcher { since_ms, name } => write!(f, "d {since_ms} {name}"),
+            Holder::Executor { instance, label } => write!(f, "x {instance} {label}"),
+        }
+    }
+}
+
+/// A run in a job's live hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRun {
+    /// The job.
+    pub job_id: i64,
+    /// The run.
+    pub run_id: i64,
+    /// Who holds it, as stored (`None`: unreadable).
+    pub holder: Option<Holder>,
+}
+
+impl LiveRun {
+    /// Whether it is live now (see [`Holder::is_live`]).
+    pub fn is_live(&self, executors: &[ExecutorInfo], now_ms: i64) -> bool {
+        self.holder
+            .as_ref()
+            .is_some_and(|h| h.is_live(executors, now_ms))
+    }
+
+    /// Why it is no longer live, for `cron_run.error`.
+    pub fn why_lost(&self) -> String {
+        match &self.holder {
+            Some(Holder::Executor { label, .. }) => format!(
+                "lost: executor {label} stopped (its etcd lease ended) before recording an outcome"
+            ),
+            Some(Holder::Dispatcher { name, .. }) => {
+                format!("lost: dispatcher {name} stopped during the hand-off")
+            }
+            None => "lost: its holder could not be read".to_owned(),
+        }
+    }
+}
+
+/// The runs of `in_flight` that are live; the others are recorded `lost` and taken out of their
+/// job's live hash. A holder missing from `view` (a mirror of the executors, which may lag behind
+/// one that just started) is checked against etcd itself first; if etcd cannot be read, nothing
+/// is called lost (better a skipped tick than a job run twice).
+pub async fn settle(
+    in_flight: Vec<LiveRun>,
+    view: &[ExecutorInfo],
+    etcd: &etcd_client::Client,
+    keys: &EtcdKeys,
+    runs: &RunLog,
+    fences: &Fences,
+) -> Vec<LiveRun> {
+    let now_ms = Utc::now().timestamp_millis();
+    let (mut live, maybe_dead): (Vec<_>, Vec<_>) =
+        in_flight.into_iter().partition(|r| r.is_live(view, now_ms));
+    if maybe_dead.is_empty() {
+        return live;
+    }
+    let registered = match registry::read_executors(etcd, keys).await {
+        Ok(registered) => registered,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the executors to check for lost runs");
+            live.extend(maybe_dead);
+            return live;
+        }
+    };
+    for run in maybe_dead {
+        if run.is_live(&registered, now_ms) {
+            live.push(run);
+            continue;
+        }
+        let why = run.why_lost();
+        tracing::warn!(job_id = run.job_id, run_id = run.run_id, "{why}");
+        match runs.lost(run.run_id, why).await {
+            // Recorded, or the row was already final: either way the entry has served.
+            Ok(_) => {
+                if let Err(e) = fences.release(run.job_id, run.run_id).await {
+                    tracing::warn!(run_id = run.run_id, error = %e, "cannot drop a lost run's entry");
+                }
+            }
+            Err(e) => tracing::warn!(run_id = run.run_id, error = %e, "cannot record a lost run"),
+        }
+    }
+    live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn executor(instance: &str) -> ExecutorInfo {
+        ExecutorInfo {
+            name: "e1".into(),
+            address: "127.0.0.1:7071".parse().unwrap(),
+            version: "0".into(),
+            started_at: String::new(),
+            instance: instance.into(),
+        }
+    }
+
+    #[test]
+    fn holders_round_trip_and_liveness_follows_registration() {
+        let live = [executor("aa")];
+        let x = Holder::executor(&live[0]);
+        assert_eq!(x.to_string(), "x aa e1@127.0.0.1:7071");
+        assert_eq!(Holder::parse(&x.to_string()), Some(x.clone()));
+        assert!(x.is_live(&live, 0));
+        // Same name and address, another process: the run's process is gone.
+        assert!(!x.is_live(&[executor("bb")], 0));
+        assert!(!x.is_live(&[], 0));
+
+        let d = Holder::Dispatcher {
+            since_ms: 1_000,
+            name: "d 1".into(),
+        };
+        assert_eq!(Holder::parse(&d.to_string()), Some(d.clone()));
+        let limit = HANDOFF_LIMIT.as_millis() as i64;
+        assert!(d.is_live(&[], 1_000 + limit - 1));
+        assert!(!d.is_live(&[], 1_000 + limit));
+        assert_eq!(Holder::parse("nobody:d0"), None);
+    }
+}
