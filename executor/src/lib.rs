@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::runner::RunAs;
 use crate::service::Service;
 
 /// Runs the executor until `shutdown` is cancelled, then drains: it leaves etcd first (so no new
@@ -44,6 +45,7 @@ pub async fn run_until(
     shutdown: CancellationToken,
     hurry: CancellationToken,
 ) -> anyhow::Result<()> {
+    let run_as = RunAs::resolve(&config.executor.run_as)?;
     let listener = TcpListener::bind(config.executor.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.executor.listen))?;
@@ -86,6 +88,7 @@ pub async fn run_until(
         fences,
         runs.clone(),
         stop_runs.clone(),
+        run_as,
     );
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let value = serde_json::to_string(&info)?;

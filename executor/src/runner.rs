@@ -22,6 +22,42 @@ use tokio_util::sync::CancellationToken;
 /// hold them forever) before the run is recorded without the rest.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
 
+/// The user jobs run as (`[executor] run_as`).
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: std::path::PathBuf,
+}
+
+impl RunAs {
+    /// Looks up `[executor] run_as` (`None` when empty). Occurs an error when the user does not
+    /// exist, or the executor cannot switch to it (not root).
+    pub fn resolve(name: &str) -> anyhow::Result<Option<RunAs>> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| {
+                anyhow::anyhow!("[executor] run_as = {name}: cannot look the user up: {e}")
+            })?
+            .ok_or_else(|| anyhow::anyhow!("[executor] run_as = {name}: no such user"))?;
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && me != user.uid {
+            anyhow::bail!(
+                "[executor] run_as = {name}: switching to another user needs an executor running as root (it runs as uid {me})"
+            );
+        }
+        Ok(Some(RunAs {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+        }))
+    }
+}
+
 /// Runs jobs for one executor; cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
@@ -35,6 +71,7 @@ pub struct Runner {
     http: reqwest::Client,
     /// The runs going on, by run id, each with its kill switch.
     kills: Arc<Mutex<HashMap<i64, Arc<KillSwitch>>>>,
+    run_as: Option<RunAs>,
 }
 
 /// Stops one run on an operator's request.
@@ -76,6 +113,7 @@ impl Runner {
         executor_name: &str,
         runs: RunLog,
         stop_all: CancellationToken,
+        run_as: Option<RunAs>,
     ) -> Runner {
         Runner {
             runs,
@@ -89,6 +127,7 @@ impl Runner {
                 .build()
                 .unwrap_or_default(),
             kills: Arc::default(),
+            run_as,
         }
     }
 
@@ -165,6 +204,15 @@ impl Runner {
             .stderr(Stdio::piped())
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
+        if let Some(user) = &self.run_as {
+            // std drops the supplementary groups when a root parent switches the uid.
+            command
+                .uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -176,6 +224,8 @@ impl Runner {
                 };
             }
         };
+        // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
+        let child_group = child.id();
         let tail = Arc::new(Mutex::new(Tail::new(self.output_bytes)));
         let stop_reading = CancellationToken::new();
         let readers = [
@@ -235,7 +285,18 @@ impl Runner {
                 "the job's output stayed open after it exited (a background process?); output may be cut"
             );
         }
-        let output = tail.lock().map(|t| t.text()).unwrap_or_default();
+        let mut output = tail.lock().map(|t| t.text()).unwrap_or_default();
+        if stop_reason.is_none() && self.has_stragglers(&child_group) {
+            tracing::warn!(
+                run_id = request.run_id,
+                pgid = ?child_group,
+                "the job exited but processes of its group are still running (left alone)"
+            );
+            output.push_str(&format!(
+                "\n[gocron: the job exited, but processes of its group {} were still running]\n",
+                child_group.unwrap_or_default()
+            ));
+        }
         if let Some(reason) = stop_reason {
             let (run_status, error) = match reason {
                 Stop::Timeout(t) => (
@@ -367,6 +428,12 @@ impl Runner {
             error,
             output: tail.text(),
         }
+    }
+
+    /// Whether processes of the job's group outlived its main process (stragglers).
+    fn has_stragglers(&self, group: &Option<u32>) -> bool {
+        // Signal 0 checks that some process of the group exists, sending nothing.
+        group.is_some_and(|pgid| killpg(Pid::from_raw(pgid as i32), None).is_ok())
     }
 
     /// Flags a run that passed its timeout under `abandon` or `sync` (`cron_run.overrun_at`,

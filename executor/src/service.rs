@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::runner::Runner;
+use crate::runner::{RunAs, Runner};
 
 /// The executor's RPC service; cheap to clone (one per connection).
 #[derive(Clone)]
@@ -42,7 +42,8 @@ struct Inner {
 
 impl Service {
     /// A service that claims runs with `fences`, records them in `runs` and runs them on
-    /// `tasks`, at most `config.max_concurrent` at once.
+    /// `tasks` (as `run_as`, if set), at most `config.max_concurrent` at once.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         secret: Secret,
         config: &ExecutorConfig,
@@ -51,12 +52,13 @@ impl Service {
         fences: Fences,
         tasks: TaskTracker,
         stop_all: CancellationToken,
+        run_as: Option<RunAs>,
     ) -> Service {
         Service {
             peer: None,
             inner: Arc::new(Inner {
                 secret,
-                runner: Runner::new(config, &info.name, runs.clone(), stop_all),
+                runner: Runner::new(config, &info.name, runs.clone(), stop_all, run_as),
                 runs,
                 fences,
                 label: info.to_string(),

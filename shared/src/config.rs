@@ -124,6 +124,8 @@ pub struct ExecutorConfig {
     pub drain_secs: u64,
     /// `kill_grace_secs`: between SIGTERM and SIGKILL when a job's process group is stopped.
     pub kill_grace_secs: u64,
+    /// `run_as`: the user jobs run as (empty: the executor's own user); needs a root executor.
+    pub run_as: String,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -164,6 +166,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "shell",
             "drain_secs",
             "kill_grace_secs",
+            "run_as",
         ],
     ),
     (
@@ -444,6 +447,7 @@ impl Raw {
             shell: self.string("executor", "shell", "/bin/sh"),
             drain_secs: self.parsed("executor", "drain_secs", 30, "a whole number")?,
             kill_grace_secs: self.parsed("executor", "kill_grace_secs", 10, "a whole number")?,
+            run_as: self.string("executor", "run_as", ""),
         };
 
         let dispatcher = DispatcherConfig {

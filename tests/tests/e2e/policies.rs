@@ -338,3 +338,92 @@ async fn a_rolling_restart_of_the_dispatchers_misses_and_doubles_no_tick() {
     assert_one_run_per_tick(&runs, chrono::Duration::seconds(1));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_leaves_a_background_process_ends_with_its_main_process_and_says_so() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let pids = c.path("straggler");
+    // The background sleep keeps the output pipes open and outlives the job's shell.
+    let command = format!(
+        "sleep 300 & echo $! > {}-$GOCRON_RUN_ID; echo main done",
+        pids.display()
+    );
+    let job = c.insert_job("forks", "0 0 1 1 *", &command).await;
+    let mut etcd = c.etcd().await;
+    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
+    wait_until("the job published", Duration::from_secs(10), || {
+        let mut etcd = etcd.clone();
+        let key = keys.job(job);
+        async move { (etcd.get(key, None).await.ok()?.count() == 1).then_some(()) }
+    })
+    .await;
+    control::run_now(&mut etcd, &keys, job).await.unwrap();
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(20)).await;
+    let r = &runs[0];
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let straggler: i32 = std::fs::read_to_string(format!("{}-{}", pids.display(), r.id))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let output = r.output.as_deref().unwrap_or("");
+    assert!(output.starts_with("main done\n"), "{output:?}");
+    assert!(
+        output.contains("[gocron: the job exited, but processes of its group ")
+            && output.ends_with(" were still running]\n"),
+        "{output:?}"
+    );
+    assert!(
+        alive(straggler),
+        "the straggler is left alone, only reported"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(straggler.to_string())
+        .status();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_the_configured_user() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user named nobody");
+    if !nix::unistd::geteuid().is_root() {
+        // Not root: the executor refuses to start rather than run jobs as the wrong user.
+        let mut config = c.base_config();
+        config.executor.run_as = "nobody".into();
+        let err = gocron_executor::run(config, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("needs an executor running as root"),
+            "{err:#}"
+        );
+        return;
+    }
+    c.start_executor_with("exec-a", &[("EXECUTOR", "RUN_AS", "nobody")])
+        .await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let job = c
+        .insert_job(
+            "who",
+            "* * * * * *",
+            "echo $(id -u) $(id -g) $(id -G) $USER $HOME",
+        )
+        .await;
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(20)).await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    assert_eq!(
+        r.output.as_deref(),
+        Some(format!("{uid} {gid} {gid} nobody {}\n", nobody.dir.display()).as_str())
+    );
+    c.shutdown().await;
+}
