@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
-use gocron_shared::job::{JobSpec, TimeoutPolicy, Trigger};
+use gocron_shared::job::{JobSpec, Misfire, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder};
+use gocron_shared::rule::Schedule;
 
 use crate::scheduler::Tick;
 use gocron_shared::lock::{Fences, Won};
@@ -36,6 +37,9 @@ struct Inner {
     secret: Secret,
     etcd: etcd_client::Client,
     keys: EtcdKeys,
+    max_late: Duration,
+    catchup: Duration,
+    catchup_max: usize,
 }
 
 /// How a hand-over ended, for logs and tests.
@@ -49,6 +53,8 @@ pub enum Handover {
     InHand(String),
     /// No executor took it; the run row says why.
     NoExecutor(String),
+    /// Not fired in time; recorded `missed` (misfire policy).
+    Missed(String),
     /// Not started: the job's previous run is still live (policy `abandon`); a `skipped` row
     /// says which.
     Skipped(String),
@@ -82,14 +88,20 @@ impl Dispatcher {
                 secret,
                 etcd,
                 keys,
+                max_late: config.max_late,
+                catchup: config.catchup,
+                catchup_max: config.catchup_max,
             }),
         }
     }
 
     /// Fires `tick` if this dispatcher wins it.
     pub async fn fire(self, tick: Tick) -> Handover {
-        let (job, following, trigger, tick) = (tick.job, tick.following, tick.trigger, tick.at);
-        let outcome = self.fire_inner(&job, tick, following, trigger).await;
+        let (job, schedule) = (tick.job, tick.schedule);
+        let (following, trigger, tick) = (tick.following, tick.trigger, tick.at);
+        let outcome = self
+            .fire_inner(&job, &schedule, tick, following, trigger)
+            .await;
         match &outcome {
             Handover::Lost => {
                 tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
@@ -99,6 +111,9 @@ impl Dispatcher {
             }
             Handover::InHand(why) => {
                 tracing::info!(job_id = job.id, %tick, "run already in an executor's hands: {why}")
+            }
+            Handover::Missed(why) => {
+                tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick missed: {why}")
             }
             Handover::Skipped(why) => {
                 tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick skipped: {why}")
@@ -116,33 +131,213 @@ impl Dispatcher {
     async fn fire_inner(
         &self,
         job: &JobSpec,
+        schedule: &Schedule,
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
     ) -> Handover {
-        let inner = &self.inner;
-        let scheduled_ms = tick.timestamp_millis();
+        let won = match self.win(job, tick, trigger).await {
+            Ok(Some(won)) => won,
+            Ok(None) => return Handover::Lost,
+            Err(failed) => return failed,
+        };
+        if trigger == Trigger::Manual {
+            return self.run(job, tick, following, trigger, won).await;
+        }
+        // The ticks between the last one fired and this one were missed (every dispatcher was
+        // down or stalled); so is this one if it comes too late.
+        let now = Utc::now();
+        let late = (now - tick).to_std().unwrap_or_default() > self.inner.max_late;
+        let mut missed = self.missed_before(job, schedule, won.scheduled_through, tick);
+        if missed.is_empty() && !late {
+            return self.run(job, tick, following, trigger, won).await;
+        }
+        let mut this = None;
+        if late {
+            missed.push(tick);
+            this = Some(won);
+        }
+        let handled = self.misfire(job, schedule, missed, this).await;
+        if late {
+            return handled;
+        }
+        let won = match self.win(job, tick, trigger).await {
+            Ok(Some(won)) => won,
+            Ok(None) => return Handover::Lost,
+            Err(failed) => return failed,
+        };
+        self.run(job, tick, following, trigger, won).await
+    }
 
+    /// Takes the lock of `tick` (retrying Redis errors a few times).
+    async fn win(
+        &self,
+        job: &JobSpec,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+    ) -> Result<Option<Won>, Handover> {
         let mut attempt = 0;
-        let Won {
-            sequence,
-            in_flight,
-        } = loop {
-            match inner
+        loop {
+            match self
+                .inner
                 .lock
-                .acquire(job.id, scheduled_ms, trigger, &job.machine)
+                .acquire(job.id, tick.timestamp_millis(), trigger, &job.machine)
                 .await
             {
-                Ok(Some(won)) => break won,
-                Ok(None) => return Handover::Lost,
+                Ok(won) => return Ok(won),
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::warn!(job_id = job.id, error = %e, attempt, "tick lock failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
-                Err(e) => return Handover::Failed(format!("redis: {e}")),
+                Err(e) => return Err(Handover::Failed(format!("redis: {e}"))),
             }
+        }
+    }
+
+    /// The job's ticks after `through` and before `tick`, within `catchup_secs` of `tick`, the
+    /// newest `catchup_max` of them, oldest first.
+    fn missed_before(
+        &self,
+        job: &JobSpec,
+        schedule: &Schedule,
+        through: Option<i64>,
+        tick: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let inner = &self.inner;
+        let Some(through) = through.and_then(|ms| Utc.timestamp_millis_opt(ms).single()) else {
+            return Vec::new();
         };
+        let window_start = tick - chrono::Duration::from_std(inner.catchup).unwrap_or_default();
+        let mut from = through;
+        let mut older = false;
+        if from < window_start {
+            from = window_start - chrono::Duration::milliseconds(1);
+            older = schedule
+                .next_after(through)
+                .is_some_and(|t| t < window_start);
+        }
+        let mut missed = std::collections::VecDeque::new();
+        let mut dropped = 0usize;
+        let mut at = from;
+        while let Some(next) = schedule.next_after(at) {
+            if next >= tick {
+                break;
+            }
+            missed.push_back(next);
+            if missed.len() > inner.catchup_max {
+                missed.pop_front();
+                dropped += 1;
+            }
+            at = next;
+        }
+        if dropped > 0 || older {
+            tracing::warn!(
+                job_id = job.id,
+                job = %job.name,
+                through = %through,
+                "more ticks were missed than are handled (catchup_secs, catchup_max): the older ones are neither recorded nor run"
+            );
+        }
+        missed.into()
+    }
+
+    /// Applies the job's misfire policy to `missed` (oldest first). `last` is the lock already
+    /// won for the last of them, if so; every other missed tick is handled only by whoever
+    /// wins its own lock, so that a late dispatcher firing one of them cannot handle it twice.
+    async fn misfire(
+        &self,
+        job: &JobSpec,
+        schedule: &Schedule,
+        missed: Vec<DateTime<Utc>>,
+        mut last: Option<Won>,
+    ) -> Handover {
+        let inner = &self.inner;
+        let n = missed.len();
+        let window_start =
+            Utc::now() - chrono::Duration::from_std(inner.catchup).unwrap_or_default();
+        let mut outcome = Handover::Lost;
+        for (i, at) in missed.into_iter().enumerate() {
+            if job.misfire == Misfire::All && job.timeout_policy == TimeoutPolicy::Abandon && i > 0
+            {
+                // In order, one at a time: under `abandon` the next would only be skipped.
+                self.until_idle(job).await;
+            }
+            let won = match last.take_if(|_| i + 1 == n) {
+                Some(won) => won,
+                None => match self.win(job, at, Trigger::Schedule).await {
+                    Ok(Some(won)) => won,
+                    Ok(None) => continue,
+                    Err(failed) => {
+                        outcome = failed;
+                        continue;
+                    }
+                },
+            };
+            let run = match job.misfire {
+                Misfire::Skip => false,
+                Misfire::Once => i + 1 == n,
+                Misfire::All => at >= window_start,
+            };
+            outcome = if run {
+                tracing::info!(job_id = job.id, tick = %at, policy = %job.misfire, "running a missed tick");
+                self.run(job, at, schedule.next_after(at), Trigger::Schedule, won)
+                    .await
+            } else {
+                let why = format!(
+                    "no dispatcher fired this tick in time (misfire policy {})",
+                    job.misfire
+                );
+                match inner.runs.missed(job.id, at, why.clone()).await {
+                    Ok(_) => Handover::Missed(why),
+                    Err(e) => Handover::Failed(format!("recording a missed tick: {e}")),
+                }
+            };
+        }
+        outcome
+    }
+
+    /// Waits until the job has no live run (polling its live runs).
+    async fn until_idle(&self, job: &JobSpec) {
+        let inner = &self.inner;
+        loop {
+            let in_flight = match inner.lock.in_flight(job.id).await {
+                Ok(runs) => runs,
+                Err(_) => return,
+            };
+            let view = inner.executors.borrow().clone();
+            let live = live::settle(
+                in_flight,
+                &view,
+                &inner.etcd,
+                &inner.keys,
+                &inner.runs,
+                &inner.lock,
+            )
+            .await;
+            if live.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the tick whose lock `won` holds: the `abandon` check, the run row, the hand-off.
+    async fn run(
+        &self,
+        job: &JobSpec,
+        tick: DateTime<Utc>,
+        following: Option<DateTime<Utc>>,
+        trigger: Trigger,
+        won: Won,
+    ) -> Handover {
+        let inner = &self.inner;
+        let scheduled_ms = tick.timestamp_millis();
+        let Won {
+            sequence,
+            in_flight,
+            ..
+        } = won;
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.

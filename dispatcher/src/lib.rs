@@ -11,13 +11,16 @@
 pub mod dispatch;
 pub mod scheduler;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::Config;
+use gocron_shared::job::JobSpec;
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, MirrorEvent, Registration};
+use gocron_shared::rule::Schedule;
 use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.rpc.secret.clone(),
         &config.dispatcher,
         RunLog::spawn(db),
-        lock,
+        lock.clone(),
         config.machines.clone(),
         executors,
         etcd.clone(),
@@ -106,7 +109,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 // swallow the tick it arrived on top of.
                 fire_due(&mut scheduler, &dispatcher, &ticks);
                 match event {
-                    Some(event) => scheduler.apply(event, Utc::now()),
+                    Some(event) => {
+                        let reset = matches!(event, MirrorEvent::Reset(_));
+                        scheduler.apply(event, Utc::now());
+                        if reset {
+                            // (Re)started: ticks every dispatcher missed meanwhile get the
+                            // misfire policy now, not at each job's next tick.
+                            let jobs: Vec<_> = scheduler
+                                .jobs()
+                                .map(|(spec, schedule)| (spec.clone(), schedule.clone()))
+                                .collect();
+                            ticks.spawn(catch_up(dispatcher.clone(), lock.clone(), jobs, config.dispatcher.max_late, ticks.clone()));
+                        }
+                    }
                     None => break,
                 }
             }
@@ -140,6 +155,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     registration.revoke().await;
     tracing::info!(dispatcher = %name, "dispatcher stopped");
     Ok(())
+}
+
+/// Fires, for each of `jobs` that missed ticks while no dispatcher fired them (from how far it
+/// was scheduled, in Redis), its latest tick: the misfire policy handles the rest. Every
+/// dispatcher starting does this; the tick locks make it happen once.
+async fn catch_up(
+    dispatcher: Dispatcher,
+    lock: Fences,
+    jobs: Vec<(Arc<JobSpec>, Arc<Schedule>)>,
+    max_late: Duration,
+    ticks: TaskTracker,
+) {
+    for chunk in jobs.chunks(1000) {
+        let ids: Vec<i64> = chunk.iter().map(|(spec, _)| spec.id).collect();
+        let through = match lock.scheduled_through(&ids).await {
+            Ok(through) => through,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read how far jobs were scheduled; missed ticks wait for each job's next tick");
+                return;
+            }
+        };
+        let now = Utc::now();
+        for ((spec, schedule), through) in chunk.iter().zip(through) {
+            let Some(through) = through.and_then(|ms| Utc.timestamp_millis_opt(ms).single()) else {
+                continue;
+            };
+            if let Some(tick) = Scheduler::catch_up(max_late, spec, schedule, through, now) {
+                tracing::info!(job_id = spec.id, job = %spec.name, %through, tick = %tick.at, "the job missed ticks while no dispatcher ran");
+                ticks.spawn(dispatcher.clone().fire(tick));
+            }
+        }
+    }
 }
 
 /// The (job id, instant) of each run-now request an etcd event brings.

@@ -18,7 +18,7 @@ use gocron_shared::rule::Schedule;
 
 struct Entry {
     spec: Arc<JobSpec>,
-    schedule: Schedule,
+    schedule: Arc<Schedule>,
     generation: u64,
 }
 
@@ -27,6 +27,8 @@ struct Entry {
 pub struct Tick {
     /// The job.
     pub job: Arc<JobSpec>,
+    /// The job's schedule (for the ticks it missed).
+    pub schedule: Arc<Schedule>,
     /// The scheduled instant.
     pub at: DateTime<Utc>,
     /// The job's following tick, if any: a run with `timeout_secs = 0` may last until then.
@@ -53,6 +55,7 @@ impl Scheduler {
         let entry = self.jobs.get(&job_id)?;
         Some(Tick {
             job: entry.spec.clone(),
+            schedule: entry.schedule.clone(),
             at: requested,
             following: entry.schedule.next_after(requested),
             trigger: Trigger::Manual,
@@ -171,7 +174,7 @@ impl Scheduler {
             id,
             Entry {
                 spec: Arc::new(spec),
-                schedule,
+                schedule: Arc::new(schedule),
                 generation: self.generation,
             },
         );
@@ -201,8 +204,10 @@ impl Scheduler {
             .is_some_and(|e| e.generation == generation)
     }
 
-    /// Takes every tick due at `now` and schedules each job's following tick. Ticks older than
-    /// `max_late` (the process was stalled) are logged and skipped, not fired in a burst.
+    /// Takes every tick due at `now` and schedules each job's following tick. A job found more
+    /// than `max_late` behind (the process was stalled) fires once, at its latest tick not after
+    /// `now`, rather than in a burst: the ticks it skipped are missed ones, which whoever fires
+    /// that tick handles by the job's misfire policy.
     pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Tick> {
         let now_ms = now.timestamp_millis();
         let max_late_ms = self.max_late.as_millis() as i64;
@@ -216,37 +221,82 @@ impl Scheduler {
                 continue;
             }
             let entry = &self.jobs[&id];
-            let Some(tick) = Utc.timestamp_millis_opt(at).single() else {
+            let Some(mut tick) = Utc.timestamp_millis_opt(at).single() else {
                 continue;
             };
-            let following = entry.schedule.next_after(tick);
             if now_ms - at > max_late_ms {
+                let latest = latest_until(&entry.schedule, tick, now);
                 tracing::warn!(
                     job_id = id,
                     job = %entry.spec.name,
                     tick = %tick,
                     late_ms = now_ms - at,
-                    "tick missed: this dispatcher was too late to fire it"
+                    "this dispatcher is late; firing the job's latest tick, the misfire policy decides about the others"
                 );
-            } else {
-                ticks.push(Tick {
-                    job: entry.spec.clone(),
-                    at: tick,
-                    following,
-                    trigger: Trigger::Schedule,
-                });
+                tick = latest;
             }
-            let mut next = following;
-            if next.is_some_and(|n| now_ms - n.timestamp_millis() > max_late_ms) {
-                next = entry.schedule.next_after(now);
-            }
-            if let Some(next) = next {
+            let following = entry.schedule.next_after(tick);
+            ticks.push(Tick {
+                job: entry.spec.clone(),
+                schedule: entry.schedule.clone(),
+                at: tick,
+                following,
+                trigger: Trigger::Schedule,
+            });
+            if let Some(next) = following {
                 self.queue
                     .push(Reverse((next.timestamp_millis(), id, generation)));
             }
         }
         ticks
     }
+
+    /// Every scheduled job with its schedule.
+    pub fn jobs(&self) -> impl Iterator<Item = (&Arc<JobSpec>, &Arc<Schedule>)> {
+        self.jobs.values().map(|e| (&e.spec, &e.schedule))
+    }
+
+    /// The tick to fire at `now` for a job whose latest fired tick was `through`, if it missed
+    /// any (its next tick after `through` is more than `max_late` before `now`): its latest tick not
+    /// after `now`, which the misfire policy handles together with the ones before it.
+    pub fn catch_up(
+        max_late: Duration,
+        spec: &Arc<JobSpec>,
+        schedule: &Arc<Schedule>,
+        through: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<Tick> {
+        let first = schedule.next_after(through)?;
+        if (now - first).to_std().unwrap_or_default() <= max_late {
+            return None;
+        }
+        let at = latest_until(schedule, first, now);
+        Some(Tick {
+            job: spec.clone(),
+            schedule: schedule.clone(),
+            at,
+            following: schedule.next_after(at),
+            trigger: Trigger::Schedule,
+        })
+    }
+}
+
+/// The latest tick of `schedule` not after `now`, starting from `tick` (itself not after `now`).
+fn latest_until(schedule: &Schedule, mut tick: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    // A sub-second rule would step through the whole gap: look in the last second first.
+    if let Some(near) = schedule.next_after(now - chrono::Duration::seconds(1))
+        && near > tick
+        && near <= now
+    {
+        tick = near;
+    }
+    while let Some(next) = schedule.next_after(tick) {
+        if next > now {
+            break;
+        }
+        tick = next;
+    }
+    tick
 }
 
 #[cfg(test)]
@@ -265,6 +315,7 @@ mod tests {
             timeout_secs: 0,
             timeout_policy: TimeoutPolicy::Abandon,
             time_zone: String::new(),
+            misfire: Default::default(),
         }
     }
 
@@ -340,9 +391,10 @@ mod tests {
     fn a_stall_skips_old_ticks_instead_of_bursting() {
         let mut s = scheduler();
         s.upsert(spec(1, "* * * * * *"), at("2026-01-01T00:00:00Z"));
-        // Woken 60 s late: nothing older than 5 s fires, and the next tick is in the future.
+        // Woken 60 s late: only the latest tick fires (the misfire policy handles the ones it
+        // skipped), and the next tick is in the future.
         let ticks = s.due(at("2026-01-01T00:01:00.5Z"));
-        assert!(ticks.is_empty(), "{:?}", fired(&ticks));
+        assert_eq!(fired(&ticks), vec![(1, "00:01:00".to_owned())]);
         assert_eq!(
             s.next_deadline(),
             Some(at("2026-01-01T00:01:01Z").timestamp_millis())

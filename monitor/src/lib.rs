@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut executors = registry::live_executors(etcd.clone(), &keys, shutdown.child_token());
     let sweeper = Sweeper {
-        fences,
+        fences: fences.clone(),
         runs: RunLog::spawn(db.clone()),
         executors: executors.clone(),
         etcd: etcd.clone(),
@@ -71,7 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Until the executors have been read, every run would look lost.
     let mut seen_executors = false;
     let default_tz: Tz = config.dispatcher.time_zone;
-    let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz);
+    let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz, fences);
     let mut poll = tokio::time::interval(config.monitor.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Publishing before the first read of etcd would re-put every job and miss stale keys.

@@ -7,6 +7,7 @@ use etcd_client::Client;
 use gocron_shared::entity::job;
 use gocron_shared::job::{JobSpec, validate};
 use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::Fences;
 use gocron_shared::machine::MachineGroups;
 use gocron_shared::registry::{MirrorEvent, REQUEST_TIMEOUT};
 use sea_orm::sea_query::Expr;
@@ -19,6 +20,9 @@ pub struct Publisher {
     keys: EtcdKeys,
     machines: MachineGroups,
     default_tz: Tz,
+    /// Redis: a withdrawn job, or one whose rule or time zone changed, forgets how far it was
+    /// scheduled, so that its ticks meanwhile do not count as missed.
+    fences: Fences,
     /// What etcd holds, from the mirror plus our own writes; `None` for a value that does not
     /// decode, so that the next pass overwrites or deletes it.
     published: HashMap<i64, Option<JobSpec>>,
@@ -45,6 +49,7 @@ impl Publisher {
         keys: EtcdKeys,
         machines: MachineGroups,
         default_tz: Tz,
+        fences: Fences,
     ) -> Publisher {
         Publisher {
             db,
@@ -52,6 +57,7 @@ impl Publisher {
             keys,
             machines,
             default_tz,
+            fences,
             published: HashMap::new(),
             table_ok: true,
         }
@@ -111,8 +117,10 @@ impl Publisher {
                 self.record_verdict(row, error.as_deref()).await;
                 report.verdicts += 1;
             }
+            // A one-shot job that ran (`done_at`) is done, like a disabled one.
             if let Ok(spec) = verdict
                 && row.enabled != 0
+                && row.done_at.is_none()
             {
                 desired.insert(row.id, spec);
             }
@@ -133,6 +141,14 @@ impl Publisher {
                     continue;
                 }
             };
+            let retimed = self.published.get(id).is_some_and(|p| {
+                p.as_ref()
+                    .is_none_or(|p| p.rule != spec.rule || p.time_zone != spec.time_zone)
+            });
+            if retimed {
+                // Ticks of the old rule are not missed ticks of the new one.
+                self.forget_through(*id).await;
+            }
             let mut etcd = self.etcd.clone();
             let put =
                 tokio::time::timeout(REQUEST_TIMEOUT, etcd.put(self.keys.job(*id), value, None));
@@ -161,7 +177,11 @@ impl Publisher {
                 tokio::time::timeout(REQUEST_TIMEOUT, etcd.delete(self.keys.job(id), None));
             match delete.await {
                 Ok(Ok(_)) => {
-                    tracing::info!(job_id = id, "job withdrawn (disabled, invalid or deleted)");
+                    tracing::info!(
+                        job_id = id,
+                        "job withdrawn (disabled, done, invalid or deleted)"
+                    );
+                    self.forget_through(id).await;
                     self.published.remove(&id);
                     report.withdrawn += 1;
                 }
@@ -172,6 +192,12 @@ impl Publisher {
             }
         }
         report
+    }
+
+    async fn forget_through(&self, id: i64) {
+        if let Err(e) = self.fences.forget_through(id).await {
+            tracing::warn!(job_id = id, error = %e, "cannot reset how far the job was scheduled");
+        }
     }
 
     async fn record_verdict(&self, row: &job::Model, error: Option<&str>) {

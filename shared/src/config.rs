@@ -139,8 +139,12 @@ pub struct DispatcherConfig {
     pub lock_ttl: Duration,
     /// `rpc_timeout_ms`: deadline of one call to an executor (connect included).
     pub rpc_timeout: Duration,
-    /// `max_late_ms`: a tick found later than this (the dispatcher was stalled) is not fired.
+    /// `max_late_ms`: a tick fired later than this counts as missed (misfire policy).
     pub max_late: Duration,
+    /// `catchup_secs`: how far back missed ticks are looked for (misfire policy).
+    pub catchup: Duration,
+    /// `catchup_max`: the most missed ticks recorded or run for one job at once.
+    pub catchup_max: usize,
 }
 
 /// `[monitor]`: one monitor daemon.
@@ -177,6 +181,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "lock_ttl_secs",
             "rpc_timeout_ms",
             "max_late_ms",
+            "catchup_secs",
+            "catchup_max",
         ],
     ),
     ("monitor", &["poll_ms"]),
@@ -464,6 +470,8 @@ impl Raw {
                 3000,
             )?),
             max_late: Duration::from_millis(self.positive("dispatcher", "max_late_ms", 5000)?),
+            catchup: Duration::from_secs(self.positive("dispatcher", "catchup_secs", 86_400)?),
+            catchup_max: self.positive("dispatcher", "catchup_max", 100)? as usize,
         };
 
         let monitor = MonitorConfig {

@@ -61,7 +61,21 @@ macro_rules! text_enum {
     };
 }
 
+/// What happens to ticks that passed while no dispatcher fired them (`cron_job.misfire`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// Record them as `missed`; run the next tick on time.
+    #[default]
+    Skip,
+    /// Run one catch-up run at once (the latest missed tick), record the others `missed`.
+    Once,
+    /// Run every missed tick within `[dispatcher] catchup_secs`, in order, capped.
+    All,
+}
+
 text_enum!(JobKind, "kind", JobKind::Shell => "shell", JobKind::Http => "http");
+text_enum!(Misfire, "misfire", Misfire::Skip => "skip", Misfire::Once => "once", Misfire::All => "all");
 text_enum!(TimeoutPolicy, "timeout_policy",
     TimeoutPolicy::Abandon => "abandon", TimeoutPolicy::Kill => "kill", TimeoutPolicy::Sync => "sync");
 
@@ -134,6 +148,9 @@ pub struct JobSpec {
     pub timeout_policy: TimeoutPolicy,
     /// `cron_job.time_zone`; empty = the dispatcher's default.
     pub time_zone: String,
+    /// `cron_job.misfire`.
+    #[serde(default)]
+    pub misfire: Misfire,
 }
 
 impl JobSpec {
@@ -199,6 +216,7 @@ pub fn validate(
         })?,
         timeout_policy: row.timeout_policy.parse().map_err(JobError::Column)?,
         time_zone: row.time_zone.trim().to_owned(),
+        misfire: row.misfire.parse().map_err(JobError::Column)?,
     };
     if spec.command.trim().is_empty() {
         return Err(JobError::EmptyCommand);
@@ -235,6 +253,8 @@ mod tests {
             created_at: now,
             updated_at: now,
             last_error: None,
+            misfire: "skip".into(),
+            done_at: None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! Redis (under `[redis] prefix`, default `gocron`):
 //! - `{prefix}:tick:{job_id}:{scheduled_ms}`: the tick lock; its value is the winning dispatcher.
 //! - `{prefix}:run:{run_id}`: who owns a run: an executor's `name@address`, or `nobody:{dispatcher}`.
+//! - `{prefix}:through:{job_id}`: the job's latest tick fired (Unix ms), moved by the tick lock;
+//!   the ticks after it that were never fired were missed (see the misfire policy).
 //! - `{prefix}:live:{job_id}`: the job's runs in flight, run id → holder (see [`crate::live`]).
 //! - `{prefix}:manual:{job_id}:{requested_ms}`: the lock of a run-now request (like a tick's).
 //! - `{prefix}:rr:{machine}`: the dispatch counter of a machine group (`*` = any executor), for
@@ -105,6 +107,11 @@ impl RedisKeys {
         format!("{}:manual:{job_id}:{requested_ms}", self.prefix)
     }
 
+    /// How far a job has been scheduled: its latest tick fired (Unix ms).
+    pub fn through(&self, job_id: i64) -> String {
+        format!("{}:through:{job_id}", self.prefix)
+    }
+
     /// The hash of a job's runs in flight.
     pub fn live(&self, job_id: i64) -> String {
         format!("{}:live:{job_id}", self.prefix)
@@ -153,6 +160,7 @@ mod tests {
         assert_eq!(r.run(9), "gc:run:9");
         assert_eq!(r.round_robin("php"), "gc:rr:php");
         assert_eq!(r.live(4), "gc:live:4");
+        assert_eq!(r.through(4), "gc:through:4");
         assert_eq!(r.live_job("gc:live:4"), Some(4));
         assert_eq!(r.live_job("gc:live:x"), None);
         assert_eq!(r.manual(4, 99), "gc:manual:4:99");

@@ -27,19 +27,28 @@ use crate::live::{Holder, LiveRun};
 
 // The lock's value is `owner|sequence`. Asking again as the same owner returns the same
 // sequence, so a retry after a lost reply (timeout, reset) cannot turn a won tick into a lost one.
-// The winner also gets the job's runs in flight (the live hash), for the `abandon` policy.
+// The winner also gets the job's runs in flight (the live hash), for the `abandon` policy, and
+// how far the job had been scheduled before this tick (for the misfire policy), which a tick of
+// the rule (ARGV[3] = '1') moves forward, never back. The winner's retry gets the same answer:
+// the previous mark is kept in the lock's value.
 const ACQUIRE: &str = r"
-local n
+local n, before
 local held = redis.call('GET', KEYS[1])
 if held then
-  local owner, seq = string.match(held, '^(.*)|(%d+)$')
+  local owner, seq, prev = string.match(held, '^(.*)|(%d+)|(%-?%d*)$')
   if owner ~= ARGV[1] then return {0} end
   n = tonumber(seq)
+  before = prev
 else
   n = redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n, 'PX', ARGV[2])
+  before = redis.call('GET', KEYS[4]) or ''
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n .. '|' .. before, 'PX', ARGV[2])
+  if ARGV[3] == '1' and (before == '' or tonumber(before) < tonumber(ARGV[4])) then
+    redis.call('SET', KEYS[4], ARGV[4])
+  end
 end
 local reply = redis.call('HGETALL', KEYS[3])
+table.insert(reply, 1, before)
 table.insert(reply, 1, n)
 return reply
 ";
@@ -70,6 +79,9 @@ pub struct Won {
     pub sequence: u64,
     /// The job's runs in flight when the tick was won.
     pub in_flight: Vec<LiveRun>,
+    /// The latest tick of the job's rule fired before this one (Unix ms), if one is on record:
+    /// the ticks in between were missed.
+    pub scheduled_through: Option<i64>,
 }
 
 /// Tick locks and run claims on one Redis server.
@@ -137,8 +149,15 @@ impl Fences {
             .key(key)
             .key(self.keys.round_robin(machine))
             .key(self.keys.live(job_id))
+            .key(self.keys.through(job_id))
             .arg(&self.owner)
             .arg(self.ttl.as_millis() as u64)
+            .arg(if trigger == Trigger::Schedule {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(scheduled_ms)
             .invoke_async(&mut conn)
             .await?;
         let mut values = reply.into_iter();
@@ -149,12 +168,18 @@ impl Fences {
         if sequence == 0 {
             return Ok(None);
         }
-        let rest: Vec<String> = values
+        let mut rest: Vec<String> = values
             .map(redis::from_redis_value)
             .collect::<Result<_, _>>()?;
+        let before = if rest.is_empty() {
+            String::new()
+        } else {
+            rest.remove(0)
+        };
         Ok(Some(Won {
             sequence,
             in_flight: pairs(job_id, rest),
+            scheduled_through: before.parse().ok(),
         }))
     }
 
@@ -181,6 +206,29 @@ impl Fences {
             .invoke_async(&mut conn)
             .await?;
         Ok((held != holder).then_some(held))
+    }
+
+    /// How far each of `job_ids` has been scheduled (the latest tick fired, Unix ms), in order.
+    pub async fn scheduled_through(&self, job_ids: &[i64]) -> redis::RedisResult<Vec<Option<i64>>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut get = redis::cmd("MGET");
+        for id in job_ids {
+            get.arg(self.keys.through(*id));
+        }
+        get.query_async(&mut conn).await
+    }
+
+    /// Forgets how far job `job_id` has been scheduled: it was withdrawn (disabled, deleted), so
+    /// its ticks until it comes back are not missed ones.
+    pub async fn forget_through(&self, job_id: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.keys.through(job_id))
+            .query_async(&mut conn)
+            .await
     }
 
     /// Enters run `run_id` in job `job_id`'s live hash, held by `holder`.

@@ -52,7 +52,9 @@ const SQLITE: &[&str] = &[
         alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
         updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        last_error TEXT NULL
+        last_error TEXT NULL,
+        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
+        done_at TIMESTAMP NULL
     )"#,
     r#"CREATE TABLE IF NOT EXISTS cron_run (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,7 +89,9 @@ const MYSQL: &[&str] = &[
         alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
         created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
         updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
-        last_error TEXT NULL
+        last_error TEXT NULL,
+        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
+        done_at DATETIME(3) NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
     r#"CREATE TABLE IF NOT EXISTS cron_run (
         id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -122,7 +126,9 @@ const POSTGRES: &[&str] = &[
         alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
         created_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
         updated_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        last_error TEXT NULL
+        last_error TEXT NULL,
+        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
+        done_at TIMESTAMPTZ(3) NULL
     )"#,
     r#"CREATE TABLE IF NOT EXISTS cron_run (
         id BIGSERIAL PRIMARY KEY,

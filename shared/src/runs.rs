@@ -57,8 +57,9 @@ enum Write {
         job_id: i64,
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
-        /// `None`: a `dispatched` row; `Some(why)`: a `skipped` one.
-        skipped: Option<String>,
+        /// `None`: a `dispatched` row; `Some((status, why))`: a row final at once (`skipped`,
+        /// `missed`).
+        settled: Option<(RunStatus, String)>,
         reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
     },
     Start {
@@ -129,7 +130,7 @@ impl RunLog {
             job_id,
             scheduled_at,
             trigger,
-            skipped: None,
+            settled: None,
             reply,
         })
         .await
@@ -148,7 +149,25 @@ impl RunLog {
             job_id,
             scheduled_at,
             trigger,
-            skipped: Some(why),
+            settled: Some((RunStatus::Skipped, why)),
+            reply,
+        })
+        .await
+    }
+
+    /// Inserts a `missed` row for a tick no dispatcher fired in time (misfire policy), saying
+    /// why; `Ok(None)` when the tick already has a row.
+    pub async fn missed(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        why: String,
+    ) -> Result<Option<i64>, DbErr> {
+        self.submit(|reply| Write::Insert {
+            job_id,
+            scheduled_at,
+            trigger: Trigger::Schedule,
+            settled: Some((RunStatus::Missed, why)),
             reply,
         })
         .await
@@ -356,21 +375,18 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
             job_id,
             scheduled_at,
             trigger,
-            skipped,
+            settled,
             ..
         } => {
-            let status = match skipped {
-                None => RunStatus::Dispatched,
-                Some(_) => RunStatus::Skipped,
-            };
+            let status = settled.as_ref().map_or(RunStatus::Dispatched, |(s, _)| *s);
             let row = run::ActiveModel {
                 job_id: Set(*job_id),
                 scheduled_at: Set(*scheduled_at),
                 status: Set(status.as_str().to_owned()),
                 executor: Set(String::new()),
                 trigger: Set(trigger.as_str().to_owned()),
-                error: Set(skipped.clone()),
-                finished_at: Set(skipped.as_ref().map(|_| Utc::now())),
+                error: Set(settled.as_ref().map(|(_, why)| why.clone())),
+                finished_at: Set(settled.as_ref().map(|_| Utc::now())),
                 ..Default::default()
             };
             let result = in_savepoint(txn, async |sp| {

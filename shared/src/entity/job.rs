@@ -37,6 +37,10 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Why the row is not scheduled, written by the monitor; NULL when it is fine.
     pub last_error: Option<String>,
+    /// `skip`, `once` or `all`: what happens to ticks missed while no dispatcher fired them.
+    pub misfire: String,
+    /// When a one-shot job (`@at`) ran: it is done and not published again.
+    pub done_at: Option<DateTimeUtc>,
 }
 
 /// No relations are navigated through the ORM.

@@ -4,6 +4,7 @@
 mod backends;
 mod jobs;
 mod lock;
+mod misfire;
 mod pipeline;
 mod policies;
 mod rpc;

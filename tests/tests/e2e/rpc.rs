@@ -33,6 +33,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
             timeout_secs: 0,
             timeout_policy: TimeoutPolicy::Abandon,
             time_zone: String::new(),
+            misfire: Default::default(),
         },
         scheduled_ms: tick.timestamp_millis(),
         timeout_ms: 0,
