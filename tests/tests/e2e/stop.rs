@@ -118,3 +118,74 @@ async fn a_stopping_executor_kills_what_outlives_its_drain() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_the_jobs_at_once_and_still_records_them() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    // A drain far longer than the test: only the second signal can end it.
+    c.set("EXECUTOR", "DRAIN_SECS", "600");
+    c.set("EXECUTOR", "KILL_GRACE_SECS", "1");
+    let mut executor = c
+        .start_executor_process(
+            "exec-a",
+            env!("CARGO_BIN_EXE_gocron-test-executor").as_ref(),
+        )
+        .await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let pids = c.path("child");
+    let job = c.insert_job("long", "* * * * * *", &stubborn(&pids)).await;
+    let run = wait_until("a run going", Duration::from_secs(20), || async {
+        c.runs(job)
+            .await
+            .into_iter()
+            .find(|r| r.status == "running")
+    })
+    .await;
+    let pid = executor.id().to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+    };
+    term();
+    // The first signal only starts the drain: the executor leaves etcd and keeps the run going.
+    wait_until("exec-a out of etcd", Duration::from_secs(10), || async {
+        let mut etcd = c.etcd().await;
+        let key = format!("/gocron-test/{}/executors/exec-a", c.id);
+        (etcd.get(key, None).await.ok()?.count() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        executor.try_wait().unwrap().is_none(),
+        "exited on the first signal"
+    );
+    term();
+    let executor = std::sync::Mutex::new(executor);
+    let status = wait_until("the executor exited", Duration::from_secs(20), || {
+        let exited = executor.lock().unwrap().try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    let r = c
+        .runs(job)
+        .await
+        .into_iter()
+        .find(|r| r.id == run.id)
+        .unwrap();
+    assert_eq!(r.status, "killed", "{r:#?}");
+    let child: u32 = std::fs::read_to_string(format!("{}-{}", pids.display(), r.id))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(
+        &format!("child {child} gone"),
+        Duration::from_secs(5),
+        || async { gone(child).then_some(()) },
+    )
+    .await;
+    c.shutdown().await;
+}
