@@ -1,6 +1,6 @@
 //! One tick of one job: win the tick lock, insert the run row, hand the run to an executor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,7 @@ struct Inner {
     clients: Clients,
     rpc_timeout: Duration,
     secret: Secret,
+    instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
     etcd: etcd_client::Client,
     keys: EtcdKeys,
     max_late: Duration,
@@ -63,8 +64,8 @@ pub enum Handover {
 }
 
 impl Dispatcher {
-    /// A dispatcher named `config.name`; `etcd` and `keys` confirm that an executor is gone
-    /// before its runs are called lost.
+    /// A dispatcher named `config.name`; `instances` (the executor processes alive), `etcd` and
+    /// `keys` tell which runs in flight are lost.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         secret: Secret,
@@ -73,6 +74,7 @@ impl Dispatcher {
         lock: Fences,
         machines: MachineGroups,
         executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
+        instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
         etcd: etcd_client::Client,
         keys: EtcdKeys,
     ) -> Dispatcher {
@@ -86,6 +88,7 @@ impl Dispatcher {
                 clients: Clients::default(),
                 rpc_timeout: config.rpc_timeout,
                 secret,
+                instances,
                 etcd,
                 keys,
                 max_late: config.max_late,
@@ -305,10 +308,10 @@ impl Dispatcher {
                 Ok(runs) => runs,
                 Err(_) => return,
             };
-            let view = inner.executors.borrow().clone();
+            let view = inner.instances.borrow().clone();
             let live = live::settle(
                 in_flight,
-                &view,
+                view.as_deref(),
                 &inner.etcd,
                 &inner.keys,
                 &inner.runs,
@@ -341,10 +344,10 @@ impl Dispatcher {
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.
-        let view = inner.executors.borrow().clone();
+        let view = inner.instances.borrow().clone();
         let live = live::settle(
             in_flight,
-            &view,
+            view.as_deref(),
             &inner.etcd,
             &inner.keys,
             &inner.runs,

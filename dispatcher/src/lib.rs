@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lock.clone(),
         config.machines.clone(),
         executors,
+        registry::live_instances(etcd.clone(), &keys, watches.clone()),
         etcd.clone(),
         keys.clone(),
     );

@@ -91,6 +91,23 @@ pub async fn run_until(
         run_as,
     );
     let keys = EtcdKeys::new(&config.etcd.prefix);
+    // Alive until the very end, drain included: runs held by this process count as live while
+    // this key exists (see `gocron_shared::live`), even after it stopped taking runs.
+    // Its keep-alive must outlive `shutdown`, so it gets a token of its own.
+    let own = CancellationToken::new();
+    let alive = tokio::select! {
+        alive = Registration::start(
+            etcd.clone(),
+            keys.instance(&info.instance),
+            info.to_string(),
+            config.etcd.lease_ttl,
+            &own,
+        ) => alive,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let Ok(alive) = alive else {
+        return Ok(());
+    };
     let value = serde_json::to_string(&info)?;
     let Ok(registration) = Registration::start(
         etcd,
@@ -101,6 +118,7 @@ pub async fn run_until(
     )
     .await
     else {
+        alive.revoke().await;
         return Ok(());
     };
     tracing::info!(executor = %info, listen = %config.executor.listen, "executor ready");
@@ -163,6 +181,7 @@ pub async fn run_until(
     stop_connections.cancel();
     connections.close();
     connections.wait().await;
+    alive.revoke().await;
     tracing::info!(executor = %info, "executor stopped");
     Ok(())
 }

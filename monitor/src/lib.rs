@@ -55,11 +55,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
-    let mut executors = registry::live_executors(etcd.clone(), &keys, shutdown.child_token());
+    let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());
     let sweeper = Sweeper {
         fences: fences.clone(),
         runs: RunLog::spawn(db.clone()),
-        executors: executors.clone(),
+        instances: instances.clone(),
         etcd: etcd.clone(),
         keys: keys.clone(),
     };
@@ -68,8 +68,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         (config.etcd.lease_ttl * 1000 / 3).max(500),
     ));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Until the executors have been read, every run would look lost.
-    let mut seen_executors = false;
+    // Until the executor instances have been read, every run would look lost.
+    let mut seen_instances = false;
     let default_tz: Tz = config.dispatcher.time_zone;
     let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz, fences);
     let mut poll = tokio::time::interval(config.monitor.poll_interval);
@@ -87,8 +87,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
                 None => break,
             },
-            _ = executors.changed(), if !seen_executors => seen_executors = true,
-            _ = sweep.tick(), if seen_executors => {
+            _ = instances.changed(), if !seen_instances => seen_instances = true,
+            _ = sweep.tick(), if seen_instances => {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = sweeper.sweep() => {}

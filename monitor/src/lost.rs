@@ -2,12 +2,12 @@
 //! gone is recorded `lost`, for every job and policy, within about the etcd lease TTL of its
 //! executor's death, whether or not the job ticks again soon.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live;
 use gocron_shared::lock::Fences;
-use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::runs::RunLog;
 use tokio::sync::watch;
 
@@ -17,8 +17,8 @@ pub struct Sweeper {
     pub fences: Fences,
     /// The run writer.
     pub runs: RunLog,
-    /// The executors registered in etcd (mirrored).
-    pub executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
+    /// The executor processes alive in etcd (mirrored).
+    pub instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
     /// etcd itself, to confirm a death the mirror shows.
     pub etcd: etcd_client::Client,
     /// etcd keys.
@@ -35,10 +35,10 @@ impl Sweeper {
                 return 0;
             }
         };
-        let view = self.executors.borrow().clone();
+        let view = self.instances.borrow().clone();
         live::settle(
             in_flight,
-            &view,
+            view.as_deref(),
             &self.etcd,
             &self.keys,
             &self.runs,

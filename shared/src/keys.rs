@@ -2,6 +2,8 @@
 //!
 //! etcd (under `[etcd] prefix`, default `/gocron`):
 //! - `{prefix}/executors/{name}`: an executor's [`crate::machine::ExecutorInfo`] (JSON), under its lease.
+//! - `{prefix}/instances/{instance}`: an executor process is alive (its `name@address`), under a
+//!   lease of its own that outlasts its registration until its drain is over.
 //! - `{prefix}/dispatchers/{name}`: a dispatcher's name and start time (JSON), under its lease.
 //! - `{prefix}/jobs/{id}`: a valid, enabled job's [`crate::job::JobSpec`] (JSON), kept by the monitor.
 //! - `{prefix}/manual/{id}/{requested_ms}`: a request to run job `id` now (see
@@ -39,6 +41,16 @@ impl EtcdKeys {
     /// One executor's registration.
     pub fn executor(&self, name: &str) -> String {
         format!("{}{name}", self.executors())
+    }
+
+    /// The folder of executor processes alive (see [`crate::live`]).
+    pub fn instances(&self) -> String {
+        format!("{}/instances/", self.prefix)
+    }
+
+    /// One executor process's liveness key.
+    pub fn instance(&self, instance: &str) -> String {
+        format!("{}{instance}", self.instances())
     }
 
     /// The folder of dispatcher registrations.
@@ -151,6 +163,7 @@ mod tests {
         let k = EtcdKeys::new("/gocron/");
         assert_eq!(k.executor("e1"), "/gocron/executors/e1");
         assert_eq!(k.job(42), "/gocron/jobs/42");
+        assert_eq!(k.instance("ab12"), "/gocron/instances/ab12");
         assert_eq!(k.job_id("/gocron/jobs/42"), Some(42));
         assert_eq!(k.job_id("/gocron/jobs/x"), None);
         assert_eq!(k.job_id("/other/jobs/42"), None);

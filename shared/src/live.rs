@@ -5,14 +5,17 @@
 //! flight: run id → [`Holder`]. The dispatcher that wins a tick enters the run as held by itself
 //! (the hand-off); the executor that claims it replaces that with itself, atomically with the
 //! claim; whoever records the run's final status removes it. The hash is only an index of
-//! candidates: whether a run is live is decided by [`Holder::is_live`] against the executors
-//! registered in etcd right now. An executor that dies (SIGKILL, power loss) loses its lease
-//! within the TTL, so its runs stop being live even though their entries remain; whoever finds
-//! them (the dispatcher at the job's next tick, or the monitor's sweep) records them `lost` and
-//! removes the entries. A run whose row says `running` is therefore never trusted on its own.
+//! candidates: whether a run is live is decided by [`Holder::is_live`] against the executor
+//! processes alive in etcd right now (`{prefix}/instances/{instance}`, under a lease of their own
+//! that a stopping executor keeps until its drain is over, unlike its registration). An executor
+//! that dies (SIGKILL, power loss) loses that lease within the TTL, so its runs stop being live
+//! even though their entries remain; whoever finds them (the dispatcher at the job's next tick,
+//! or the monitor's sweep) records them `lost` and removes the entries. A run whose row says `running` is therefore never trusted on its own.
 
 use std::fmt;
 use std::time::Duration;
+
+use std::collections::HashSet;
 
 use chrono::Utc;
 
@@ -71,14 +74,14 @@ impl Holder {
         }
     }
 
-    /// Whether the run is live: its executor process is registered now, or its dispatcher's
-    /// hand-off began less than [`HANDOFF_LIMIT`] ago.
-    pub fn is_live(&self, executors: &[ExecutorInfo], now_ms: i64) -> bool {
+    /// Whether the run is live: its executor process is alive now (among `instances`), or its
+    /// dispatcher's hand-off began less than [`HANDOFF_LIMIT`] ago.
+    pub fn is_live(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
         match self {
             Holder::Dispatcher { since_ms, .. } => {
                 now_ms - since_ms < HANDOFF_LIMIT.as_millis() as i64
             }
-            Holder::Executor { instance, .. } => executors.iter().any(|e| &e.instance == instance),
+            Holder::Executor { instance, .. } => instances.contains(instance),
         }
     }
 
@@ -115,10 +118,10 @@ pub struct LiveRun {
 
 impl LiveRun {
     /// Whether it is live now (see [`Holder::is_live`]).
-    pub fn is_live(&self, executors: &[ExecutorInfo], now_ms: i64) -> bool {
+    pub fn is_live(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
         self.holder
             .as_ref()
-            .is_some_and(|h| h.is_live(executors, now_ms))
+            .is_some_and(|h| h.is_live(instances, now_ms))
     }
 
     /// Why it is no longer live, for `cron_run.error`.
@@ -136,24 +139,27 @@ impl LiveRun {
 }
 
 /// The runs of `in_flight` that are live; the others are recorded `lost` and taken out of their
-/// job's live hash. A holder missing from `view` (a mirror of the executors, which may lag behind
-/// one that just started) is checked against etcd itself first; if etcd cannot be read, nothing
+/// job's live hash. A holder missing from `view` (a mirror of the executor instances, which may
+/// lag behind one that just started; `None` before it was first read) is checked against etcd
+/// itself first; if etcd cannot be read, nothing
 /// is called lost (better a skipped tick than a job run twice).
 pub async fn settle(
     in_flight: Vec<LiveRun>,
-    view: &[ExecutorInfo],
+    view: Option<&HashSet<String>>,
     etcd: &etcd_client::Client,
     keys: &EtcdKeys,
     runs: &RunLog,
     fences: &Fences,
 ) -> Vec<LiveRun> {
     let now_ms = Utc::now().timestamp_millis();
+    let empty = HashSet::new();
+    let view = view.unwrap_or(&empty);
     let (mut live, maybe_dead): (Vec<_>, Vec<_>) =
         in_flight.into_iter().partition(|r| r.is_live(view, now_ms));
     if maybe_dead.is_empty() {
         return live;
     }
-    let registered = match registry::read_executors(etcd, keys).await {
+    let registered = match registry::read_instances(etcd, keys).await {
         Ok(registered) => registered,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the executors to check for lost runs");
@@ -197,14 +203,14 @@ mod tests {
 
     #[test]
     fn holders_round_trip_and_liveness_follows_registration() {
-        let live = [executor("aa")];
-        let x = Holder::executor(&live[0]);
+        let x = Holder::executor(&executor("aa"));
+        let set = |ids: &[&str]| ids.iter().map(|i| i.to_string()).collect::<HashSet<_>>();
         assert_eq!(x.to_string(), "x aa e1@127.0.0.1:7071");
         assert_eq!(Holder::parse(&x.to_string()), Some(x.clone()));
-        assert!(x.is_live(&live, 0));
+        assert!(x.is_live(&set(&["aa"]), 0));
         // Same name and address, another process: the run's process is gone.
-        assert!(!x.is_live(&[executor("bb")], 0));
-        assert!(!x.is_live(&[], 0));
+        assert!(!x.is_live(&set(&["bb"]), 0));
+        assert!(!x.is_live(&set(&[]), 0));
 
         let d = Holder::Dispatcher {
             since_ms: 1_000,
@@ -212,8 +218,8 @@ mod tests {
         };
         assert_eq!(Holder::parse(&d.to_string()), Some(d.clone()));
         let limit = HANDOFF_LIMIT.as_millis() as i64;
-        assert!(d.is_live(&[], 1_000 + limit - 1));
-        assert!(!d.is_live(&[], 1_000 + limit));
+        assert!(d.is_live(&set(&[]), 1_000 + limit - 1));
+        assert!(!d.is_live(&set(&[]), 1_000 + limit));
         assert_eq!(Holder::parse("nobody:d0"), None);
     }
 }

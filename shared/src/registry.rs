@@ -9,6 +9,7 @@
 //! (etcd down, compaction, cancellation), read again and re-watch. Consumers get a `Reset` with
 //! the whole prefix after every (re)read, then `Put`/`Delete` events, so they can never miss one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -306,24 +307,65 @@ async fn mirror_once(
     }
 }
 
-/// The executors registered right now, read from etcd (not from a mirror that may lag): for
-/// confirming that a run's executor is gone before calling the run lost.
-pub async fn read_executors(
+/// The executor processes alive right now (their instance ids), read from etcd rather than
+/// from a mirror that may lag: for confirming that a run's executor is gone before calling the
+/// run lost.
+pub async fn read_instances(
     client: &Client,
     keys: &EtcdKeys,
-) -> Result<Vec<ExecutorInfo>, etcd_client::Error> {
+) -> Result<HashSet<String>, etcd_client::Error> {
     let mut client = client.clone();
+    let prefix = keys.instances();
     let response = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        client.get(keys.executors(), Some(GetOptions::new().with_prefix())),
+        client.get(
+            prefix.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        ),
     )
     .await
-    .map_err(|_| etcd_client::Error::InvalidArgs("reading the executors timed out".into()))??;
+    .map_err(|_| etcd_client::Error::InvalidArgs("reading the instances timed out".into()))??;
     Ok(response
         .kvs()
         .iter()
-        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .filter_map(|kv| {
+            let key = std::str::from_utf8(kv.key()).ok()?;
+            Some(key.strip_prefix(&prefix)?.to_owned())
+        })
         .collect())
+}
+
+/// The executor processes alive (instance ids), kept up to date from etcd until `cancel`;
+/// `None` until etcd has been read.
+pub fn live_instances(
+    client: Client,
+    keys: &EtcdKeys,
+    cancel: CancellationToken,
+) -> watch::Receiver<Option<Arc<HashSet<String>>>> {
+    let (tx, rx) = watch::channel(None);
+    let prefix = keys.instances();
+    let mut events = mirror(client, prefix.clone(), cancel);
+    tokio::spawn(async move {
+        let mut known = HashSet::new();
+        let id = |key: &str| key.strip_prefix(&prefix).map(str::to_owned);
+        while let Some(event) = events.recv().await {
+            match event {
+                MirrorEvent::Reset(all) => {
+                    known = all.iter().filter_map(|(k, _)| id(k)).collect();
+                }
+                MirrorEvent::Put(key, _) => {
+                    known.extend(id(&key));
+                }
+                MirrorEvent::Delete(key) => {
+                    if let Some(i) = id(&key) {
+                        known.remove(&i);
+                    }
+                }
+            }
+            tx.send_replace(Some(Arc::new(known.clone())));
+        }
+    });
+    rx
 }
 
 /// The live executors, sorted by name, kept up to date from etcd until `cancel`. The receiver

@@ -427,3 +427,64 @@ async fn jobs_run_as_the_configured_user() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_executor_keeps_its_runs_live_until_they_end() {
+    // exec-a alone serves group g: once it stops taking runs, a tick finding the job free
+    // would be recorded no_executor; while its run is live, ticks are skipped instead.
+    let mut c = Cluster::new(Backend::Sqlite, &[("g", "exec-a")]).await;
+    c.set("EXECUTOR", "DRAIN_SECS", "60");
+    let mut executor = c
+        .start_executor_process(
+            "exec-a",
+            env!("CARGO_BIN_EXE_gocron-test-executor").as_ref(),
+        )
+        .await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    // Longer than the lease TTL (6 s) plus a sweep: a drain must not make the run lost.
+    let job = c
+        .insert_job_with(
+            "long",
+            "* * * * * *",
+            "sleep 10",
+            &[("machine", "g".into())],
+        )
+        .await;
+    let run = wait_until("a run going", Duration::from_secs(20), || async {
+        c.runs(job)
+            .await
+            .into_iter()
+            .find(|r| r.status == "running")
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &executor.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let done = c.wait_for_finished(job, 1, Duration::from_secs(30)).await;
+    let exited = executor.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let settled = wait_until("the run recorded", Duration::from_secs(30), || async {
+        c.runs(job)
+            .await
+            .into_iter()
+            .find(|r| r.id == run.id && r.status != "running")
+    })
+    .await;
+    assert_eq!(settled.status, "succeeded", "{settled:#?}");
+    let during: Vec<_> = c
+        .runs(job)
+        .await
+        .into_iter()
+        .filter(|r| r.scheduled_at > run.scheduled_at)
+        .filter(|r| r.scheduled_at < settled.finished_at.unwrap() - chrono::Duration::seconds(1))
+        .collect();
+    assert!(!during.is_empty(), "{done:#?}");
+    assert!(
+        during.iter().all(|r| r.status == "skipped"),
+        "ticks during the drain: {during:#?}"
+    );
+    c.shutdown().await;
+}
