@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::job::{JobSpec, Misfire, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
-use gocron_shared::live::{self, Holder};
+use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
 
 use crate::scheduler::Tick;
@@ -300,6 +300,21 @@ impl Dispatcher {
         outcome
     }
 
+    /// The runs of `in_flight` still live; the others become `lost` (see [`live::settle`]).
+    async fn live(&self, in_flight: Vec<LiveRun>) -> Vec<LiveRun> {
+        let inner = &self.inner;
+        let view = inner.instances.borrow().clone();
+        live::settle(
+            in_flight,
+            view.as_deref(),
+            &inner.etcd,
+            &inner.keys,
+            &inner.runs,
+            &inner.lock,
+        )
+        .await
+    }
+
     /// Waits until the job has no live run (polling its live runs).
     async fn until_idle(&self, job: &JobSpec) {
         let inner = &self.inner;
@@ -308,17 +323,7 @@ impl Dispatcher {
                 Ok(runs) => runs,
                 Err(_) => return,
             };
-            let view = inner.instances.borrow().clone();
-            let live = live::settle(
-                in_flight,
-                view.as_deref(),
-                &inner.etcd,
-                &inner.keys,
-                &inner.runs,
-                &inner.lock,
-            )
-            .await;
-            if live.is_empty() {
+            if self.live(in_flight).await.is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -344,17 +349,7 @@ impl Dispatcher {
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.
-        let view = inner.instances.borrow().clone();
-        let live = live::settle(
-            in_flight,
-            view.as_deref(),
-            &inner.etcd,
-            &inner.keys,
-            &inner.runs,
-            &inner.lock,
-        )
-        .await;
-        if let Some(previous) = live.first()
+        if let Some(previous) = self.live(in_flight).await.first()
             && job.timeout_policy == TimeoutPolicy::Abandon
         {
             let holder = previous.holder.as_ref().map(Holder::label);

@@ -33,6 +33,17 @@ use crate::service::Service;
 /// runs arrive), refuses calls, waits up to `[executor] drain_secs` for running jobs, then stops
 /// those still going (their process groups, status `killed`) and records every outcome.
 ///
+/// The `gocron-executor` process: flags, configuration, logging, signals (the first SIGTERM or
+/// SIGINT drains, the second stops the jobs at once), then [`run_until`].
+pub async fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    gocron_shared::daemon::init_tracing();
+    let args = gocron_shared::daemon::Args::parse();
+    let config = Config::load(&args.config)?;
+    let (shutdown, hurry) = gocron_shared::daemon::shutdown_and_hurry_on_signals();
+    run_until(config, shutdown, hurry).await
+}
+
 /// `[executor] listen` may use port 0 (tests do): the bound port is then advertised.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_until(config, shutdown, CancellationToken::new()).await

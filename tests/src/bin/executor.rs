@@ -1,15 +1,7 @@
 //! The real executor as a process of its own, for tests that kill it with SIGKILL: the same
 //! `main` as `gocron-executor`, built inside this package so that its tests can find it.
 
-use clap::Parser as _;
-use gocron_shared::config::Config;
-use gocron_shared::daemon::{self, Args};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    daemon::init_tracing();
-    let args = Args::parse();
-    let config = Config::load(&args.config)?;
-    let (shutdown, hurry) = daemon::shutdown_and_hurry_on_signals();
-    gocron_executor::run_until(config, shutdown, hurry).await
+    gocron_executor::main().await
 }
