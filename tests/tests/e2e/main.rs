@@ -1,9 +1,11 @@
 //! End-to-end tests: the real daemons, in-process, against real etcd, Redis and databases
-//! started by `scripts/test`. One test binary (one link step); topics are modules.
+//! started by `scripts/test`. One test binary (one link step); topics are modules. `rules`
+//! needs no server but a Python with croniter (`GOCRON_TEST_PYTHON`, also from `scripts/test`).
 
 mod backends;
 mod jobs;
 mod lock;
 mod pipeline;
 mod rpc;
+mod rules;
 mod stop;
