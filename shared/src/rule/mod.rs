@@ -31,8 +31,9 @@
 //! hour, minute and second, each by `trailing_zeros`. It does not allocate.
 //!
 //! Local and UTC time are tied by the zone's offset table (`zone.rs`): the instants where the
-//! offset changes, built once per zone from chrono-tz. A zone without changes (UTC, fixed-offset
-//! zones) takes a shortcut: local = UTC + offset.
+//! offset changes, built once per zone from chrono-tz. Where the offset no longer changes (UTC,
+//! fixed-offset zones, Asia/Shanghai since 1991) the search takes a shortcut: local = UTC +
+//! offset.
 //!
 //! # Daylight saving time: cronie's rule
 //!
@@ -170,8 +171,7 @@ impl Schedule {
                 // Cron instants are whole seconds: the first candidate is the next second.
                 let t0 = after.timestamp() + 1;
                 let zone = Zone::of(self.tz);
-                let secs = if zone.is_fixed() {
-                    let offset = zone.span(0).offset;
+                let secs = if let Some(offset) = zone.fixed_from(t0 - 1) {
                     expr.next_local(t0 + offset)? - offset
                 } else if expr.is_fixed_time() {
                     next_fixed_time(expr, zone, t0)?

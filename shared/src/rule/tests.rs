@@ -890,3 +890,84 @@ fn next_after_is_fast_enough_to_notice_a_regression() {
         start.elapsed()
     );
 }
+
+/// Brute force of cronie's DST rule, minute by minute, with chrono-tz's own offsets: the next
+/// fire instant after `after` (a whole minute) of a rule that fires on whole minutes.
+fn brute_force(expr: &CronExpr, tz: Tz, after: i64) -> i64 {
+    use chrono::Offset as _;
+    let local = |t: i64| {
+        let utc = DateTime::from_timestamp(t, 0).unwrap().naive_utc();
+        t + i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
+    };
+    let matches = |l: i64| expr.next_local(l) == Some(l);
+    // The wall clock's high-water mark: every local time up to it has had its turn.
+    let mut mark = (after - 86_400..=after)
+        .step_by(60)
+        .map(local)
+        .max()
+        .unwrap();
+    let mut t = after + 60;
+    loop {
+        let l = local(t);
+        let fires = if expr.is_fixed_time() {
+            (mark + 60..=l).step_by(60).any(matches)
+        } else {
+            matches(l)
+        };
+        if fires {
+            return t;
+        }
+        mark = mark.max(l);
+        t += 60;
+        assert!(t < after + 8 * 86_400, "no fire within 8 days");
+    }
+}
+
+#[test]
+fn dst_rule_agrees_with_a_minute_by_minute_brute_force() {
+    let rules = [
+        "30 2 * * *",
+        "0,30 1-3 * * *",
+        "45 1 * * *",
+        "15 2 * * *",
+        "0 3 * * *",
+        "*/15 * * * *",
+        "15 * * * *",
+        "*/20 1 * * *",
+        "*/20 2 * * *",
+        "0 * * * *",
+        "@daily",
+        "5 2 * * SUN",
+    ];
+    // Around each change of 2026 (UTC): New York, Berlin, Lord Howe.
+    let cases = [
+        ("America/New_York", "2026-03-08T07:00:00Z"),
+        ("America/New_York", "2026-11-01T06:00:00Z"),
+        ("Europe/Berlin", "2026-03-29T01:00:00Z"),
+        ("Europe/Berlin", "2026-10-25T01:00:00Z"),
+        ("Australia/Lord_Howe", "2026-04-04T15:00:00Z"),
+        ("Australia/Lord_Howe", "2026-10-03T15:30:00Z"),
+    ];
+    for (zone, change) in cases {
+        let tz: Tz = zone.parse().unwrap();
+        let change = at(change).timestamp();
+        for rule in rules {
+            let schedule = Schedule::new(rule, tz).unwrap();
+            let Rule::Cron(expr) = schedule.rule() else {
+                unreachable!()
+            };
+            for after in (change - 4 * 3600..change + 4 * 3600).step_by(13 * 60) {
+                let ours = schedule
+                    .next_after(DateTime::from_timestamp(after, 0).unwrap())
+                    .unwrap()
+                    .timestamp();
+                assert_eq!(
+                    ours,
+                    brute_force(expr, tz, after),
+                    "{rule} in {zone} after {}",
+                    DateTime::from_timestamp(after, 0).unwrap()
+                );
+            }
+        }
+    }
+}

@@ -92,9 +92,14 @@ impl Zone {
         }
     }
 
-    /// Whether the offset never changes (UTC, fixed-offset zones).
-    pub(super) fn is_fixed(&self) -> bool {
-        self.changes.is_empty()
+    /// The offset from `t` on, if it never changes again and last changed over a day before `t`
+    /// (so no repeated local times linger): UTC, fixed-offset zones, zones that gave up DST.
+    pub(super) fn fixed_from(&self, t: i64) -> Option<i64> {
+        match self.changes.last() {
+            None => Some(i64::from(self.first)),
+            Some(last) if last.at.saturating_add(86_400) <= t => Some(i64::from(last.offset)),
+            Some(_) => None,
+        }
     }
 
     /// The index of the span that contains instant `t`.
@@ -135,7 +140,12 @@ mod tests {
         // 2026-11-01T06:00:00Z: back to EST.
         assert_eq!(span.end, 1_793_512_800);
         assert_eq!(zone.span(i + 1).offset, -18_000);
-        assert!(Zone::of(Tz::UTC).is_fixed());
+        assert_eq!(Zone::of(Tz::UTC).fixed_from(0), Some(0));
+        assert_eq!(zone.fixed_from(1_772_953_200), None);
+        // Asia/Shanghai has kept +08:00 since 1991.
+        let shanghai = Zone::of(chrono_tz::Asia::Shanghai);
+        assert_eq!(shanghai.fixed_from(1_772_953_200), Some(28_800));
+        assert_eq!(shanghai.fixed_from(0), None);
         assert_eq!(Zone::of(Tz::UTC).span(0).end, i64::MAX);
     }
 }
