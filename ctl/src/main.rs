@@ -1,5 +1,6 @@
 //! `gocronctl`: see the library for what each subcommand does.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -42,9 +43,11 @@ fn main() -> ExitCode {
             count,
         } => match next::next_fires(&rule, tz, from.unwrap_or_else(Utc::now), count) {
             Ok(fires) => {
-                for t in &fires {
-                    println!("{}", next::format(t));
-                }
+                let mut out = std::io::stdout().lock();
+                // A closed pipe (`| head -1`) is not an error worth a panic.
+                let _ = fires
+                    .iter()
+                    .try_for_each(|t| writeln!(out, "{}", next::format(t)));
                 ExitCode::SUCCESS
             }
             // Exit 2 like clap's own usage errors: the input is wrong, not the machine.
