@@ -6,7 +6,8 @@
 //! once by probing chrono-tz every 6 hours and bisecting each change to the second, and kept for
 //! the life of the process (a few KiB per zone used). Offsets before 1900 are taken to be the
 //! 1900 one; chrono-tz itself holds no changes after 2100. Two changes less than 6 hours apart
-//! would be seen as one: the tz database has none since 1900 that matter here.
+//! would be seen as one: probing every 30 minutes instead finds exactly as many changes in
+//! every zone of chrono-tz 0.10.4's database (checked once, a 70-second run, not kept as a test).
 
 use std::sync::OnceLock;
 
@@ -147,5 +148,39 @@ mod tests {
         assert_eq!(shanghai.fixed_from(1_772_953_200), Some(28_800));
         assert_eq!(shanghai.fixed_from(0), None);
         assert_eq!(Zone::of(Tz::UTC).span(0).end, i64::MAX);
+    }
+
+    #[test]
+    fn offsets_match_chrono_tz_at_random_instants() {
+        // Zones with odd rules: 30-minute and 2-hour DST, negative DST (Dublin), a skipped day
+        // (Apia, 2011), Ramadan breaks (Casablanca), DST given up (Sao Paulo, Tehran).
+        let zones = [
+            "America/New_York",
+            "Europe/Berlin",
+            "Australia/Lord_Howe",
+            "Antarctica/Troll",
+            "Europe/Dublin",
+            "Pacific/Apia",
+            "Africa/Casablanca",
+            "America/Sao_Paulo",
+            "Asia/Tehran",
+            "Asia/Shanghai",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for name in zones {
+            let tz: Tz = name.parse().unwrap();
+            let zone = Zone::of(tz);
+            for _ in 0..3000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = START + (x % (END - START) as u64) as i64;
+                let utc = DateTime::from_timestamp(t, 0).unwrap().naive_utc();
+                let expected = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
+                let span = zone.span(zone.index_of(t));
+                assert_eq!(span.offset, i64::from(expected), "{name} at {utc}");
+                assert!(span.start <= t && t < span.end, "{name} at {utc}");
+            }
+        }
     }
 }
