@@ -9,7 +9,8 @@
 //! Modules:
 //! - [`config`]: `conf/conf.ini`, with `GOCRON__SECTION__KEY` environment overrides and validation.
 //! - [`machine`]: the `[machine]` groups and how a member matches an executor.
-//! - [`rule`]: cron rules (5/6 fields, macros, `@every`) and next-fire computation in a time zone.
+//! - [`rule`]: cron rules (crontab 5/6/7 fields, Quartz extras, macros, `@every`, `@at`) and
+//!   next-fire computation in a time zone, with cronie's DST rule.
 //! - [`job`]: the validated job definition that the monitor publishes and dispatchers schedule.
 //! - [`entity`], [`migration`], [`db`]: the `cron_job` and `cron_run` tables and the connection.
 //! - [`runs`]: every write to `cron_run` (its state machine), with group commit.

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real daemons, in-process, against real etcd, Redis and databases
-//! started by `scripts/test`. One test binary (one link step); topics are modules.
+//! started by `scripts/test`. One test binary (one link step); topics are modules. `rules`
+//! needs no server but a Python with croniter (`GOCRON_TEST_PYTHON`, also from `scripts/test`).
 
 mod backends;
 mod jobs;
@@ -8,4 +9,5 @@ mod misfire;
 mod pipeline;
 mod policies;
 mod rpc;
+mod rules;
 mod stop;

@@ -1,0 +1,10 @@
+//! `gocronctl`: gocron from the command line, and the rule engine's benchmark.
+//!
+//! Modules:
+//! - [`next`]: `gocronctl next '<rule>'`, the next fire instants of a rule in a time zone, computed
+//!   by the same [`gocron_shared::rule::Schedule`] the dispatcher uses.
+//! - [`bench`]: `gocron-rule-bench`, next-fire computation speed and memory over a million
+//!   schedules.
+
+pub mod bench;
+pub mod next;
