@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
+use gocron_shared::entity::job;
 use gocron_shared::job::{JobSpec, Misfire, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
 
 use crate::scheduler::Tick;
 use gocron_shared::lock::{Fences, Won};
@@ -36,6 +39,7 @@ struct Inner {
     rpc_timeout: Duration,
     secret: Secret,
     instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
+    db: DatabaseConnection,
     etcd: etcd_client::Client,
     keys: EtcdKeys,
     max_late: Duration,
@@ -75,6 +79,7 @@ impl Dispatcher {
         machines: MachineGroups,
         executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
         instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
+        db: DatabaseConnection,
         etcd: etcd_client::Client,
         keys: EtcdKeys,
     ) -> Dispatcher {
@@ -89,6 +94,7 @@ impl Dispatcher {
                 rpc_timeout: config.rpc_timeout,
                 secret,
                 instances,
+                db,
                 etcd,
                 keys,
                 max_late: config.max_late,
@@ -105,6 +111,12 @@ impl Dispatcher {
         let outcome = self
             .fire_inner(&job, &schedule, tick, following, trigger)
             .await;
+        if schedule.is_one_shot()
+            && trigger == Trigger::Schedule
+            && !matches!(outcome, Handover::Lost | Handover::Failed(_))
+        {
+            self.mark_done(&job).await;
+        }
         match &outcome {
             Handover::Lost => {
                 tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
@@ -170,6 +182,23 @@ impl Dispatcher {
             Err(failed) => return failed,
         };
         self.run(job, tick, following, trigger, won).await
+    }
+
+    /// Marks a one-shot job done (`cron_job.done_at`): the monitor withdraws it, and it never
+    /// runs again.
+    async fn mark_done(&self, job: &JobSpec) {
+        let done = job::Entity::update_many()
+            .col_expr(job::Column::DoneAt, Expr::value(Utc::now()))
+            .filter(job::Column::Id.eq(job.id))
+            .filter(job::Column::DoneAt.is_null())
+            .exec(&self.inner.db)
+            .await;
+        match done {
+            Ok(_) => tracing::info!(job_id = job.id, job = %job.name, "one-shot job done"),
+            Err(e) => {
+                tracing::warn!(job_id = job.id, error = %e, "cannot mark the one-shot job done; its tick lock still keeps it from running twice")
+            }
+        }
     }
 
     /// Takes the lock of `tick` (retrying Redis errors a few times).

@@ -82,11 +82,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dispatcher = Dispatcher::new(
         config.rpc.secret.clone(),
         &config.dispatcher,
-        RunLog::spawn(db),
+        RunLog::spawn(db.clone()),
         lock.clone(),
         config.machines.clone(),
         executors,
         registry::live_instances(etcd.clone(), &keys, watches.clone()),
+        db,
         etcd.clone(),
         keys.clone(),
     );

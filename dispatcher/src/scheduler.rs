@@ -158,7 +158,13 @@ impl Scheduler {
         };
         self.generation += 1;
         let id = spec.id;
-        let next = schedule.next_after(now);
+        // A one-shot (`@at`) whose instant passed before it got here still fires, at once: as
+        // a late tick, which the misfire policy handles (it is marked done either way).
+        let next = if schedule.is_one_shot() {
+            schedule.next_after(DateTime::<Utc>::MIN_UTC)
+        } else {
+            schedule.next_after(now)
+        };
         tracing::info!(
             job_id = id,
             job = %spec.name,
