@@ -18,7 +18,7 @@ use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilte
 use crate::scheduler::Tick;
 use gocron_shared::lock::{Fences, Won};
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
-use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret};
+use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret, Tls};
 use gocron_shared::runs::RunLog;
 use tarpc::client::RpcError;
 use tokio::sync::watch;
@@ -38,6 +38,7 @@ struct Inner {
     clients: Clients,
     rpc_timeout: Duration,
     secret: Secret,
+    tls: Tls,
     instances: watch::Receiver<Option<Arc<HashSet<String>>>>,
     db: DatabaseConnection,
     etcd: etcd_client::Client,
@@ -73,6 +74,7 @@ impl Dispatcher {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         secret: Secret,
+        tls: Tls,
         config: &DispatcherConfig,
         runs: RunLog,
         lock: Fences,
@@ -93,6 +95,7 @@ impl Dispatcher {
                 clients: Clients::default(),
                 rpc_timeout: config.rpc_timeout,
                 secret,
+                tls,
                 instances,
                 db,
                 etcd,
@@ -499,7 +502,7 @@ impl Dispatcher {
         for attempt in 0..2 {
             let client = inner
                 .clients
-                .get(executor.address, inner.rpc_timeout)
+                .get(executor.address, inner.rpc_timeout, &inner.tls)
                 .await
                 .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
             match client
@@ -565,7 +568,12 @@ struct Clients {
 }
 
 impl Clients {
-    async fn get(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<ExecutorRpcClient> {
+    async fn get(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: &Tls,
+    ) -> std::io::Result<ExecutorRpcClient> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(addr).or_default().clone()
@@ -575,7 +583,7 @@ impl Clients {
         if let Some(c) = client.as_ref() {
             return Ok(c.clone());
         }
-        let c = rpc::connect(addr, timeout).await?;
+        let c = rpc::connect(addr, timeout, tls).await?;
         *client = Some(c.clone());
         Ok(c)
     }

@@ -35,6 +35,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// hand-overs under way, and leaves etcd.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let name = config.dispatcher.name.clone();
+    let tls = gocron_shared::rpc::Tls::load(&config.rpc)?;
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
         return Ok(());
     };
@@ -81,6 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut requests = registry::mirror(etcd.clone(), keys.manual(), watches.clone());
     let dispatcher = Dispatcher::new(
         config.rpc.secret.clone(),
+        tls,
         &config.dispatcher,
         RunLog::spawn(db.clone()),
         lock.clone(),

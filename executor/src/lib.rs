@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runner::RunAs;
+
+/// How long a connecting peer may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 use crate::service::Service;
 
 /// Runs the executor until `shutdown` is cancelled, then drains: it leaves etcd first (so no new
@@ -57,6 +60,7 @@ pub async fn run_until(
     hurry: CancellationToken,
 ) -> anyhow::Result<()> {
     let run_as = RunAs::resolve(&config.executor.run_as)?;
+    let tls = rpc::Tls::load(&config.rpc)?;
     let listener = TcpListener::bind(config.executor.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.executor.listen))?;
@@ -150,12 +154,24 @@ pub async fn run_until(
             },
         };
         tracing::debug!(%peer, "dispatcher connected");
-        let channel = BaseChannel::with_defaults(rpc::transport(stream));
-        let serve = channel
-            .execute(service.for_peer(peer).serve())
-            .for_each_concurrent(None, |response| response);
-        let stop = stop_connections.clone();
+        let (stop, tls, service) = (
+            stop_connections.clone(),
+            tls.clone(),
+            service.for_peer(peer),
+        );
+        // The TLS handshake, if any, happens in the connection's task: a slow or hostile peer
+        // never holds up the accept loop.
         connections.spawn(async move {
+            let stream = match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed");
+                    return;
+                }
+            };
+            let serve = BaseChannel::with_defaults(rpc::transport(stream))
+                .execute(service.serve())
+                .for_each_concurrent(None, |response| response);
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = serve => tracing::debug!(%peer, "dispatcher disconnected"),

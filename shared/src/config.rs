@@ -74,6 +74,17 @@ pub struct Config {
 pub struct RpcConfig {
     /// `secret`: shared by all dispatchers and executors; at least 16 characters.
     pub secret: crate::rpc::Secret,
+    /// `tls_cert` and `tls_key`: an executor's certificate chain and private key (PEM files);
+    /// when set, the executor accepts TLS connections only.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// `tls_ca`: the CA certificates (PEM) that callers (dispatchers, operator tools) trust for
+    /// executors' certificates; when set, callers connect with TLS only.
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_server_name`: the name callers verify in an executor's certificate; empty: the
+    /// executor's advertised IP address (which the certificate must then hold as an IP SAN).
+    pub tls_server_name: String,
 }
 
 /// `[database]`: where jobs and runs live.
@@ -186,7 +197,10 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("monitor", &["poll_ms"]),
-    ("rpc", &["secret"]),
+    (
+        "rpc",
+        &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
+    ),
 ];
 
 /// The shortest `[rpc] secret` accepted.
@@ -488,8 +502,29 @@ impl Raw {
                 ),
             ));
         }
+        let path = |key| {
+            let value = self.string("rpc", key, "");
+            (!value.is_empty()).then(|| PathBuf::from(value))
+        };
+        let (tls_cert, tls_key) = (path("tls_cert"), path("tls_key"));
+        if tls_cert.is_some() != tls_key.is_some() {
+            let missing = if tls_cert.is_none() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            return Err(self.invalid(
+                "rpc",
+                missing,
+                "tls_cert and tls_key go together: set both (TLS on) or neither",
+            ));
+        }
         let rpc = RpcConfig {
             secret: crate::rpc::Secret::new(secret),
+            tls_cert,
+            tls_key,
+            tls_ca: path("tls_ca"),
+            tls_server_name: self.string("rpc", "tls_server_name", ""),
         };
 
         Ok(Config {
@@ -540,6 +575,27 @@ mod tests {
                 .to_string();
             assert!(err.contains("[rpc] secret: required, at least 16"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        for (set, missing) in [("TLS_CERT", "tls_key"), ("TLS_KEY", "tls_cert")] {
+            let err = Config::from_ini(
+                "",
+                "c.ini",
+                env(&[(&format!("GOCRON__RPC__{set}"), "/etc/gocron/x.pem")]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!(
+                    "[rpc] {missing}: tls_cert and tls_key go together"
+                )),
+                "{err}"
+            );
+        }
+        let c = Config::from_ini("", "c.ini", env(&[])).unwrap();
+        assert!(c.rpc.tls_cert.is_none() && c.rpc.tls_ca.is_none());
     }
 
     #[test]

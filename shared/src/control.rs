@@ -18,7 +18,7 @@ use etcd_client::{Client, PutOptions};
 use crate::keys::EtcdKeys;
 use crate::live::Holder;
 use crate::lock::Fences;
-use crate::rpc::{self, KillRequest, Refused, Secret};
+use crate::rpc::{self, KillRequest, Refused, Secret, Tls};
 
 /// How long a run-now request waits for a dispatcher before it lapses.
 pub const REQUEST_TTL_SECS: i64 = 60;
@@ -67,10 +67,11 @@ pub async fn run_now(
 }
 
 /// Asks the executor running run `run_id` of job `job_id` to stop it (status `killed`); `by`
-/// says who asks.
+/// says who asks; `secret` and `tls` are `[rpc]`'s.
 pub async fn kill_run(
     fences: &Fences,
     secret: &Secret,
+    tls: &Tls,
     job_id: i64,
     run_id: i64,
     by: &str,
@@ -94,7 +95,7 @@ pub async fn kill_run(
         .rsplit_once('@')
         .and_then(|(_, addr)| addr.parse().ok())
         .ok_or_else(|| unreachable("no address in its label".into()))?;
-    let client = rpc::connect(address, timeout)
+    let client = rpc::connect(address, timeout, tls)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let request = KillRequest {

@@ -8,11 +8,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::config::RpcConfig;
 
 use crate::job::{JobSpec, Trigger};
 
@@ -123,24 +129,128 @@ pub enum Refused {
 /// How many calls one connection may have in flight: a whole second of a 1000-job burst.
 const MAX_IN_FLIGHT: usize = 10_000;
 
-/// Frames a TCP stream as a tarpc transport (length-delimited bincode).
-pub fn transport<Item, SinkItem>(
-    stream: TcpStream,
-) -> Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>
+/// Frames a stream (TCP, or TLS over TCP) as a tarpc transport (length-delimited bincode).
+pub fn transport<S, Item, SinkItem>(
+    stream: S,
+) -> Transport<S, Item, SinkItem, Bincode<Item, SinkItem>>
 where
+    S: AsyncRead + AsyncWrite,
     Item: for<'de> Deserialize<'de>,
     SinkItem: Serialize,
 {
-    let _ = stream.set_nodelay(true);
     tarpc::serde_transport::new(
         Framed::new(stream, LengthDelimitedCodec::new()),
         Bincode::default(),
     )
 }
 
-/// Connects to the executor at `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<ExecutorRpcClient> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// TLS for the RPC, as `[rpc]` configures it: the executor's side (accept) and the callers'
+/// side (connect), each optional. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Tls {
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    connector: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+}
+
+impl Tls {
+    /// Loads the PEM files `[rpc]` names; no TLS where none are set. Occurs an error naming the
+    /// file when one cannot be read or used.
+    pub fn load(config: &RpcConfig) -> anyhow::Result<Tls> {
+        use anyhow::Context as _;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = Tls::default();
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("[rpc] tls_cert {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("[rpc] tls_key {}", key.display()))?;
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .context("[rpc] tls_cert and tls_key do not make a certificate")?;
+            tls.acceptor = Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
+        }
+        if let Some(ca) = &config.tls_ca {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("[rpc] tls_ca {}", ca.display()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("[rpc] tls_ca {}", ca.display()))?;
+            }
+            let client = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = if config.tls_server_name.is_empty() {
+                None
+            } else {
+                Some(
+                    ServerName::try_from(config.tls_server_name.clone())
+                        .context("[rpc] tls_server_name")?,
+                )
+            };
+            tls.connector = Some((tokio_rustls::TlsConnector::from(Arc::new(client)), name));
+        }
+        Ok(tls)
+    }
+
+    /// Whether executors accept TLS only.
+    pub fn serves(&self) -> bool {
+        self.acceptor.is_some()
+    }
+
+    /// Serves RPC on an accepted connection: through TLS if configured. The handshake is
+    /// bounded by `timeout`.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<Box<dyn Stream + Send + Unpin>> {
+        let _ = stream.set_nodelay(true);
+        match &self.acceptor {
+            None => Ok(Box::new(stream)),
+            Some(acceptor) => {
+                let tls = tokio::time::timeout(timeout, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
+
+/// A byte stream an RPC runs on: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite {}
+impl<S: AsyncRead + AsyncWrite> Stream for S {}
+
+/// Connects to the executor at `addr` within `timeout` (TLS included, when `tls` says so).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: &Tls,
+) -> io::Result<ExecutorRpcClient> {
+    let dial = async {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Stream + Send + Unpin> = match &tls.connector {
+            None => Box::new(stream),
+            Some((connector, name)) => {
+                let name = name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+                Box::new(connector.connect(name, stream).await?)
+            }
+        };
+        Ok::<_, io::Error>(stream)
+    };
+    let stream = tokio::time::timeout(timeout, dial)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let mut config = tarpc::client::Config::default();

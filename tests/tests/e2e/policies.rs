@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gocron_shared::control::{self, ControlError};
 use gocron_shared::keys::EtcdKeys;
-use gocron_shared::rpc::Secret;
+use gocron_shared::rpc::{Secret, Tls};
 use gocron_tests::{Backend, Cluster, assert_one_run_per_tick, executor_name, wait_until};
 use sea_orm::entity::prelude::DateTimeUtc;
 
@@ -239,8 +239,9 @@ async fn run_now_goes_through_the_dispatchers_and_kill_stops_the_run() {
 
     let fences = c.fences().await;
     let secret = config.rpc.secret.clone();
+    let tls = Tls::load(&config.rpc).unwrap();
     let timeout = Duration::from_secs(5);
-    control::kill_run(&fences, &secret, job, run.id, "test", timeout)
+    control::kill_run(&fences, &secret, &tls, job, run.id, "test", timeout)
         .await
         .unwrap();
     let killed = c.wait_for_finished(job, 1, Duration::from_secs(20)).await;
@@ -259,7 +260,7 @@ async fn run_now_goes_through_the_dispatchers_and_kill_stops_the_run() {
     .await;
     // It is no longer in flight, and a wrong secret is refused before anything is looked at.
     assert!(matches!(
-        control::kill_run(&fences, &secret, job, run.id, "test", timeout).await,
+        control::kill_run(&fences, &secret, &tls, job, run.id, "test", timeout).await,
         Err(ControlError::NotInFlight(id)) if id == run.id
     ));
 
@@ -274,13 +275,13 @@ async fn run_now_goes_through_the_dispatchers_and_kill_stops_the_run() {
     .await;
     let wrong = Secret::new("not-the-secret-0123456789");
     assert!(matches!(
-        control::kill_run(&fences, &wrong, job, second.id, "test", timeout).await,
+        control::kill_run(&fences, &wrong, &tls, job, second.id, "test", timeout).await,
         Err(ControlError::Refused(
             _,
             gocron_shared::rpc::Refused::Unauthorized
         ))
     ));
-    control::kill_run(&fences, &secret, job, second.id, "test", timeout)
+    control::kill_run(&fences, &secret, &tls, job, second.id, "test", timeout)
         .await
         .unwrap();
     c.wait_for_finished(job, 2, Duration::from_secs(20)).await;

@@ -40,7 +40,9 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         trigger: Trigger::Manual,
         dispatcher: "intruder".into(),
     };
-    let client = rpc::connect(addr, Duration::from_secs(5)).await.unwrap();
+    let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
+        .await
+        .unwrap();
     let ctx = || rpc::context(Duration::from_secs(5));
 
     for wrong in ["", "not-the-secret-at-all-0123456789"] {
@@ -65,5 +67,88 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         (lines(&marker) == ["ran"]).then_some(())
     })
     .await;
+    c.shutdown().await;
+}
+
+/// A CA, and an executor certificate it signed for 127.0.0.1, written as PEM files under
+/// `dir`: (ca, cert, key) paths.
+fn certificates(dir: &std::path::Path, tag: &str) -> [std::path::PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = [
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}-cert.pem")),
+        dir.join(format!("{tag}-key.pem")),
+    ];
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_runs_go_over_tls_and_plain_or_untrusted_callers_get_nothing() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    let [ca, cert, key] = certificates(c.dir.path(), "good");
+    let [other_ca, ..] = certificates(c.dir.path(), "other");
+    c.set("RPC", "TLS_CERT", cert.to_str().unwrap());
+    c.set("RPC", "TLS_KEY", key.to_str().unwrap());
+    c.set("RPC", "TLS_CA", ca.to_str().unwrap());
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let job = c.insert_job("tick", "* * * * * *", "echo over-tls").await;
+    let runs = c.wait_for_finished(job, 2, Duration::from_secs(30)).await;
+    for r in runs.iter().filter(|r| r.finished_at.is_some()) {
+        assert_eq!(r.status, "succeeded", "{r:#?}");
+        assert_eq!(r.output.as_deref(), Some("over-tls\n"));
+    }
+
+    // A caller without TLS, or trusting another CA, never gets a call through.
+    let addr = c.executor_address("exec-a").await;
+    let secret = c.base_config().rpc.secret;
+    let mut untrusted = c.base_config().rpc;
+    untrusted.tls_ca = Some(other_ca);
+    for tls in [rpc::Tls::default(), rpc::Tls::load(&untrusted).unwrap()] {
+        let outcome = async {
+            let client = rpc::connect(addr, Duration::from_secs(5), &tls).await?;
+            let request = gocron_shared::rpc::KillRequest {
+                secret: secret.clone(),
+                run_id: 1,
+                by: "test".into(),
+            };
+            client
+                .kill_run(rpc::context(Duration::from_secs(5)), request)
+                .await
+                .map_err(std::io::Error::other)
+        }
+        .await;
+        assert!(outcome.is_err(), "{outcome:?}");
+    }
+    // The same call with the right CA gets an answer.
+    let tls = rpc::Tls::load(&c.base_config().rpc).unwrap();
+    let client = rpc::connect(addr, Duration::from_secs(5), &tls)
+        .await
+        .unwrap();
+    let answer = client
+        .kill_run(
+            rpc::context(Duration::from_secs(5)),
+            gocron_shared::rpc::KillRequest {
+                secret,
+                run_id: 1,
+                by: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, Err(Refused::NotRunning(1)));
     c.shutdown().await;
 }
