@@ -17,8 +17,10 @@
 //! - [`keys`]: every etcd key and Redis key layout, in one place.
 //! - [`registry`]: etcd leases (registration) and prefix mirroring (discovery without gaps).
 //! - [`lock`]: the Redis tick lock that lets exactly one dispatcher fire a (job, tick).
+//! - [`alarm`]: what an alarm says and how it is delivered (SMTP mail, HTTP SMS gateway).
 //! - [`daemon`]: what the three `main`s share: flags, logging, signals, retry with backoff.
 
+pub mod alarm;
 pub mod config;
 pub mod daemon;
 pub mod db;
