@@ -12,9 +12,18 @@
 //! back, the first pass publishes what changed meanwhile. Two monitors may run: they compute the
 //! same state and their writes are idempotent.
 //!
+//! It also watches over jobs, runs, executors and dispatchers, and tells people by mail and SMS
+//! when something is wrong: once, deduplicated across monitors, quiet-period- and cap-limited.
+//!
 //! Modules:
 //! - [`sync`]: one pass of table → verdicts → etcd.
+//! - [`checks`]: the health checks, each pass's findings recorded as alarms.
+//! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
+//! - [`health`]: the checks and sender loops and their etcd views.
 
+pub mod alarms;
+pub mod checks;
+pub mod health;
 pub mod sync;
 
 use chrono_tz::Tz;
@@ -34,6 +43,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         return Ok(());
     };
     let keys = EtcdKeys::new(&config.etcd.prefix);
+    // Its own token: the loop below may also end because a watch ended.
+    let health_stop = shutdown.child_token();
+    let health = tokio::spawn({
+        let (config, db, etcd, keys) = (config.clone(), db.clone(), etcd.clone(), keys.clone());
+        let stop = health_stop.clone();
+        async move { health::run(&config, db, etcd, &keys, stop).await }
+    });
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let default_tz: Tz = config.dispatcher.time_zone;
     let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz);
@@ -60,6 +76,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         }
+    }
+    health_stop.cancel();
+    if let Err(e) = health.await {
+        tracing::error!(error = %e, "the alarm checks ended abnormally");
     }
     tracing::info!("monitor stopped");
     Ok(())
