@@ -1,0 +1,535 @@
+//! Alarms: each kind arrives by mail and SMS with its fields; once, deduplicated, quiet-period-
+//! and cap-limited; late but complete after an SMTP outage; once with two monitors; one summary
+//! after downtime. Against a real SMTP server (aiosmtpd) and an SMS gateway stand-in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use gocron_shared::entity::{alarm, alarm_state, run};
+use gocron_tests::alarm::{Mail, SmsGateway, SmtpSink};
+use gocron_tests::{Backend, Cluster, wait_until};
+use sea_orm::ActiveValue::Set;
+use sea_orm::EntityTrait;
+
+const OPS: &str = "ops@example.com";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A cluster whose monitors mail `OPS` through `sink` (and text `+15550001` through `sms`),
+/// checking every 200 ms; `extra` are more `[alarm]` keys. The grace is long (no dispatcher
+/// alarm in tests without one) unless `extra` shortens it.
+async fn alarm_cluster(
+    machines: &[(&str, &str)],
+    sms: Option<&SmsGateway>,
+    extra: &[(&str, &str)],
+) -> (Cluster, SmtpSink) {
+    let mut c = Cluster::new(Backend::Sqlite, machines).await;
+    let sink = SmtpSink::start(&c.path("maildir")).await;
+    let port = sink.port.to_string();
+    let mut keys = vec![
+        ("SMTP_HOST", "127.0.0.1"),
+        ("SMTP_PORT", port.as_str()),
+        ("SMTP_TLS", "none"),
+        ("MAIL_FROM", "gocron@example.com"),
+        ("MAIL_LIST", OPS),
+        ("CHECK_MS", "200"),
+        ("GRACE_SECS", "600"),
+        ("BASE_URL", "https://cron.example"),
+    ];
+    let url = sms.map(|s| format!("http://{}/sms?to={{mobile}}", s.addr));
+    if let Some(url) = &url {
+        keys.push(("SMS_URL", url));
+        keys.push(("SMS_MOBILES", "+15550001"));
+    }
+    keys.extend_from_slice(extra);
+    for (k, v) in keys {
+        c.set("ALARM", k, v);
+    }
+    (c, sink)
+}
+
+/// When a monitor last finished a pass of its checks (Unix ms).
+async fn checked_at(c: &Cluster) -> Option<i64> {
+    alarm_state::Entity::find_by_id("checked_at".to_owned())
+        .one(&c.db)
+        .await
+        .expect("query")
+        .map(|r| r.value)
+}
+
+/// Waits until a monitor has finished a pass of its checks (so that what the test does next
+/// is news, not something found at start).
+async fn wait_checked(c: &Cluster) {
+    wait_until("a first pass of the checks", WAIT, || checked_at(c)).await;
+}
+
+/// Inserts a run row as another daemon would have written it; returns its id.
+async fn insert_run(
+    c: &Cluster,
+    job_id: i64,
+    status: &str,
+    executor: &str,
+    scheduled_at: DateTime<Utc>,
+    overrun_at: Option<DateTime<Utc>>,
+) -> i64 {
+    let finished = !matches!(status, "dispatched" | "running");
+    let row = run::ActiveModel {
+        job_id: Set(job_id),
+        scheduled_at: Set(scheduled_at),
+        status: Set(status.to_owned()),
+        executor: Set(executor.to_owned()),
+        started_at: Set((status != "dispatched").then_some(scheduled_at)),
+        finished_at: Set(finished.then_some(scheduled_at)),
+        exit_code: Set(None),
+        output: Set(None),
+        error: Set(finished.then(|| format!("test row: {status}"))),
+        trigger: Set("schedule".to_owned()),
+        overrun_at: Set(overrun_at),
+        ..Default::default()
+    };
+    run::Entity::insert(row)
+        .exec(&c.db)
+        .await
+        .expect("insert run")
+        .last_insert_id
+}
+
+/// A disabled job: runs inserted for it are the test's alone.
+async fn quiet_job(c: &Cluster, name: &str) -> i64 {
+    c.insert_job_with(name, "0 0 3 * * *", "true", &[("enabled", 0.into())])
+        .await
+}
+
+fn to_ops(mails: &[Mail]) -> Vec<&Mail> {
+    mails
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == OPS))
+        .collect()
+}
+
+fn find<'a>(mails: &'a [Mail], subject: &str) -> Option<&'a Mail> {
+    mails.iter().find(|m| m.subject.contains(subject))
+}
+
+async fn wait_mail(sink: &SmtpSink, subject: &str) -> Mail {
+    let mails = sink
+        .wait_for(&format!("a mail {subject:?}"), WAIT, |m| {
+            find(m, subject).is_some()
+        })
+        .await;
+    find(&mails, subject).unwrap().clone()
+}
+
+fn assert_body(mail: &Mail, needles: &[&str]) {
+    for needle in needles {
+        assert!(
+            mail.body.contains(needle),
+            "{needle:?} missing from the mail {:?}:\n{}",
+            mail.subject,
+            mail.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
+    let sms = SmsGateway::start().await;
+    let (mut c, sink) =
+        alarm_cluster(&[("ghost", "10.9.9.9")], Some(&sms), &[("GRACE_SECS", "2")]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    wait_checked(&c).await;
+
+    // run_failed, from a real run, to the list and the job's own recipients.
+    let fails = c
+        .insert_job_with(
+            "fails",
+            "* * * * * *",
+            "echo disk full; exit 3",
+            &[
+                ("alarm_emails", "dev@example.com".into()),
+                ("alarm_mobiles", "+15550002".into()),
+            ],
+        )
+        .await;
+    let mail = wait_mail(
+        &sink,
+        &format!("run_failed: job {fails} \"fails\" on exec-a@"),
+    )
+    .await;
+    assert_eq!(mail.to.len(), 2, "{:?}", mail.to);
+    assert!(mail.to.contains(&"dev@example.com".to_owned()));
+    let run_id: i64 = mail
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("run id:")?.trim().parse().ok())
+        .expect("a run id line");
+    let failed_run = c
+        .runs(fails)
+        .await
+        .into_iter()
+        .find(|r| r.id == run_id)
+        .unwrap();
+    assert_body(
+        &mail,
+        &[
+            &format!("job id:       {fails}"),
+            "job name:     fails",
+            "rule:         * * * * * *",
+            "command:      echo disk full; exit 3",
+            "executor:     exec-a@127.0.0.1:",
+            &format!(
+                "scheduled at: {}",
+                failed_run
+                    .scheduled_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            "started at:   20",
+            "finished at:  20",
+            "status:       failed",
+            "exit code:    3",
+            "error:        exited with code 3",
+            "output (tail):\ndisk full",
+            &format!("https://cron.example/jobs/{fails}/runs/{run_id}"),
+        ],
+    );
+    let text = format!("gocron run_failed job {fails} fails run {run_id} ");
+    let texts = wait_until("the run_failed SMS to both mobiles", WAIT, || {
+        let requests = sms.requests();
+        let text = text.clone();
+        async move {
+            let hits: Vec<_> = requests
+                .into_iter()
+                .filter(|r| r.body.contains(&text))
+                .collect();
+            (hits.len() >= 2).then_some(hits)
+        }
+    })
+    .await;
+    let mut paths: Vec<&str> = texts.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/sms?to=%2B15550001", "/sms?to=%2B15550002"]);
+    assert!(texts.iter().all(|r| r.method == "POST"));
+    assert!(
+        texts[0].body.contains("\"mobile\": \"+1555000"),
+        "{texts:?}"
+    );
+
+    // recovered: the first success after the failure alarm.
+    c.sql(
+        "UPDATE cron_job SET command = 'true' WHERE id = ?",
+        vec![fails.into()],
+    )
+    .await;
+    let mail = wait_mail(&sink, &format!("recovered: job {fails} \"fails\"")).await;
+    assert_body(&mail, &["status:       succeeded", "the job recovered"]);
+
+    // run_failed from a lost run; run_overdue from an overrun and from a run never started.
+    let gone = quiet_job(&c, "gone").await;
+    let lost = insert_run(&c, gone, "lost", "exec-x@10.0.0.9:7070", Utc::now(), None).await;
+    let slow = quiet_job(&c, "slow").await;
+    let overrun = insert_run(
+        &c,
+        slow,
+        "running",
+        "exec-a@127.0.0.1:1",
+        Utc::now() - chrono::Duration::seconds(30),
+        Some(Utc::now()),
+    )
+    .await;
+    let stuck = quiet_job(&c, "stuck").await;
+    let never = insert_run(
+        &c,
+        stuck,
+        "dispatched",
+        "",
+        Utc::now() - chrono::Duration::seconds(10),
+        None,
+    )
+    .await;
+    let mail = wait_mail(
+        &sink,
+        &format!("run_failed: job {gone} \"gone\" on exec-x@10.0.0.9:7070"),
+    )
+    .await;
+    assert_body(
+        &mail,
+        &[&format!("run id:       {lost}"), "status:       lost"],
+    );
+    let mail = wait_mail(&sink, &format!("run_overdue: job {slow} \"slow\"")).await;
+    assert_body(&mail, &[&format!("run id:       {overrun}"), "(overrun)"]);
+    let mail = wait_mail(&sink, &format!("run_overdue: job {stuck} \"stuck\"")).await;
+    assert_body(
+        &mail,
+        &[&format!("run id:       {never}"), "has not started"],
+    );
+
+    // job_invalid, and a group whose jobs have no live executor (its runs fail no_executor).
+    let bad = c.insert_job("bad", "every day at noon", "true").await;
+    let mail = wait_mail(&sink, &format!("job_invalid: job {bad} \"bad\"")).await;
+    assert_body(&mail, &["invalid rule \"every day at noon\""]);
+    let ghostly = c
+        .insert_job_with(
+            "ghostly",
+            "* * * * * *",
+            "true",
+            &[("machine", "ghost".into())],
+        )
+        .await;
+    let mail = wait_mail(&sink, "[gocron] group_down: on ").await;
+    assert_body(
+        &mail,
+        &[&format!(
+            "machine group \"ghost\" has no live executor; enabled jobs target it: {ghostly}"
+        )],
+    );
+    let mail = wait_mail(&sink, &format!("run_failed: job {ghostly} \"ghostly\"")).await;
+    assert_body(&mail, &["status:       no_executor"]);
+
+    // No dispatcher: that alarm, and the every-second job's missed tick.
+    c.stop("disp-0").await;
+    let mail = wait_mail(&sink, "[gocron] no_dispatcher: on ").await;
+    assert_body(&mail, &["no dispatcher is registered"]);
+    let mail = wait_mail(&sink, &format!("tick_missed: job {fails} \"fails\"")).await;
+    assert_body(&mail, &["has no run after grace_secs = 2"]);
+
+    // Every alarm went to the list, once per kind and subject.
+    let mails = sink.mails();
+    let ops = to_ops(&mails);
+    let mut subjects: Vec<&str> = ops.iter().map(|m| m.subject.as_str()).collect();
+    let n = subjects.len();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), n, "a mail was sent twice: {subjects:#?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds() {
+    let (mut c, sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "2"), ("DAILY_CAP", "4")]).await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "flaky").await;
+    // A failure every 300 ms, as a busy failing job would give, until the cap is reached.
+    let feeder = {
+        let db = c.db.clone();
+        tokio::spawn(async move {
+            for i in 0..200i64 {
+                let row = run::ActiveModel {
+                    job_id: Set(job),
+                    scheduled_at: Set(Utc::now() + chrono::Duration::milliseconds(i)),
+                    status: Set("failed".into()),
+                    executor: Set("exec-a@127.0.0.1:1".into()),
+                    error: Set(Some("exited with code 1".into())),
+                    trigger: Set("schedule".into()),
+                    ..Default::default()
+                };
+                run::Entity::insert(row).exec(&db).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let capped = |rows: &[alarm::Model]| rows.iter().filter(|r| r.status == "capped").count();
+    wait_until("three capped alarms", WAIT, || async {
+        (capped(&c.alarms().await) >= 3).then_some(())
+    })
+    .await;
+    feeder.abort();
+
+    let mails = sink.mails();
+    assert_eq!(to_ops(&mails).len(), 4, "the cap is 4 a day: {mails:#?}");
+    let rows = c.alarms().await;
+    for r in rows.iter().filter(|r| r.status == "capped") {
+        assert_eq!(
+            r.error.as_deref(),
+            Some("daily cap of 4 reached for ops@example.com")
+        );
+    }
+    // Sent run_failed alarms are at least the quiet period apart.
+    let sent: Vec<DateTime<Utc>> = rows
+        .iter()
+        .filter(|r| r.kind == "run_failed" && r.status == "sent")
+        .map(|r| r.sent_at.unwrap())
+        .collect();
+    assert!(!sent.is_empty());
+    for pair in sent.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= chrono::Duration::milliseconds(1900),
+            "two run_failed alarms within the quiet period: {sent:?}"
+        );
+    }
+    // Each summary counts exactly the held alarms it stands for, and one was mailed.
+    let summaries: Vec<&alarm::Model> = rows.iter().filter(|r| r.kind == "held_summary").collect();
+    assert!(!summaries.is_empty(), "no held_summary: {rows:#?}");
+    for s in &summaries {
+        let last: i64 = s.dedup_key.split(':').nth(3).unwrap().parse().unwrap();
+        let held = rows
+            .iter()
+            .filter(|r| {
+                r.error.as_deref()
+                    == Some(&format!("counted in the held_summary after alarm {last}"))
+            })
+            .count();
+        assert!(held > 0);
+        assert!(
+            s.subject.contains(&format!(
+                "held_summary: {held} more run_failed alarm(s) of job {job}"
+            )),
+            "{} does not count {held}",
+            s.subject
+        );
+    }
+    assert!(
+        mails.iter().any(|m| m.subject.contains("held_summary: ")
+            && m.body
+                .contains("held back by the quiet period (quiet_secs = 2)")),
+        "no summary mail: {mails:#?}"
+    );
+    // One row per run and channel: the unique key.
+    let mut runs: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.kind == "run_failed")
+        .filter_map(|r| r.run_id)
+        .collect();
+    let n = runs.len();
+    runs.dedup();
+    assert_eq!(runs.len(), n);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_recorded_while_smtp_is_down_arrive_when_it_is_back() {
+    let (mut c, mut sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "0")]).await;
+    sink.down();
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "nightly").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let at = Utc::now() - chrono::Duration::seconds(i);
+        ids.push(insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", at, None).await);
+    }
+    // Visible in the table meanwhile: recorded, retried, with the error.
+    wait_until("three alarms retried after SMTP errors", WAIT, || async {
+        let rows = c.alarms().await;
+        let retried = rows
+            .iter()
+            .filter(|r| {
+                r.status == "pending"
+                    && r.attempts >= 2
+                    && r.error.as_deref().is_some_and(|e| e.starts_with("SMTP: "))
+            })
+            .count();
+        (retried == 3).then_some(())
+    })
+    .await;
+    assert!(sink.mails().is_empty());
+
+    sink.up().await;
+    let mails = sink
+        .wait_for("three mails after SMTP is back", WAIT, |m| m.len() >= 3)
+        .await;
+    for id in &ids {
+        let n = mails
+            .iter()
+            .filter(|m| m.body.contains(&format!("run id:       {id}\n")))
+            .count();
+        assert_eq!(n, 1, "run {id} alarmed {n} times: {mails:#?}");
+    }
+    wait_until("the rows say sent", WAIT, || async {
+        let rows = c.alarms().await;
+        rows.iter()
+            .all(|r| r.status == "sent" && r.sent_at.is_some())
+            .then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_monitors_send_each_alarm_once() {
+    let sms = SmsGateway::start().await;
+    let (mut c, sink) = alarm_cluster(&[], Some(&sms), &[("QUIET_SECS", "0")]).await;
+    c.start_monitor_as("monitor-a");
+    c.start_monitor_as("monitor-b");
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "twice").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let at = Utc::now() - chrono::Duration::seconds(i);
+        ids.push(insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", at, None).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sink.wait_for("ten mails", WAIT, |m| m.len() >= 10).await;
+    wait_until("ten SMS", WAIT, || async {
+        (sms.requests().len() >= 10).then_some(())
+    })
+    .await;
+    // Let both monitors run several more passes: nothing more may arrive.
+    let t0 = checked_at(&c).await.unwrap();
+    wait_until("two seconds of checks", WAIT, || async {
+        (checked_at(&c).await? > t0 + 2000).then_some(())
+    })
+    .await;
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 10, "{mails:#?}");
+    for id in &ids {
+        let n = mails
+            .iter()
+            .filter(|m| m.body.contains(&format!("run id:       {id}\n")))
+            .count();
+        assert_eq!(n, 1, "run {id} mailed {n} times");
+        let n = sms
+            .requests()
+            .iter()
+            .filter(|r| r.body.contains(&format!(" run {id} ")))
+            .count();
+        assert_eq!(n, 1, "run {id} texted {n} times");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_found_after_downtime_come_in_one_summary() {
+    let (mut c, sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "0")]).await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    c.stop("monitor").await;
+
+    let job = quiet_job(&c, "during-downtime").await;
+    let mut ids = Vec::new();
+    for (i, status) in ["failed", "failed", "lost", "timeout"].iter().enumerate() {
+        let at = Utc::now() - chrono::Duration::seconds(i as i64);
+        ids.push(insert_run(&c, job, status, "exec-a@127.0.0.1:1", at, None).await);
+    }
+    // Downtime is five check_ms (1 s here) without a pass.
+    wait_until("downtime", WAIT, || async {
+        (checked_at(&c).await? < Utc::now().timestamp_millis() - 1500).then_some(())
+    })
+    .await;
+
+    c.start_monitor();
+    let mail = wait_mail(&sink, "[gocron] start_summary: on ").await;
+    assert_body(
+        &mail,
+        &["found 4 condition(s) at start", "4 run_failed", "job "],
+    );
+    for id in &ids {
+        assert!(
+            mail.body.contains(&format!("run {id} ended")),
+            "{}",
+            mail.body
+        );
+    }
+    // Normal alarms resume after the first pass.
+    let after = insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
+    let mails = sink
+        .wait_for("the next alarm, on its own", WAIT, |m| m.len() >= 2)
+        .await;
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails[1].body.contains(&format!("run id:       {after}\n")));
+    let rows = c.alarms().await;
+    let summarised = rows.iter().filter(|r| r.status == "summarised").count();
+    assert_eq!(summarised, 4, "{rows:#?}");
+    c.shutdown().await;
+}
