@@ -398,7 +398,13 @@ impl Checker {
     ) -> Result<(), DbErr> {
         let db = self.store.db().clone();
         let rechecked: Vec<i64> = self.open.keys().copied().collect();
-        for _ in 0..MAX_BATCHES {
+        // After downtime everything goes into the one summary, however much there is.
+        let batches = if self.start_summary.is_some() {
+            usize::MAX
+        } else {
+            MAX_BATCHES
+        };
+        for _ in 0..batches {
             let rows = run::Entity::find()
                 .filter(run::Column::Id.gt(self.run_mark))
                 .order_by_asc(run::Column::Id)
@@ -604,6 +610,9 @@ impl Checker {
                     now
                 }
             };
+            // A job is fired from the first tick after a dispatcher learns of it, which may be
+            // a little after this monitor first saw it: its first tick is owed from `grace` on.
+            let since = since + grace;
             let reference = self
                 .last_tick
                 .get(&row.id)
