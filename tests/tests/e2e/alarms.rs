@@ -18,11 +18,12 @@ const WAIT: Duration = Duration::from_secs(60);
 /// checking every 200 ms; `extra` are more `[alarm]` keys. The grace is long (no dispatcher
 /// alarm in tests without one) unless `extra` shortens it.
 async fn alarm_cluster(
+    backend: Backend,
     machines: &[(&str, &str)],
     sms: Option<&SmsGateway>,
     extra: &[(&str, &str)],
 ) -> (Cluster, SmtpSink) {
-    let mut c = Cluster::new(Backend::Sqlite, machines).await;
+    let mut c = Cluster::new(backend, machines).await;
     let sink = SmtpSink::start(&c.path("maildir")).await;
     let port = sink.port.to_string();
     let mut keys = vec![
@@ -133,8 +134,13 @@ fn assert_body(mail: &Mail, needles: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
     let sms = SmsGateway::start().await;
-    let (mut c, sink) =
-        alarm_cluster(&[("ghost", "10.9.9.9")], Some(&sms), &[("GRACE_SECS", "2")]).await;
+    let (mut c, sink) = alarm_cluster(
+        Backend::Sqlite,
+        &[("ghost", "10.9.9.9")],
+        Some(&sms),
+        &[("GRACE_SECS", "2")],
+    )
+    .await;
     c.start_executor("exec-a").await;
     c.start_dispatcher("disp-0");
     c.start_monitor();
@@ -305,8 +311,28 @@ async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds() {
-    let (mut c, sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "2"), ("DAILY_CAP", "4")]).await;
+async fn quiet_period_and_daily_cap_on_sqlite() {
+    quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_period_and_daily_cap_on_mariadb() {
+    quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(Backend::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_period_and_daily_cap_on_postgres() {
+    quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(Backend::Postgres).await;
+}
+
+async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(backend: Backend) {
+    let (mut c, sink) = alarm_cluster(
+        backend,
+        &[],
+        None,
+        &[("QUIET_SECS", "2"), ("DAILY_CAP", "4")],
+    )
+    .await;
     c.start_monitor();
     wait_checked(&c).await;
     let job = quiet_job(&c, "flaky").await;
@@ -399,7 +425,7 @@ async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarms_recorded_while_smtp_is_down_arrive_when_it_is_back() {
-    let (mut c, mut sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "0")]).await;
+    let (mut c, mut sink) = alarm_cluster(Backend::Sqlite, &[], None, &[("QUIET_SECS", "0")]).await;
     sink.down();
     c.start_monitor();
     wait_checked(&c).await;
@@ -447,22 +473,49 @@ async fn alarms_recorded_while_smtp_is_down_arrive_when_it_is_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_monitors_send_each_alarm_once() {
+async fn two_monitors_send_each_alarm_once_on_sqlite() {
+    two_monitors_send_each_alarm_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_monitors_send_each_alarm_once_on_mariadb() {
+    two_monitors_send_each_alarm_once(Backend::MariaDb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_monitors_send_each_alarm_once_on_postgres() {
+    two_monitors_send_each_alarm_once(Backend::Postgres).await;
+}
+
+async fn two_monitors_send_each_alarm_once(backend: Backend) {
     let sms = SmsGateway::start().await;
-    let (mut c, sink) = alarm_cluster(&[], Some(&sms), &[("QUIET_SECS", "0")]).await;
+    let (mut c, mut sink) = alarm_cluster(backend, &[], Some(&sms), &[("QUIET_SECS", "0")]).await;
+    // Down at first, so that both monitors retry the same rows, then race when it is back.
+    sink.down();
     c.start_monitor_as("monitor-a");
     c.start_monitor_as("monitor-b");
     wait_checked(&c).await;
+    const N: i64 = 30;
     let job = quiet_job(&c, "twice").await;
     let mut ids = Vec::new();
-    for i in 0..10 {
+    for i in 0..N {
         let at = Utc::now() - chrono::Duration::seconds(i);
         ids.push(insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", at, None).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    sink.wait_for("ten mails", WAIT, |m| m.len() >= 10).await;
-    wait_until("ten SMS", WAIT, || async {
-        (sms.requests().len() >= 10).then_some(())
+    wait_until("every mail alarm retried", WAIT, || async {
+        let rows = c.alarms().await;
+        let retried = rows
+            .iter()
+            .filter(|r| r.channel == "mail" && r.attempts >= 3)
+            .count();
+        (retried >= N as usize).then_some(())
+    })
+    .await;
+    sink.up().await;
+    sink.wait_for("every mail", WAIT, |m| m.len() >= N as usize)
+        .await;
+    wait_until("every SMS", WAIT, || async {
+        (sms.requests().len() >= N as usize).then_some(())
     })
     .await;
     // Let both monitors run several more passes: nothing more may arrive.
@@ -472,7 +525,7 @@ async fn two_monitors_send_each_alarm_once() {
     })
     .await;
     let mails = sink.mails();
-    assert_eq!(mails.len(), 10, "{mails:#?}");
+    assert_eq!(mails.len(), N as usize, "{mails:#?}");
     for id in &ids {
         let n = mails
             .iter()
@@ -491,7 +544,7 @@ async fn two_monitors_send_each_alarm_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditions_found_after_downtime_come_in_one_summary() {
-    let (mut c, sink) = alarm_cluster(&[], None, &[("QUIET_SECS", "0")]).await;
+    let (mut c, sink) = alarm_cluster(Backend::Sqlite, &[], None, &[("QUIET_SECS", "0")]).await;
     c.start_monitor();
     wait_checked(&c).await;
     c.stop("monitor").await;
