@@ -194,13 +194,13 @@ impl AlarmStore {
 
     /// Sets counter `name` to `value`, creating it if needed.
     pub async fn set_state(&self, name: &str, value: i64) -> Result<(), DbErr> {
-        alarm_state::Entity::update_many()
+        let updated = alarm_state::Entity::update_many()
             .col_expr(alarm_state::Column::Value, Expr::value(value))
             .filter(alarm_state::Column::Name.eq(name))
             .exec(&self.db)
             .await?;
         // MySQL counts an unchanged row as not affected, so create only if it is missing.
-        if self.state(name).await?.is_none() {
+        if updated.rows_affected == 0 && self.state(name).await?.is_none() {
             self.create_state(name, value).await?;
         }
         Ok(())

@@ -648,6 +648,23 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_alarm_keys_are_valid_uncommented() {
+        let text: String = include_str!("../../conf/conf.ini")
+            .lines()
+            .map(|l| match l.strip_prefix(';') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_ini(&text, "conf/conf.ini", Vec::new()).unwrap();
+        let smtp = c.alarm.smtp.expect("smtp_host is set");
+        assert_eq!(smtp.port, 587);
+        assert_eq!(c.alarm.mail_list.len(), 2);
+        assert_eq!(c.alarm.sms.expect("sms_url is set").method, "POST");
+    }
+
+    #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = Config::from_ini("", "conf.ini", env(&[])).unwrap();
         assert_eq!(c.etcd.prefix, "/gocron");
