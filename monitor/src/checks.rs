@@ -38,6 +38,8 @@ const MAX_BATCHES: usize = 20;
 const GAP_WAIT_SECS: i64 = 120;
 /// The widest gap tracked id by id.
 const MAX_GAP: i64 = 10_000;
+/// The most finding keys remembered as recorded before the memory is cleared.
+const MAX_REMEMBERED: usize = 100_000;
 
 const RUN_MARK: &str = "run_mark";
 const RUN_FLOOR: &str = "run_floor";
@@ -220,9 +222,26 @@ impl Checker {
     }
 
     /// One pass of every check; alarms found are recorded before this returns.
+    ///
+    /// On an error the marks in memory may be ahead of what was recorded, so the next pass
+    /// starts again from the marks saved in the database (the unique keys absorb the repeats).
     pub async fn pass(&mut self, live: &Live) -> Result<CheckReport, DbErr> {
+        let result = self.try_pass(live).await;
+        if result.is_err() {
+            self.loaded = false;
+            self.open.clear();
+            self.saved = (-1, -1);
+        }
+        result
+    }
+
+    async fn try_pass(&mut self, live: &Live) -> Result<CheckReport, DbErr> {
         if !self.loaded {
             self.load().await?;
+        }
+        if self.recorded.len() > MAX_REMEMBERED {
+            // Only a shortcut: the alarm table's unique key is what keeps alarms single.
+            self.recorded.clear();
         }
         let now = Utc::now();
         let jobs: HashMap<i64, job::Model> = job::Entity::find()
