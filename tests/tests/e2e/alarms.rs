@@ -586,3 +586,30 @@ async fn conditions_found_after_downtime_come_in_one_summary() {
     assert_eq!(summarised, 4, "{rows:#?}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_when_configured_is_required_not_tried() {
+    // aiosmtpd here offers no STARTTLS: the alarm must wait, never go out in plain text.
+    let (mut c, sink) = alarm_cluster(
+        Backend::Sqlite,
+        &[],
+        None,
+        &[("QUIET_SECS", "0"), ("SMTP_TLS", "starttls")],
+    )
+    .await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "private").await;
+    insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
+    let row = wait_until("the alarm retried", WAIT, || async {
+        c.alarms()
+            .await
+            .into_iter()
+            .find(|r| r.status == "pending" && r.attempts >= 2)
+    })
+    .await;
+    let error = row.error.unwrap_or_default();
+    assert!(error.contains("STARTTLS is not supported"), "{error}");
+    assert!(sink.mails().is_empty(), "a mail went out without STARTTLS");
+    c.shutdown().await;
+}
