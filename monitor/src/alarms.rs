@@ -31,7 +31,9 @@ use gocron_shared::db::is_unique_violation;
 use gocron_shared::entity::{alarm, alarm_state};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 /// How long a claim on a row lasts; far above one delivery's timeouts.
 pub const CLAIM: Duration = Duration::from_secs(120);
@@ -41,6 +43,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 pub const MAX_ATTEMPTS: i32 = 30;
 /// Rows sent at once.
 const PARALLEL: usize = 8;
+/// Rows tried per pass at most.
+const MAX_PER_PASS: usize = 500;
 
 /// `cron_alarm.status` values.
 pub mod status {
@@ -339,13 +343,40 @@ impl Sender {
     pub async fn pass(&self) -> Result<(), DbErr> {
         self.summarise_held().await?;
         let now = Utc::now();
-        let due: Vec<alarm::Model> = alarm::Entity::find()
+        // Times are compared here rather than in SQL, where SQLite would compare text; only
+        // the due rows are read whole, a bounded number per pass, so a long outage's backlog
+        // costs little while it waits.
+        let waiting: Vec<(i64, DateTime<Utc>)> = alarm::Entity::find()
+            .select_only()
+            .column(alarm::Column::Id)
+            .column(alarm::Column::NextAttemptAt)
             .filter(alarm::Column::Status.is_in([status::PENDING, status::SENDING]))
+            .order_by_asc(alarm::Column::Id)
+            .into_tuple()
+            .all(self.store.db())
+            .await?;
+        let due_ids: Vec<i64> = waiting
+            .into_iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| id)
+            .take(MAX_PER_PASS)
+            .collect();
+        if due_ids.is_empty() {
+            return Ok(());
+        }
+        // Read again, and due again: a row claimed meanwhile by another monitor is now due in
+        // the future. (A claim matches the status and attempt count read, and every claim
+        // bumps the count, so a row read before another's claim cannot be claimed twice.)
+        let due: Vec<alarm::Model> = alarm::Entity::find()
+            .filter(alarm::Column::Id.is_in(due_ids))
             .order_by_asc(alarm::Column::Id)
             .all(self.store.db())
             .await?
             .into_iter()
-            .filter(|r| r.next_attempt_at <= now)
+            .filter(|r| {
+                (r.status == status::PENDING || r.status == status::SENDING)
+                    && r.next_attempt_at <= now
+            })
             .collect();
         futures::stream::iter(due)
             .for_each_concurrent(PARALLEL, |row| async move {
