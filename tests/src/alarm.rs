@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -209,12 +210,14 @@ pub struct SmsRequest {
     pub body: String,
 }
 
-/// An HTTP server that records every request and answers 200 (or 503 while failing).
+/// An HTTP server that records every request it accepts and answers 200, or, while failing,
+/// answers 503 and records nothing.
 #[derive(Clone)]
 pub struct SmsGateway {
     /// Its address.
     pub addr: std::net::SocketAddr,
     requests: Arc<Mutex<Vec<SmsRequest>>>,
+    failing: Arc<AtomicBool>,
 }
 
 impl SmsGateway {
@@ -223,10 +226,13 @@ impl SmsGateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(AtomicBool::new(false));
         let log = requests.clone();
+        let fail = failing.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let log = log.clone();
+                let fail = fail.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -259,16 +265,26 @@ impl SmsGateway {
                             };
                         }
                     };
-                    log.lock().unwrap().push(request);
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
+                    let answer: &[u8] = if fail.load(Ordering::SeqCst) {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    } else {
+                        log.lock().unwrap().push(request);
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    };
+                    let _ = stream.write_all(answer).await;
                 });
             }
         });
-        SmsGateway { addr, requests }
+        SmsGateway {
+            addr,
+            requests,
+            failing,
+        }
+    }
+
+    /// Makes the gateway answer 503 (and record nothing) until called with `false`.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     /// Every request so far.

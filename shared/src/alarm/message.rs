@@ -94,7 +94,7 @@ impl From<&run::Model> for RunFacts {
     }
 }
 
-/// The last [`OUTPUT_LINES`] lines (at most [`OUTPUT_BYTES`] bytes) of `output`.
+/// The last 20 lines (at most 2 KiB) of `output`.
 pub fn tail(output: &str) -> String {
     let mut start = output.len().saturating_sub(OUTPUT_BYTES);
     while !output.is_char_boundary(start) {

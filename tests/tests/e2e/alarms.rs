@@ -380,7 +380,8 @@ async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(backe
     assert!(!sent.is_empty());
     for pair in sent.windows(2) {
         assert!(
-            pair[1] - pair[0] >= chrono::Duration::milliseconds(1900),
+            // Claimed at least 2 s apart; sent_at adds each delivery's own latency.
+            pair[1] - pair[0] >= chrono::Duration::milliseconds(1000),
             "two run_failed alarms within the quiet period: {sent:?}"
         );
     }
@@ -611,5 +612,61 @@ async fn starttls_when_configured_is_required_not_tried() {
     let error = row.error.unwrap_or_default();
     assert!(error.contains("STARTTLS is not supported"), "{error}");
     assert!(sink.mails().is_empty(), "a mail went out without STARTTLS");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_gateway_errors_are_retried_and_recorded() {
+    let sms = SmsGateway::start().await;
+    sms.set_failing(true);
+    let (mut c, _sink) =
+        alarm_cluster(Backend::Sqlite, &[], Some(&sms), &[("QUIET_SECS", "0")]).await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = c
+        .insert_job_with(
+            "texted",
+            "0 0 3 * * *",
+            "true",
+            &[("enabled", 0.into()), ("alarm_mobiles", "+15550002".into())],
+        )
+        .await;
+    let run = insert_run(&c, job, "lost", "exec-a@127.0.0.1:1", Utc::now(), None).await;
+    let row = wait_until("the SMS alarm retried", WAIT, || async {
+        c.alarms()
+            .await
+            .into_iter()
+            .find(|r| r.channel == "sms" && r.attempts >= 2)
+    })
+    .await;
+    assert_eq!(row.status, "pending");
+    let error = row.error.unwrap_or_default();
+    assert!(
+        error.contains("+15550001: SMS gateway answered 503")
+            && error.contains("+15550002: SMS gateway answered 503"),
+        "{error}"
+    );
+    assert!(sms.requests().is_empty());
+
+    sms.set_failing(false);
+    let texts = wait_until("both SMS delivered", WAIT, || async {
+        let r = sms.requests();
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    wait_until("the row says sent", WAIT, || async {
+        c.alarms()
+            .await
+            .into_iter()
+            .find(|r| r.channel == "sms" && r.status == "sent")
+    })
+    .await;
+    let texts: Vec<_> = texts
+        .iter()
+        .filter(|r| r.body.contains(&format!(" run {run} ")))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(sms.requests().len(), 2, "an SMS was sent twice");
     c.shutdown().await;
 }
