@@ -510,7 +510,19 @@ impl Sender {
         let channel: Result<Channel, _> = row.channel.parse();
         match channel {
             Ok(Channel::Mail) => match &self.mailer {
-                Some(mailer) => match mailer.send(recipients, &row.subject, &row.body).await {
+                Some(mailer) => match mailer
+                    .send(
+                        recipients,
+                        &row.subject,
+                        &row.body,
+                        &format!(
+                            "gocron-alarm-{}-{}",
+                            row.id,
+                            row.created_at.timestamp_millis()
+                        ),
+                    )
+                    .await
+                {
                     Ok(()) => Delivery::Sent,
                     Err(e) => Delivery::Failed(e.to_string(), recipients.to_vec()),
                 },

@@ -34,6 +34,8 @@ pub struct Mail {
     pub subject: String,
     /// The decoded text body.
     pub body: String,
+    /// The `Message-ID` header.
+    pub message_id: String,
 }
 
 /// A real SMTP server on `127.0.0.1:port`, killed when dropped.
@@ -176,6 +178,7 @@ fn parse_mail(raw: &str) -> Option<Mail> {
             .collect(),
         subject: header("Subject"),
         body,
+        message_id: header("Message-ID"),
     })
 }
 

@@ -54,16 +54,21 @@ impl Mailer {
         })
     }
 
-    /// Sends one mail to every address of `to` (one message, all of them as `To`).
+    /// Sends one mail to every address of `to` (one message, all of them as `To`). `key`
+    /// names the alarm: it becomes the `Message-ID`, so that a mail sent again (a sender died
+    /// between delivery and its record) is the same message to the receiving side.
     pub async fn send(
         &self,
         to: &[String],
         subject: &str,
         body: &str,
+        key: &str,
     ) -> Result<(), DeliveryError> {
+        let domain = self.from.email.domain();
         let mut message = Message::builder()
             .from(self.from.clone())
             .subject(subject)
+            .message_id(Some(format!("<{key}@{domain}>")))
             .header(ContentType::TEXT_PLAIN);
         for address in to {
             let mailbox: Mailbox = address
