@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use gocron_shared::alarm::config::AlarmConfig;
-use gocron_shared::alarm::mail::Mailer;
+use gocron_shared::alarm::mail::{Mailer, is_address};
 use gocron_shared::alarm::message::AlarmFacts;
 use gocron_shared::alarm::sms::SmsGateway;
 use gocron_shared::alarm::{AlarmKind, Channel, split_list};
@@ -79,6 +79,15 @@ pub struct Finding {
     pub mobiles: String,
 }
 
+/// One row a finding becomes, before it is inserted.
+struct Draft {
+    channel: &'static str,
+    to: Vec<String>,
+    subject: String,
+    body: String,
+    note: Option<String>,
+}
+
 /// The alarm table and the shared counters, for one monitor.
 #[derive(Clone)]
 pub struct AlarmStore {
@@ -103,15 +112,27 @@ impl AlarmStore {
 
     /// The rows a finding becomes: one per configured channel with recipients, or one
     /// `none` row when there is none, so that the alarm is on record all the same.
-    fn rows(&self, f: &Finding) -> Vec<(String, Vec<String>, String, String)> {
+    /// A job's malformed addresses are left out (and named in the row's `error`) rather than
+    /// fail the whole mail.
+    fn rows(&self, f: &Finding) -> Vec<Draft> {
         let mut rows = Vec::new();
         if self.config.smtp.is_some() {
             let mut to = self.config.mail_list.clone();
             to.extend(split_list(&f.emails));
-            let to = split_list(&to.join(","));
+            let (to, bad): (Vec<String>, Vec<String>) = split_list(&to.join(","))
+                .into_iter()
+                .partition(|a| is_address(a));
+            let note = (!bad.is_empty())
+                .then(|| format!("left out, not mail addresses: {}", bad.join(", ")));
             if !to.is_empty() {
                 let body = f.facts.mail_body(&self.config.base_url);
-                rows.push(("mail".to_owned(), to, f.facts.subject(), body));
+                rows.push(Draft {
+                    channel: "mail",
+                    to,
+                    subject: f.facts.subject(),
+                    body,
+                    note,
+                });
             }
         }
         if self.config.sms.is_some() {
@@ -120,12 +141,24 @@ impl AlarmStore {
             let to = split_list(&to.join(","));
             if !to.is_empty() {
                 let text = f.facts.sms_text();
-                rows.push(("sms".to_owned(), to, text.clone(), text));
+                rows.push(Draft {
+                    channel: "sms",
+                    to,
+                    subject: text.clone(),
+                    body: text,
+                    note: None,
+                });
             }
         }
         if rows.is_empty() {
             let body = f.facts.mail_body(&self.config.base_url);
-            rows.push(("none".to_owned(), Vec::new(), f.facts.subject(), body));
+            rows.push(Draft {
+                channel: "none",
+                to: Vec::new(),
+                subject: f.facts.subject(),
+                body,
+                note: None,
+            });
         }
         rows
     }
@@ -139,16 +172,23 @@ impl AlarmStore {
     ) -> Result<Vec<alarm::Model>, DbErr> {
         let now = Utc::now();
         let mut inserted = Vec::new();
-        for (channel, to, subject, body) in self.rows(f) {
-            let (row_status, error) = match (as_status, channel.as_str()) {
-                (Some((s, note)), _) => (s.to_owned(), Some(note.to_owned())),
+        for Draft {
+            channel,
+            to,
+            subject,
+            body,
+            note,
+        } in self.rows(f)
+        {
+            let (row_status, error) = match (as_status, channel) {
+                (Some((s, why)), _) => (s.to_owned(), Some(why.to_owned())),
                 (None, "none") => (status::NO_RECIPIENT.to_owned(), None),
-                (None, _) => (status::PENDING.to_owned(), None),
+                (None, _) => (status::PENDING.to_owned(), note),
             };
             let row = alarm::ActiveModel {
                 dedup_key: Set(format!("{}:{channel}", f.key)),
                 kind: Set(f.facts.kind.as_str().to_owned()),
-                channel: Set(channel),
+                channel: Set(channel.to_owned()),
                 job_id: Set(f.facts.job.as_ref().map_or(0, |j| j.id)),
                 run_id: Set(f.facts.run.as_ref().map(|r| r.id)),
                 status: Set(row_status),
@@ -452,11 +492,16 @@ impl Sender {
         let update = match delivery {
             Delivery::Sent => {
                 tracing::info!(alarm_id = row.id, kind = %row.kind, channel = %row.channel, job_id = row.job_id, to = %recipients.join(","), "alarm sent");
-                update
+                let update = update
                     .col_expr(alarm::Column::Status, Expr::value(status::SENT))
                     .col_expr(alarm::Column::SentAt, Expr::value(Some(done)))
-                    .col_expr(alarm::Column::Recipients, Expr::value(recipients.join(",")))
-                    .col_expr(alarm::Column::Error, Expr::value(note))
+                    .col_expr(alarm::Column::Recipients, Expr::value(recipients.join(",")));
+                // Otherwise `error` keeps what it said: addresses left out, or the last
+                // delivery error before this success.
+                match note {
+                    Some(note) => update.col_expr(alarm::Column::Error, Expr::value(Some(note))),
+                    None => update,
+                }
             }
             Delivery::Held(until) => {
                 tracing::info!(alarm_id = row.id, kind = %row.kind, job_id = row.job_id, "alarm held by the quiet period");

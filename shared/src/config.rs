@@ -534,13 +534,21 @@ impl Raw {
                 };
                 let port =
                     self.parsed("alarm", "smtp_port", tls.default_port(), "a port number")?;
+                let from = self.string("alarm", "mail_from", &format!("gocron@{}", host_name()));
+                if !crate::alarm::mail::is_mailbox(&from) {
+                    return Err(self.invalid(
+                        "alarm",
+                        "mail_from",
+                        format!("{from:?} is not a mail address"),
+                    ));
+                }
                 Some(SmtpConfig {
                     host: host.text.clone(),
                     port,
                     tls,
                     user: self.string("alarm", "smtp_user", ""),
                     password: self.string("alarm", "smtp_password", ""),
-                    from: self.string("alarm", "mail_from", &format!("gocron@{}", host_name())),
+                    from,
                 })
             }
         };
@@ -571,9 +579,20 @@ impl Raw {
                 })
             }
         };
+        let mail_list = split_list(&self.string("alarm", "mail_list", ""));
+        if let Some(bad) = mail_list
+            .iter()
+            .find(|a| !crate::alarm::mail::is_address(a))
+        {
+            return Err(self.invalid(
+                "alarm",
+                "mail_list",
+                format!("{bad:?} is not a mail address"),
+            ));
+        }
         Ok(AlarmConfig {
             smtp,
-            mail_list: split_list(&self.string("alarm", "mail_list", "")),
+            mail_list,
             sms,
             sms_mobiles: split_list(&self.string("alarm", "sms_mobiles", "")),
             quiet: Duration::from_secs(self.parsed(
@@ -775,6 +794,13 @@ mod tests {
         .to_string();
         assert!(
             err.contains("[alarm] smtp_tls: \"ssl\" is not one of"),
+            "{err}"
+        );
+        let err = Config::from_ini("[alarm]\nmail_list = a@x, nobody\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[alarm] mail_list: \"nobody\" is not a mail address"),
             "{err}"
         );
         let err = Config::from_ini("[alarm]\nsms_url = ftp://x\n", "c.ini", env(&[]))

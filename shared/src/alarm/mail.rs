@@ -13,6 +13,16 @@ use super::config::{SmtpConfig, SmtpTls};
 /// How long one SMTP conversation may take (connect included).
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether `address` is a mail address (`user@domain`) a mail can be sent to.
+pub fn is_address(address: &str) -> bool {
+    address.parse::<lettre::Address>().is_ok()
+}
+
+/// Whether `mailbox` is a sender (`user@domain` or `Name <user@domain>`).
+pub fn is_mailbox(mailbox: &str) -> bool {
+    mailbox.parse::<Mailbox>().is_ok()
+}
+
 /// Sends alarm mails through one SMTP server.
 #[derive(Clone)]
 pub struct Mailer {
@@ -85,5 +95,19 @@ impl Mailer {
             Ok(Err(e)) => Err(DeliveryError::Transport(format!("SMTP: {e}"))),
             Err(_) => Err(DeliveryError::Transport("SMTP: timed out".to_owned())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked() {
+        assert!(is_address("ops@example.com"));
+        assert!(!is_address("ops"));
+        assert!(!is_address("ops@"));
+        assert!(is_mailbox("gocron <gocron@example.com>"));
+        assert!(!is_mailbox("gocron at example"));
     }
 }

@@ -153,7 +153,7 @@ async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
             "* * * * * *",
             "echo disk full; exit 3",
             &[
-                ("alarm_emails", "dev@example.com".into()),
+                ("alarm_emails", "dev@example.com, not-an-address".into()),
                 ("alarm_mobiles", "+15550002".into()),
             ],
         )
@@ -165,6 +165,16 @@ async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
     .await;
     assert_eq!(mail.to.len(), 2, "{:?}", mail.to);
     assert!(mail.to.contains(&"dev@example.com".to_owned()));
+    let row = c
+        .alarms()
+        .await
+        .into_iter()
+        .find(|r| r.kind == "run_failed" && r.channel == "mail" && r.status == "sent")
+        .expect("the sent row");
+    assert_eq!(
+        row.error.as_deref(),
+        Some("left out, not mail addresses: not-an-address")
+    );
     let run_id: i64 = mail
         .body
         .lines()
