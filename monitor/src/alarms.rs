@@ -429,6 +429,11 @@ impl Sender {
         Ok(())
     }
 
+    /// Forgets the daily caps of past days.
+    pub async fn prune(&self) -> Result<(), DbErr> {
+        self.store.prune_caps(Utc::now()).await
+    }
+
     /// Claims, sends and records one row.
     async fn attempt(&self, row: alarm::Model) -> Result<(), DbErr> {
         let now = Utc::now();

@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::alarms::{AlarmStore, Sender};
 use crate::checks::{Checker, Live};
 
+/// How often the daily caps of past days are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Tells monitors of one process apart in `claimed_by` (tests run two in one process).
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
@@ -116,6 +119,7 @@ async fn send_loop(
     shutdown: CancellationToken,
 ) {
     let mut ok = true;
+    let mut pruned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -128,6 +132,12 @@ async fn send_loop(
             _ = shutdown.cancelled() => return,
             pass = sender.pass() => pass,
         };
+        if pruned.is_none_or(|at| at.elapsed() > PRUNE_EVERY) && pass.is_ok() {
+            match sender.prune().await {
+                Ok(()) => pruned = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "cannot prune past daily caps; will retry"),
+            }
+        }
         match pass {
             Ok(()) => ok = true,
             Err(e) => {

@@ -614,6 +614,12 @@ async fn starttls_when_configured_is_required_not_tried() {
         &[("QUIET_SECS", "0"), ("SMTP_TLS", "starttls")],
     )
     .await;
+    // A cap of a past day, which the sender prunes.
+    c.sql(
+        "INSERT INTO cron_alarm_state (name, value) VALUES ('cap:2000-01-01:ops@example.com', 5)",
+        vec![],
+    )
+    .await;
     c.start_monitor();
     wait_checked(&c).await;
     let job = quiet_job(&c, "private").await;
@@ -628,6 +634,11 @@ async fn starttls_when_configured_is_required_not_tried() {
     let error = row.error.unwrap_or_default();
     assert!(error.contains("STARTTLS is not supported"), "{error}");
     assert!(sink.mails().is_empty(), "a mail went out without STARTTLS");
+    let past = alarm_state::Entity::find_by_id("cap:2000-01-01:ops@example.com".to_owned())
+        .one(&c.db)
+        .await
+        .unwrap();
+    assert_eq!(past, None, "the past day's cap was not pruned");
     c.shutdown().await;
 }
 
