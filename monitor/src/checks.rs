@@ -424,12 +424,14 @@ impl Checker {
             MAX_BATCHES
         };
         for _ in 0..batches {
-            let rows = run::Entity::find()
-                .filter(run::Column::Id.gt(self.run_mark))
-                .order_by_asc(run::Column::Id)
-                .limit(BATCH)
-                .all(&db)
-                .await?;
+            let rows = read_runs(
+                &db,
+                heads()
+                    .filter(run::Column::Id.gt(self.run_mark))
+                    .order_by_asc(run::Column::Id)
+                    .limit(BATCH),
+            )
+            .await?;
             let n = rows.len() as u64;
             for row in rows {
                 if row.id - self.run_mark <= MAX_GAP {
@@ -451,10 +453,8 @@ impl Checker {
             }
         }
         for chunk in rechecked.chunks(500) {
-            let rows = run::Entity::find()
-                .filter(run::Column::Id.is_in(chunk.to_vec()))
-                .all(&db)
-                .await?;
+            let rows =
+                read_runs(&db, heads().filter(run::Column::Id.is_in(chunk.to_vec()))).await?;
             let found: HashSet<i64> = rows.iter().map(|r| r.id).collect();
             for row in &rows {
                 if let Some(open) = self.open.get_mut(&row.id) {
@@ -773,6 +773,100 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// A run row without its output, which can be 64 KiB: (id, job_id, scheduled_at, status,
+/// executor, started_at, finished_at, exit_code, error, trigger, overrun_at).
+type RunHead = (
+    i64,
+    i64,
+    DateTime<Utc>,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+    Option<String>,
+    String,
+    Option<DateTime<Utc>>,
+);
+
+/// A query of run rows without their output.
+fn heads() -> sea_orm::Select<run::Entity> {
+    use run::Column as C;
+    run::Entity::find().select_only().columns([
+        C::Id,
+        C::JobId,
+        C::ScheduledAt,
+        C::Status,
+        C::Executor,
+        C::StartedAt,
+        C::FinishedAt,
+        C::ExitCode,
+        C::Error,
+        C::Trigger,
+        C::OverrunAt,
+    ])
+}
+
+/// The runs `query` selects; only those that failed (whose alarm quotes it) with their output.
+async fn read_runs(
+    db: &sea_orm::DatabaseConnection,
+    query: sea_orm::Select<run::Entity>,
+) -> Result<Vec<run::Model>, DbErr> {
+    let heads: Vec<RunHead> = query.into_tuple().all(db).await?;
+    let mut rows: Vec<run::Model> = heads
+        .into_iter()
+        .map(|h| run::Model {
+            id: h.0,
+            job_id: h.1,
+            scheduled_at: h.2,
+            status: h.3,
+            executor: h.4,
+            started_at: h.5,
+            finished_at: h.6,
+            exit_code: h.7,
+            output: None,
+            error: h.8,
+            trigger: h.9,
+            overrun_at: h.10,
+        })
+        .collect();
+    let failed: Vec<i64> = rows
+        .iter()
+        .filter(|r| is_failure(&r.status))
+        .map(|r| r.id)
+        .collect();
+    if !failed.is_empty() {
+        let outputs: HashMap<i64, Option<String>> = run::Entity::find()
+            .select_only()
+            .column(run::Column::Id)
+            .column(run::Column::Output)
+            .filter(run::Column::Id.is_in(failed))
+            .into_tuple::<(i64, Option<String>)>()
+            .all(db)
+            .await?
+            .into_iter()
+            .collect();
+        for row in &mut rows {
+            if let Some(output) = outputs.get(&row.id) {
+                row.output.clone_from(output);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether a run status is a `run_failed` alarm.
+fn is_failure(status: &str) -> bool {
+    matches!(
+        status.parse::<RunStatus>(),
+        Ok(RunStatus::Failed
+            | RunStatus::Timeout
+            | RunStatus::Lost
+            | RunStatus::NoExecutor
+            | RunStatus::Skipped)
+    )
 }
 
 fn is_open(status: &str) -> bool {
