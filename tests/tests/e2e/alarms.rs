@@ -279,6 +279,45 @@ async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
         &mail,
         &[&format!("run id:       {never}"), "has not started"],
     );
+    // run_overdue found by the monitor itself (no overrun flag): running past timeout_secs.
+    let late = c
+        .insert_job_with(
+            "late",
+            "0 0 3 * * *",
+            "sleep 99",
+            &[("enabled", 0.into()), ("timeout_secs", 1.into())],
+        )
+        .await;
+    let past = insert_run(
+        &c,
+        late,
+        "running",
+        "exec-a@127.0.0.1:1",
+        Utc::now() - chrono::Duration::seconds(10),
+        None,
+    )
+    .await;
+    let mail = wait_mail(&sink, &format!("run_overdue: job {late} \"late\"")).await;
+    assert_body(
+        &mail,
+        &[
+            &format!("run id:       {past}"),
+            "is still running past its timeout",
+            "(policy abandon)",
+        ],
+    );
+    // skipped (policy abandon) is a run_failed; a missed tick (misfire) is a tick_missed.
+    let skips = quiet_job(&c, "skips").await;
+    let skipped = insert_run(&c, skips, "skipped", "", Utc::now(), None).await;
+    let mail = wait_mail(&sink, &format!("run_failed: job {skips} \"skips\"")).await;
+    assert_body(
+        &mail,
+        &[&format!("run id:       {skipped}"), "status:       skipped"],
+    );
+    let misses = quiet_job(&c, "misses").await;
+    let missed = insert_run(&c, misses, "missed", "", Utc::now(), None).await;
+    let mail = wait_mail(&sink, &format!("tick_missed: job {misses} \"misses\"")).await;
+    assert_body(&mail, &[&format!("run id:       {missed}"), "was missed"]);
 
     // job_invalid, and a group whose jobs have no live executor (its runs fail no_executor).
     let bad = c.insert_job("bad", "every day at noon", "true").await;
