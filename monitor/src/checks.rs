@@ -156,25 +156,24 @@ impl Checker {
             Some(mark) => {
                 self.run_mark = mark;
                 let floor = self.store.state(RUN_FLOOR).await?.unwrap_or(mark + 1);
-                let rows: Vec<(i64, String)> = run::Entity::find()
+                // Every run from the floor up is read again: one that was open may have
+                // ended while no monitor watched. Those already alarmed are found recorded.
+                let ids: Vec<i64> = run::Entity::find()
                     .select_only()
                     .column(run::Column::Id)
-                    .column(run::Column::Status)
                     .filter(run::Column::Id.gte(floor))
                     .filter(run::Column::Id.lte(mark))
                     .into_tuple()
                     .all(&db)
                     .await?;
-                for (id, status) in rows {
-                    if is_open(&status) {
-                        self.open.insert(
-                            id,
-                            Open {
-                                since: now,
-                                gap: false,
-                            },
-                        );
-                    }
+                for id in ids {
+                    self.open.insert(
+                        id,
+                        Open {
+                            since: now,
+                            gap: false,
+                        },
+                    );
                 }
             }
             None => {
@@ -867,8 +866,4 @@ fn is_failure(status: &str) -> bool {
             | RunStatus::NoExecutor
             | RunStatus::Skipped)
     )
-}
-
-fn is_open(status: &str) -> bool {
-    status == RunStatus::Dispatched.as_str() || status == RunStatus::Running.as_str()
 }
