@@ -735,3 +735,76 @@ async fn sms_gateway_errors_are_retried_and_recorded() {
     assert_eq!(sms.requests().len(), 2, "an SMS was sent twice");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_neither_replays_nor_loses_a_run() {
+    // check_ms 500: a restart within 2.5 s is not downtime.
+    let (mut c, sink) = alarm_cluster(
+        Backend::Sqlite,
+        &[],
+        None,
+        &[("QUIET_SECS", "0"), ("CHECK_MS", "500")],
+    )
+    .await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "restarts").await;
+    let before = insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
+    let open = insert_run(
+        &c,
+        job,
+        "running",
+        "exec-a@127.0.0.1:1",
+        Utc::now() + chrono::Duration::seconds(1),
+        None,
+    )
+    .await;
+    wait_mail(&sink, &format!("run_failed: job {job}")).await;
+    wait_until("the running run watched", WAIT, || async {
+        let floor = alarm_state::Entity::find_by_id("run_floor".to_owned())
+            .one(&c.db)
+            .await
+            .unwrap()?;
+        (floor.value == open).then_some(())
+    })
+    .await;
+
+    c.stop("monitor").await;
+    let during = insert_run(
+        &c,
+        job,
+        "failed",
+        "exec-a@127.0.0.1:1",
+        Utc::now() + chrono::Duration::seconds(2),
+        None,
+    )
+    .await;
+    c.sql(
+        "UPDATE cron_run SET status = 'failed', error = 'exited with code 1' WHERE id = ?",
+        vec![open.into()],
+    )
+    .await;
+    c.start_monitor();
+
+    let mails = sink
+        .wait_for("the runs that failed around the restart", WAIT, |m| {
+            m.len() >= 3
+        })
+        .await;
+    let t0 = checked_at(&c).await.unwrap();
+    wait_until("two more seconds of checks", WAIT, || async {
+        (checked_at(&c).await? > t0 + 2000).then_some(())
+    })
+    .await;
+    let mails_after = sink.mails();
+    assert_eq!(mails_after.len(), 3, "{mails_after:#?}");
+    for id in [before, open, during] {
+        let n = mails
+            .iter()
+            .filter(|m| m.body.contains(&format!("run id:       {id}\n")))
+            .count();
+        assert_eq!(n, 1, "run {id} alarmed {n} times: {mails:#?}");
+    }
+    assert!(mails.iter().all(|m| !m.subject.contains("start_summary")));
+    c.shutdown().await;
+}
