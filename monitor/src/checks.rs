@@ -4,8 +4,9 @@
 //! high-water mark (`run_mark` in `cron_alarm_state`, shared and kept across restarts) and
 //! re-reads by id only the runs still open (`dispatched`, `running`) and the ids skipped by a
 //! gap (an insert not yet committed, or rolled back), never the whole table (it has no index on
-//! `status`, on purpose). `run_floor` (the lowest open run) lets a restarted monitor find its
-//! open runs again, so a restart neither replays nor loses a run.
+//! `status`, on purpose). `run_floor` (the lowest open run) is where a starting monitor reads
+//! again from: a run that ended while no monitor watched is found, and one already alarmed is
+//! found recorded (the unique key), so a restart neither replays nor loses a run.
 //!
 //! Conditions that last (no dispatcher, a group without executor, an invalid row) are alarmed
 //! once per episode: the first monitor to see one past `grace_secs` creates `open:{condition}`
