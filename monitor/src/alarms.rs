@@ -33,6 +33,7 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TryInsertResult,
 };
 
 /// How long a claim on a row lasts; far above one delivery's timeouts.
@@ -229,8 +230,15 @@ impl AlarmStore {
             name: Set(name.to_owned()),
             value: Set(value),
         };
-        match alarm_state::Entity::insert(row).exec(&self.db).await {
-            Ok(_) => Ok(true),
+        // ON CONFLICT DO NOTHING (MySQL: a no-op update) rather than a caught error: most
+        // calls find the counter there, and PostgreSQL would log each error.
+        let result = alarm_state::Entity::insert(row)
+            .on_conflict_do_nothing()
+            .exec_without_returning(&self.db)
+            .await;
+        match result {
+            Ok(TryInsertResult::Inserted(n)) => Ok(n > 0),
+            Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => Ok(false),
             Err(e) if is_unique_violation(&e) => Ok(false),
             Err(e) => Err(e),
         }
