@@ -808,3 +808,65 @@ async fn a_restarted_monitor_neither_replays_nor_loses_a_run() {
     assert!(mails.iter().all(|m| !m.subject.contains("start_summary")));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_smtp_server_never_delays_the_checks() {
+    // A server that accepts connections and never says a word: each delivery hangs until its
+    // timeout (10 s), while the checks go on recording.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = hole.accept().await {
+            open.push(stream);
+        }
+    });
+    let (mut c, _sink) = alarm_cluster(
+        Backend::Sqlite,
+        &[],
+        None,
+        &[("QUIET_SECS", "0"), ("SMTP_PORT", &port)],
+    )
+    .await;
+    c.start_monitor();
+    wait_checked(&c).await;
+    let job = quiet_job(&c, "hangs").await;
+    let first = insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
+    wait_until("the first alarm stuck in delivery", WAIT, || async {
+        c.alarms()
+            .await
+            .into_iter()
+            .find(|r| r.run_id == Some(first) && r.status == "sending")
+    })
+    .await;
+    let second = insert_run(
+        &c,
+        job,
+        "failed",
+        "exec-a@127.0.0.1:1",
+        Utc::now() + chrono::Duration::seconds(1),
+        None,
+    )
+    .await;
+    // Recorded within a few checks, long before the first delivery's timeout.
+    wait_until(
+        "the second alarm recorded",
+        Duration::from_secs(5),
+        || async {
+            c.alarms()
+                .await
+                .into_iter()
+                .find(|r| r.run_id == Some(second))
+        },
+    )
+    .await;
+    let first_row = c
+        .alarms()
+        .await
+        .into_iter()
+        .find(|r| r.run_id == Some(first))
+        .unwrap();
+    assert_eq!(first_row.status, "sending", "{first_row:?}");
+    c.shutdown().await;
+    held.abort();
+}
