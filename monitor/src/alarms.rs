@@ -341,10 +341,12 @@ impl AlarmStore {
     }
 }
 
-/// Sends what is due in the alarm table; one per monitor.
+/// Sends what is due in the alarm table on one channel; one per channel and monitor, so that
+/// a hanging SMTP server does not hold SMS back, nor a hanging gateway mail.
 pub struct Sender {
     store: AlarmStore,
     config: Arc<AlarmConfig>,
+    channel: Channel,
     mailer: Option<Mailer>,
     sms: Option<SmsGateway>,
     me: String,
@@ -362,8 +364,14 @@ enum Delivery {
 }
 
 impl Sender {
-    /// A sender named `me` (in `claimed_by`); channels whose set-up fails are logged and off.
-    pub fn new(store: AlarmStore, config: Arc<AlarmConfig>, me: String) -> Sender {
+    /// A sender of `channel`'s rows named `me` (in `claimed_by`); a channel whose set-up
+    /// fails is logged, and its rows wait with the error.
+    pub fn new(
+        store: AlarmStore,
+        config: Arc<AlarmConfig>,
+        me: String,
+        channel: Channel,
+    ) -> Sender {
         let mailer = config.smtp.as_ref().and_then(|c| match Mailer::new(c) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -381,6 +389,7 @@ impl Sender {
         Sender {
             store,
             config,
+            channel,
             mailer,
             sms,
             me,
@@ -399,6 +408,7 @@ impl Sender {
             .column(alarm::Column::Id)
             .column(alarm::Column::NextAttemptAt)
             .filter(alarm::Column::Status.is_in([status::PENDING, status::SENDING]))
+            .filter(alarm::Column::Channel.eq(self.channel.as_str()))
             .order_by_asc(alarm::Column::Id)
             .into_tuple()
             .all(self.store.db())
@@ -435,6 +445,20 @@ impl Sender {
             })
             .await;
         Ok(())
+    }
+
+    /// Hands back the rows this sender claimed (deliveries cut by shutdown), so that another
+    /// monitor, or the next start, sends them now rather than when the claims lapse.
+    pub async fn release(&self) -> Result<u64, DbErr> {
+        let released = alarm::Entity::update_many()
+            .col_expr(alarm::Column::Status, Expr::value(status::PENDING))
+            .col_expr(alarm::Column::NextAttemptAt, Expr::value(Utc::now()))
+            .filter(alarm::Column::Status.eq(status::SENDING))
+            .filter(alarm::Column::Channel.eq(self.channel.as_str()))
+            .filter(alarm::Column::ClaimedBy.eq(self.me.clone()))
+            .exec(self.store.db())
+            .await?;
+        Ok(released.rows_affected)
     }
 
     /// Forgets the daily caps of past days.
@@ -615,6 +639,7 @@ impl Sender {
         let now = Utc::now();
         let held: Vec<alarm::Model> = alarm::Entity::find()
             .filter(alarm::Column::Status.eq(status::HELD))
+            .filter(alarm::Column::Channel.eq(self.channel.as_str()))
             .order_by_asc(alarm::Column::Id)
             .all(self.store.db())
             .await?

@@ -1,8 +1,9 @@
 //! The alarm side of the monitor: its etcd views, the checks loop and the sender loop.
 //!
-//! Checks and sending are two tasks, so that a down SMTP server or SMS gateway (each delivery
-//! under a timeout) never delays the checks; the checks wake the sender when they record an
-//! alarm, and it also runs every `check_ms` for retries and held summaries.
+//! Checks and sending are separate tasks (one sender per channel), so that a down or hanging
+//! SMTP server or SMS gateway (each delivery under a timeout) never delays the checks, nor the
+//! other channel; the checks wake the senders when they record an alarm, and they also run
+//! every `check_ms` for retries and held summaries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +15,13 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use gocron_shared::alarm::Channel;
+
 use crate::alarms::{AlarmStore, Sender};
 use crate::checks::{Checker, Live};
+
+/// How long handing back cut deliveries may take at shutdown.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How often the daily caps of past days are deleted.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -39,14 +45,25 @@ pub async fn run(
         INSTANCE.fetch_add(1, Ordering::Relaxed)
     );
     let store = AlarmStore::new(db, alarm.clone());
-    let wake = Arc::new(Notify::new());
-    let sender = Sender::new(store.clone(), alarm.clone(), me);
-    let send_task = tokio::spawn(send_loop(
-        sender,
-        alarm.check_interval,
-        wake.clone(),
-        shutdown.clone(),
-    ));
+    let mut wakes = Vec::new();
+    let mut send_tasks = Vec::new();
+    for (channel, on) in [
+        (Channel::Mail, alarm.smtp.is_some()),
+        (Channel::Sms, alarm.sms.is_some()),
+    ] {
+        if !on {
+            continue;
+        }
+        let wake = Arc::new(Notify::new());
+        let sender = Sender::new(store.clone(), alarm.clone(), me.clone(), channel);
+        send_tasks.push(tokio::spawn(send_loop(
+            sender,
+            alarm.check_interval,
+            wake.clone(),
+            shutdown.clone(),
+        )));
+        wakes.push(wake);
+    }
 
     let mut checker = Checker::new(
         store.clone(),
@@ -96,7 +113,9 @@ pub async fn run(
                         }
                         db_ok = true;
                         if report.recorded > 0 {
-                            wake.notify_one();
+                            for wake in &wakes {
+                                wake.notify_one();
+                            }
                         }
                     }
                     Err(e) => {
@@ -109,7 +128,9 @@ pub async fn run(
             }
         }
     }
-    let _ = send_task.await;
+    for task in send_tasks {
+        let _ = task.await;
+    }
 }
 
 async fn send_loop(
@@ -122,14 +143,12 @@ async fn send_loop(
     let mut pruned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
-        // Deliveries under way are cut at shutdown: their rows' claims lapse and another
-        // monitor (or the next start) sends them.
         let pass = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             pass = sender.pass() => pass,
         };
         if pruned.is_none_or(|at| at.elapsed() > PRUNE_EVERY) && pass.is_ok() {
@@ -147,5 +166,14 @@ async fn send_loop(
                 ok = false;
             }
         }
+    }
+    // Deliveries under way were cut: hand their rows back (or their claims lapse).
+    match tokio::time::timeout(RELEASE_TIMEOUT, sender.release()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(alarms = n, "alarm deliveries cut by shutdown handed back"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot hand back alarm deliveries; their claims lapse")
+        }
+        Err(_) => tracing::warn!("handing back alarm deliveries timed out; their claims lapse"),
     }
 }
