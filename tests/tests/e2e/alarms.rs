@@ -810,7 +810,7 @@ async fn a_restarted_monitor_neither_replays_nor_loses_a_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_smtp_server_never_delays_the_checks() {
+async fn a_hanging_smtp_server_never_delays_the_checks_nor_sms() {
     // A server that accepts connections and never says a word: each delivery hangs until its
     // timeout (10 s), while the checks go on recording.
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -821,10 +821,11 @@ async fn a_hanging_smtp_server_never_delays_the_checks() {
             open.push(stream);
         }
     });
+    let sms = SmsGateway::start().await;
     let (mut c, _sink) = alarm_cluster(
         Backend::Sqlite,
         &[],
-        None,
+        Some(&sms),
         &[("QUIET_SECS", "0"), ("SMTP_PORT", &port)],
     )
     .await;
@@ -836,7 +837,7 @@ async fn a_hanging_smtp_server_never_delays_the_checks() {
         c.alarms()
             .await
             .into_iter()
-            .find(|r| r.run_id == Some(first) && r.status == "sending")
+            .find(|r| r.run_id == Some(first) && r.channel == "mail" && r.status == "sending")
     })
     .await;
     let second = insert_run(
@@ -860,13 +861,33 @@ async fn a_hanging_smtp_server_never_delays_the_checks() {
         },
     )
     .await;
+    // And its SMS goes out meanwhile: each channel has its own sender.
+    let text = format!(" run {second} ");
+    wait_until("the second alarm's SMS", Duration::from_secs(5), || {
+        let hit = sms.requests().iter().any(|r| r.body.contains(&text));
+        async move { hit.then_some(()) }
+    })
+    .await;
     let first_row = c
         .alarms()
         .await
         .into_iter()
-        .find(|r| r.run_id == Some(first))
+        .find(|r| r.run_id == Some(first) && r.channel == "mail")
         .unwrap();
     assert_eq!(first_row.status, "sending", "{first_row:?}");
+    // A monitor that stops hands its cut deliveries back for the next one.
+    c.stop("monitor").await;
+    let rows: Vec<_> = c
+        .alarms()
+        .await
+        .into_iter()
+        .filter(|r| r.channel == "mail")
+        .collect();
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "pending" && r.next_attempt_at <= Utc::now()),
+        "{rows:#?}"
+    );
     c.shutdown().await;
     held.abort();
 }
