@@ -13,12 +13,20 @@
 //! same state and their writes are idempotent.
 //!
 //! It also sweeps for lost runs (see [`lost`]): a run whose executor died is recorded `lost`
-//! within about the etcd lease TTL.
+//! within about the etcd lease TTL. And it watches over jobs, runs, executors and dispatchers,
+//! and tells people by mail and SMS when something is wrong: once, deduplicated across monitors,
+//! quiet-period- and cap-limited.
 //!
 //! Modules:
 //! - [`sync`]: one pass of table → verdicts → etcd.
 //! - [`lost`]: runs in flight whose holder is gone become `lost`.
+//! - [`checks`]: the health checks, each pass's findings recorded as alarms.
+//! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
+//! - [`health`]: the checks and sender loops and their etcd views.
 
+pub mod alarms;
+pub mod checks;
+pub mod health;
 pub mod lost;
 pub mod sync;
 
@@ -54,6 +62,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         return Ok(());
     };
     let keys = EtcdKeys::new(&config.etcd.prefix);
+    // Its own token: the loop below may also end because a watch ended.
+    let health_stop = shutdown.child_token();
+    let health = tokio::spawn({
+        let (config, db, etcd, keys) = (config.clone(), db.clone(), etcd.clone(), keys.clone());
+        let stop = health_stop.clone();
+        async move { health::run(&config, db, etcd, &keys, stop).await }
+    });
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());
     let sweeper = Sweeper {
@@ -102,6 +117,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         }
+    }
+    health_stop.cancel();
+    if let Err(e) = health.await {
+        tracing::error!(error = %e, "the alarm checks ended abnormally");
     }
     tracing::info!("monitor stopped");
     Ok(())

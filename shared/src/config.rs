@@ -67,6 +67,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// `[rpc]`.
     pub rpc: RpcConfig,
+    /// `[alarm]`: read by the monitor.
+    pub alarm: crate::alarm::config::AlarmConfig,
 }
 
 /// `[rpc]`: how dispatchers and executors trust each other.
@@ -200,6 +202,27 @@ const KNOWN: &[(&str, &[&str])] = &[
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
+    ),
+    (
+        "alarm",
+        &[
+            "smtp_host",
+            "smtp_port",
+            "smtp_tls",
+            "smtp_user",
+            "smtp_password",
+            "mail_from",
+            "mail_list",
+            "sms_url",
+            "sms_method",
+            "sms_body",
+            "sms_mobiles",
+            "quiet_secs",
+            "daily_cap",
+            "base_url",
+            "check_ms",
+            "grace_secs",
+        ],
     ),
 ];
 
@@ -527,6 +550,8 @@ impl Raw {
             tls_server_name: self.string("rpc", "tls_server_name", ""),
         };
 
+        let alarm = self.alarm()?;
+
         Ok(Config {
             database,
             redis,
@@ -536,6 +561,109 @@ impl Raw {
             dispatcher,
             monitor,
             rpc,
+            alarm,
+        })
+    }
+
+    fn alarm(&self) -> Result<crate::alarm::config::AlarmConfig, ConfigError> {
+        use crate::alarm::config::{AlarmConfig, DEFAULT_SMS_BODY, SmsConfig, SmtpConfig, SmtpTls};
+        use crate::alarm::split_list;
+        let defaults = AlarmConfig::default();
+        let smtp = match self.get("alarm", "smtp_host") {
+            None => None,
+            Some(host) => {
+                let tls: SmtpTls = match self.get("alarm", "smtp_tls") {
+                    None => SmtpTls::StartTls,
+                    Some(v) => v
+                        .text
+                        .parse()
+                        .map_err(|e: String| self.invalid("alarm", "smtp_tls", e))?,
+                };
+                let port =
+                    self.parsed("alarm", "smtp_port", tls.default_port(), "a port number")?;
+                let from = self.string("alarm", "mail_from", &format!("gocron@{}", host_name()));
+                if !crate::alarm::mail::is_mailbox(&from) {
+                    return Err(self.invalid(
+                        "alarm",
+                        "mail_from",
+                        format!("{from:?} is not a mail address"),
+                    ));
+                }
+                Some(SmtpConfig {
+                    host: host.text.clone(),
+                    port,
+                    tls,
+                    user: self.string("alarm", "smtp_user", ""),
+                    password: self.string("alarm", "smtp_password", ""),
+                    from,
+                })
+            }
+        };
+        let sms = match self.get("alarm", "sms_url") {
+            None => None,
+            Some(url) => {
+                if !url.text.starts_with("http://") && !url.text.starts_with("https://") {
+                    return Err(self.invalid(
+                        "alarm",
+                        "sms_url",
+                        "must start with http:// or https://",
+                    ));
+                }
+                let method = self
+                    .string("alarm", "sms_method", "POST")
+                    .to_ascii_uppercase();
+                if !["GET", "POST", "PUT"].contains(&method.as_str()) {
+                    return Err(self.invalid(
+                        "alarm",
+                        "sms_method",
+                        format!("{method:?} is not one of: GET, POST, PUT"),
+                    ));
+                }
+                Some(SmsConfig {
+                    url: url.text.clone(),
+                    method,
+                    body: self.string("alarm", "sms_body", DEFAULT_SMS_BODY),
+                })
+            }
+        };
+        let mail_list = split_list(&self.string("alarm", "mail_list", ""));
+        if let Some(bad) = mail_list
+            .iter()
+            .find(|a| !crate::alarm::mail::is_address(a))
+        {
+            return Err(self.invalid(
+                "alarm",
+                "mail_list",
+                format!("{bad:?} is not a mail address"),
+            ));
+        }
+        Ok(AlarmConfig {
+            smtp,
+            mail_list,
+            sms,
+            sms_mobiles: split_list(&self.string("alarm", "sms_mobiles", "")),
+            quiet: Duration::from_secs(self.parsed(
+                "alarm",
+                "quiet_secs",
+                defaults.quiet.as_secs(),
+                "a whole number",
+            )?),
+            daily_cap: self.parsed("alarm", "daily_cap", defaults.daily_cap, "a whole number")?,
+            base_url: self
+                .string("alarm", "base_url", "")
+                .trim_end_matches('/')
+                .to_owned(),
+            check_interval: Duration::from_millis(self.positive(
+                "alarm",
+                "check_ms",
+                defaults.check_interval.as_millis() as u64,
+            )?),
+            grace: Duration::from_secs(self.parsed(
+                "alarm",
+                "grace_secs",
+                defaults.grace.as_secs(),
+                "a whole number",
+            )?),
         })
     }
 }
@@ -604,6 +732,23 @@ mod tests {
         let c = Config::from_ini(text, "conf/conf.ini", Vec::new()).unwrap();
         assert!(c.machines.is_known("local"));
         assert_eq!(c.monitor.poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_sample_alarm_keys_are_valid_uncommented() {
+        let text: String = include_str!("../../conf/conf.ini")
+            .lines()
+            .map(|l| match l.strip_prefix(';') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::from_ini(&text, "conf/conf.ini", Vec::new()).unwrap();
+        let smtp = c.alarm.smtp.expect("smtp_host is set");
+        assert_eq!(smtp.port, 587);
+        assert_eq!(c.alarm.mail_list.len(), 2);
+        assert_eq!(c.alarm.sms.expect("sms_url is set").method, "POST");
     }
 
     #[test]
@@ -691,6 +836,45 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.executor.advertise.to_string(), "10.0.0.9:7070");
+    }
+
+    #[test]
+    fn alarm_keys_have_defaults_and_are_checked() {
+        use crate::alarm::config::SmtpTls;
+        let c = Config::from_ini("", "c.ini", env(&[])).unwrap();
+        assert!(c.alarm.smtp.is_none() && c.alarm.sms.is_none());
+        assert_eq!(c.alarm.quiet, Duration::from_secs(3600));
+        let c = Config::from_ini(
+            "[alarm]\nsmtp_host = mail.example\nsmtp_tls = TLS\nmail_list = a@x, b@y c@z\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        let smtp = c.alarm.smtp.unwrap();
+        assert_eq!((smtp.tls, smtp.port), (SmtpTls::Tls, 465));
+        assert_eq!(c.alarm.mail_list, vec!["a@x", "b@y", "c@z"]);
+        let err = Config::from_ini(
+            "[alarm]\nsmtp_host = m\nsmtp_tls = ssl\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[alarm] smtp_tls: \"ssl\" is not one of"),
+            "{err}"
+        );
+        let err = Config::from_ini("[alarm]\nmail_list = a@x, nobody\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[alarm] mail_list: \"nobody\" is not a mail address"),
+            "{err}"
+        );
+        let err = Config::from_ini("[alarm]\nsms_url = ftp://x\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[alarm] sms_url"), "{err}");
     }
 
     #[test]

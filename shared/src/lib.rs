@@ -21,8 +21,10 @@
 //!   claim, and each job's hash of runs in flight.
 //! - [`live`]: which runs are live (their holder is registered now), and which are lost.
 //! - [`control`]: operator actions: run a job now, kill a run.
+//! - [`alarm`]: what an alarm says and how it is delivered (SMTP mail, HTTP SMS gateway).
 //! - [`daemon`]: what the three `main`s share: flags, logging, signals, retry with backoff.
 
+pub mod alarm;
 pub mod config;
 pub mod control;
 pub mod daemon;

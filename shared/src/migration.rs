@@ -27,7 +27,7 @@ impl MigratorTrait for Migrator {
     }
 }
 
-/// The `cron_job` and `cron_run` tables.
+/// The `cron_job`, `cron_run`, `cron_alarm` and `cron_alarm_state` tables.
 struct CreateTables;
 
 impl MigrationName for CreateTables {
@@ -71,6 +71,31 @@ const SQLITE: &[&str] = &[
         overrun_at TIMESTAMP NULL,
         UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        dedup_key VARCHAR(255) NOT NULL,
+        kind VARCHAR(32) NOT NULL,
+        channel VARCHAR(8) NOT NULL,
+        job_id BIGINT NOT NULL DEFAULT 0,
+        run_id BIGINT NULL,
+        status VARCHAR(16) NOT NULL,
+        recipients TEXT NOT NULL,
+        subject VARCHAR(512) NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT NULL,
+        created_at TIMESTAMP NOT NULL,
+        next_attempt_at TIMESTAMP NOT NULL,
+        sent_at TIMESTAMP NULL,
+        claimed_by VARCHAR(255) NOT NULL DEFAULT '',
+        UNIQUE (dedup_key)
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_alarm_status ON cron_alarm (status)",
+    "CREATE INDEX IF NOT EXISTS cron_alarm_job ON cron_alarm (job_id, kind)",
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm_state (
+        name VARCHAR(255) NOT NULL PRIMARY KEY,
+        value BIGINT NOT NULL
+    )"#,
 ];
 
 const MYSQL: &[&str] = &[
@@ -107,6 +132,31 @@ const MYSQL: &[&str] = &[
         `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
         overrun_at DATETIME(3) NULL,
         UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        dedup_key VARCHAR(255) NOT NULL,
+        kind VARCHAR(32) NOT NULL,
+        channel VARCHAR(8) NOT NULL,
+        job_id BIGINT NOT NULL DEFAULT 0,
+        run_id BIGINT NULL,
+        status VARCHAR(16) NOT NULL,
+        recipients TEXT NOT NULL,
+        subject VARCHAR(512) NOT NULL,
+        body MEDIUMTEXT NOT NULL,
+        attempts INT NOT NULL DEFAULT 0,
+        error TEXT NULL,
+        created_at DATETIME(3) NOT NULL,
+        next_attempt_at DATETIME(3) NOT NULL,
+        sent_at DATETIME(3) NULL,
+        claimed_by VARCHAR(255) NOT NULL DEFAULT '',
+        UNIQUE KEY cron_alarm_dedup (dedup_key),
+        KEY cron_alarm_status (status),
+        KEY cron_alarm_job (job_id, kind)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm_state (
+        name VARCHAR(255) NOT NULL PRIMARY KEY,
+        value BIGINT NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
 ];
 
@@ -145,6 +195,31 @@ const POSTGRES: &[&str] = &[
         overrun_at TIMESTAMPTZ(3) NULL,
         CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm (
+        id BIGSERIAL PRIMARY KEY,
+        dedup_key VARCHAR(255) NOT NULL,
+        kind VARCHAR(32) NOT NULL,
+        channel VARCHAR(8) NOT NULL,
+        job_id BIGINT NOT NULL DEFAULT 0,
+        run_id BIGINT NULL,
+        status VARCHAR(16) NOT NULL,
+        recipients TEXT NOT NULL,
+        subject VARCHAR(512) NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT NULL,
+        created_at TIMESTAMPTZ(3) NOT NULL,
+        next_attempt_at TIMESTAMPTZ(3) NOT NULL,
+        sent_at TIMESTAMPTZ(3) NULL,
+        claimed_by VARCHAR(255) NOT NULL DEFAULT '',
+        CONSTRAINT cron_alarm_dedup UNIQUE (dedup_key)
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_alarm_status ON cron_alarm (status)",
+    "CREATE INDEX IF NOT EXISTS cron_alarm_job ON cron_alarm (job_id, kind)",
+    r#"CREATE TABLE IF NOT EXISTS cron_alarm_state (
+        name VARCHAR(255) NOT NULL PRIMARY KEY,
+        value BIGINT NOT NULL
+    )"#,
 ];
 
 #[async_trait::async_trait]
@@ -169,6 +244,10 @@ impl MigrationTrait for CreateTables {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_alarm_state")
+            .await?;
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_alarm")
+            .await?;
         db.execute_unprepared("DROP TABLE IF EXISTS cron_run")
             .await?;
         db.execute_unprepared("DROP TABLE IF EXISTS cron_job")

@@ -3,7 +3,10 @@
 //! The servers come from `scripts/test`, which exports `GOCRON_TEST_ETCD`, `GOCRON_TEST_REDIS`,
 //! `GOCRON_TEST_MYSQL` and `GOCRON_TEST_POSTGRES`. Each [`Cluster`] gets its own etcd prefix,
 //! Redis prefix and database (a SQLite file in a temporary folder, or a fresh MariaDB/PostgreSQL
-//! database), so tests run side by side without seeing each other.
+//! database), so tests run side by side without seeing each other. [`alarm`] has the SMTP server
+//! and SMS gateway stand-ins of the alarm tests.
+
+pub mod alarm;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -200,8 +203,23 @@ impl Cluster {
 
     /// Starts a monitor.
     pub fn start_monitor(&mut self) {
+        self.start_monitor_as("monitor");
+    }
+
+    /// Starts a monitor named `name` (for [`Cluster::stop`]).
+    pub fn start_monitor_as(&mut self, name: &str) {
         let config = self.config("MONITOR", &[]);
-        self.spawn("monitor", "monitor", config, gocron_monitor::run);
+        self.spawn("monitor", name, config, gocron_monitor::run);
+    }
+
+    /// Every row of `cron_alarm`, in id order.
+    pub async fn alarms(&self) -> Vec<gocron_shared::entity::alarm::Model> {
+        use gocron_shared::entity::alarm;
+        alarm::Entity::find()
+            .order_by_asc(alarm::Column::Id)
+            .all(&self.db)
+            .await
+            .expect("query")
     }
 
     /// Starts a dispatcher named `name`.

@@ -1,5 +1,8 @@
 //! sea-orm entities of the two tables users see: `cron_job` (rows they write) and `cron_run`
-//! (rows gocron writes). The column names are a contract with users' SQL.
+//! (rows gocron writes). The column names are a contract with users' SQL. `cron_alarm` and
+//! `cron_alarm_state` are the monitor's alarms and its shared bookkeeping.
 
+pub mod alarm;
+pub mod alarm_state;
 pub mod job;
 pub mod run;

@@ -2,6 +2,7 @@
 //! started by `scripts/test`. One test binary (one link step); topics are modules. `rules`
 //! needs no server but a Python with croniter (`GOCRON_TEST_PYTHON`, also from `scripts/test`).
 
+mod alarms;
 mod backends;
 mod jobs;
 mod lock;

@@ -1,0 +1,870 @@
+//! The health checks: every `[alarm] check_ms`, find what is wrong and record it as alarms.
+//!
+//! Runs are read incrementally: `cron_run.id` only grows, so each pass reads the rows above a
+//! high-water mark (`run_mark` in `cron_alarm_state`, shared and kept across restarts) and
+//! re-reads by id only the runs still open (`dispatched`, `running`) and the ids skipped by a
+//! gap (an insert not yet committed, or rolled back), never the whole table (it has no index on
+//! `status`, on purpose). `run_floor` (the lowest open run) is where a starting monitor reads
+//! again from: a run that ended while no monitor watched is found, and one already alarmed is
+//! found recorded (the unique key), so a restart neither replays nor loses a run.
+//!
+//! Conditions that last (no dispatcher, a group without executor, an invalid row) are alarmed
+//! once per episode: the first monitor to see one past `grace_secs` creates `open:{condition}`
+//! in `cron_alarm_state`, whose value names the episode in the alarm's key; when the condition
+//! is gone the row is deleted, and the next episode is a new alarm.
+//!
+//! After downtime (no pass recorded in `checked_at` for five `check_ms`), everything the first
+//! pass finds is recorded as `summarised` and sent as one `start_summary`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use gocron_shared::alarm::AlarmKind;
+use gocron_shared::alarm::config::AlarmConfig;
+use gocron_shared::alarm::message::{AlarmFacts, JobFacts, RunFacts};
+use gocron_shared::entity::{job, run};
+use gocron_shared::job::{RunStatus, validate};
+use gocron_shared::machine::{ExecutorInfo, MachineGroups};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::alarms::{AlarmStore, Finding, status};
+
+/// Rows read per query of the run scan.
+const BATCH: u64 = 1000;
+/// Batches read per pass at most; the rest waits for the next pass.
+const MAX_BATCHES: usize = 20;
+/// How long a gap in run ids is watched for a late commit before it is taken as rolled back.
+const GAP_WAIT_SECS: i64 = 120;
+/// The widest gap tracked id by id.
+const MAX_GAP: i64 = 10_000;
+/// The most finding keys remembered as recorded before the memory is cleared.
+const MAX_REMEMBERED: usize = 100_000;
+
+const RUN_MARK: &str = "run_mark";
+const RUN_FLOOR: &str = "run_floor";
+const CHECKED_AT: &str = "checked_at";
+const OPEN: &str = "open:";
+
+/// What etcd says is alive; `None` until its first read.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Registered executors.
+    pub executors: Option<Arc<Vec<ExecutorInfo>>>,
+    /// Registered dispatchers (their keys).
+    pub dispatchers: Option<usize>,
+}
+
+/// A run not yet final, or an id not yet seen.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    since: DateTime<Utc>,
+    gap: bool,
+}
+
+/// The checks' memory between passes.
+pub struct Checker {
+    store: AlarmStore,
+    config: Arc<AlarmConfig>,
+    machines: MachineGroups,
+    default_tz: Tz,
+    host: String,
+    loaded: bool,
+    run_mark: i64,
+    saved: (i64, i64),
+    open: BTreeMap<i64, Open>,
+    /// The latest scheduled tick seen per job.
+    last_tick: HashMap<i64, DateTime<Utc>>,
+    /// Since when this monitor has seen each job scheduled as it is (rule and zone).
+    live_since: HashMap<i64, (String, DateTime<Utc>)>,
+    /// Lasting conditions seen, and since when.
+    seen: HashMap<String, DateTime<Utc>>,
+    /// Episodes of open conditions known: condition → `open:` value.
+    episodes: HashMap<String, i64>,
+    /// Jobs with a failed run and no recovery yet: job → the failed run.
+    failing: HashMap<i64, i64>,
+    /// Finding keys already recorded by this monitor (or found recorded).
+    recorded: HashSet<String>,
+    /// `Some` when the next pass is the first after downtime.
+    start_summary: Option<i64>,
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Alarm rows recorded.
+    pub recorded: usize,
+}
+
+fn facts(
+    kind: AlarmKind,
+    job: Option<JobFacts>,
+    run: Option<&run::Model>,
+    host: String,
+    detail: String,
+    now: DateTime<Utc>,
+) -> AlarmFacts {
+    AlarmFacts {
+        kind,
+        job,
+        run: run.map(RunFacts::from),
+        host,
+        detail,
+        found_at: now,
+    }
+}
+
+impl Checker {
+    /// A checker of `store`'s database; `host` names the monitor in alarms about no machine.
+    pub fn new(
+        store: AlarmStore,
+        config: Arc<AlarmConfig>,
+        machines: MachineGroups,
+        default_tz: Tz,
+        host: String,
+    ) -> Checker {
+        Checker {
+            store,
+            config,
+            machines,
+            default_tz,
+            host,
+            loaded: false,
+            run_mark: 0,
+            saved: (-1, -1),
+            open: BTreeMap::new(),
+            last_tick: HashMap::new(),
+            live_since: HashMap::new(),
+            seen: HashMap::new(),
+            episodes: HashMap::new(),
+            failing: HashMap::new(),
+            recorded: HashSet::new(),
+            start_summary: None,
+        }
+    }
+
+    /// Reads the shared marks and what is open below them.
+    async fn load(&mut self) -> Result<(), DbErr> {
+        let db = self.store.db().clone();
+        let now = Utc::now();
+        let checked = self.store.state(CHECKED_AT).await?;
+        let downtime = self.config.check_interval.as_millis() as i64 * 5;
+        if checked.is_none_or(|at| now.timestamp_millis() - at > downtime) {
+            self.start_summary = Some(checked.unwrap_or(0));
+        }
+        match self.store.state(RUN_MARK).await? {
+            Some(mark) => {
+                self.run_mark = mark;
+                let floor = self.store.state(RUN_FLOOR).await?.unwrap_or(mark + 1);
+                // Every run from the floor up is read again: one that was open may have
+                // ended while no monitor watched. Those already alarmed are found recorded.
+                let ids: Vec<i64> = run::Entity::find()
+                    .select_only()
+                    .column(run::Column::Id)
+                    .filter(run::Column::Id.gte(floor))
+                    .filter(run::Column::Id.lte(mark))
+                    .into_tuple()
+                    .all(&db)
+                    .await?;
+                for id in ids {
+                    self.open.insert(
+                        id,
+                        Open {
+                            since: now,
+                            gap: false,
+                        },
+                    );
+                }
+            }
+            None => {
+                // The first monitor with alarms: history before it is not replayed.
+                let max: Option<Option<i64>> = run::Entity::find()
+                    .select_only()
+                    .column_as(run::Column::Id.max(), "max_id")
+                    .into_tuple()
+                    .one(&db)
+                    .await?;
+                self.run_mark = max.flatten().unwrap_or(0);
+            }
+        }
+        let ticks: Vec<(i64, Option<DateTime<Utc>>)> = run::Entity::find()
+            .select_only()
+            .column(run::Column::JobId)
+            .column_as(run::Column::ScheduledAt.max(), "last_tick")
+            .filter(run::Column::Trigger.eq("schedule"))
+            .group_by(run::Column::JobId)
+            .into_tuple()
+            .all(&db)
+            .await?;
+        self.last_tick = ticks
+            .into_iter()
+            .filter_map(|(job, t)| Some((job, t?)))
+            .collect();
+        let failed: Vec<(i64, Option<i64>)> = gocron_shared::entity::alarm::Entity::find()
+            .select_only()
+            .column(gocron_shared::entity::alarm::Column::JobId)
+            .column_as(
+                gocron_shared::entity::alarm::Column::RunId.max(),
+                "last_failed",
+            )
+            .filter(gocron_shared::entity::alarm::Column::Kind.eq(AlarmKind::RunFailed.as_str()))
+            .group_by(gocron_shared::entity::alarm::Column::JobId)
+            .into_tuple()
+            .all(&db)
+            .await?;
+        self.failing = failed
+            .into_iter()
+            .filter_map(|(job, run)| Some((job, run?)))
+            .collect();
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// One pass of every check; alarms found are recorded before this returns.
+    ///
+    /// On an error the marks in memory may be ahead of what was recorded, so the next pass
+    /// starts again from the marks saved in the database (the unique keys absorb the repeats).
+    pub async fn pass(&mut self, live: &Live) -> Result<CheckReport, DbErr> {
+        let result = self.try_pass(live).await;
+        if result.is_err() {
+            self.loaded = false;
+            self.open.clear();
+            self.saved = (-1, -1);
+        }
+        result
+    }
+
+    async fn try_pass(&mut self, live: &Live) -> Result<CheckReport, DbErr> {
+        if !self.loaded {
+            self.load().await?;
+        }
+        if self.recorded.len() > MAX_REMEMBERED {
+            // Only a shortcut: the alarm table's unique key is what keeps alarms single.
+            self.recorded.clear();
+        }
+        let now = Utc::now();
+        let jobs: HashMap<i64, job::Model> = job::Entity::find()
+            .all(self.store.db())
+            .await?
+            .into_iter()
+            .map(|j| (j.id, j))
+            .collect();
+        let mut findings = Vec::new();
+        self.scan_runs(&jobs, now, &mut findings).await?;
+        self.check_jobs(&jobs, now, &mut findings);
+        self.check_lasting(&jobs, live, now, &mut findings).await?;
+
+        let mut report = CheckReport::default();
+        match self.start_summary.take() {
+            Some(since) => report.recorded += self.record_summary(since, findings, now).await?,
+            None => {
+                for f in findings {
+                    if self.recorded.contains(&f.key) {
+                        continue;
+                    }
+                    let rows = self.store.record(&f, None).await?;
+                    if !rows.is_empty() {
+                        tracing::warn!(kind = %f.facts.kind, key = %f.key, "alarm: {}", f.facts.detail);
+                    }
+                    report.recorded += rows.len();
+                    self.recorded.insert(f.key);
+                }
+            }
+        }
+        self.save_marks(now).await?;
+        Ok(report)
+    }
+
+    async fn save_marks(&mut self, now: DateTime<Utc>) -> Result<(), DbErr> {
+        let floor = self
+            .open
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.run_mark + 1);
+        if self.saved != (self.run_mark, floor) {
+            self.store.set_state(RUN_MARK, self.run_mark).await?;
+            self.store.set_state(RUN_FLOOR, floor).await?;
+            self.saved = (self.run_mark, floor);
+        }
+        self.store
+            .set_state(CHECKED_AT, now.timestamp_millis())
+            .await
+    }
+
+    /// Records every finding as summarised, and one `start_summary` listing them.
+    async fn record_summary(
+        &mut self,
+        since: i64,
+        findings: Vec<Finding>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, DbErr> {
+        let mut lines = Vec::new();
+        let mut emails = Vec::new();
+        let mut mobiles = Vec::new();
+        let mut recorded = 0;
+        let mut counts: BTreeMap<AlarmKind, usize> = BTreeMap::new();
+        for f in findings {
+            let rows = self
+                .store
+                .record(
+                    &f,
+                    Some((
+                        status::SUMMARISED,
+                        "found at the monitor's start after downtime; in the start_summary",
+                    )),
+                )
+                .await?;
+            self.recorded.insert(f.key.clone());
+            if rows.is_empty() {
+                continue;
+            }
+            recorded += rows.len();
+            *counts.entry(f.facts.kind).or_default() += 1;
+            let about = match &f.facts.job {
+                Some(j) => format!("job {} \"{}\": ", j.id, j.name),
+                None => String::new(),
+            };
+            lines.push(format!("- {}: {about}{}", f.facts.kind, f.facts.detail));
+            emails.push(f.emails);
+            mobiles.push(f.mobiles);
+        }
+        if lines.is_empty() {
+            return Ok(recorded);
+        }
+        let total: usize = counts.values().sum();
+        let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let since_text = DateTime::from_timestamp_millis(since)
+            .filter(|_| since > 0)
+            .map_or_else(
+                || "its first start".to_owned(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        let mut detail = format!(
+            "The monitor found {total} condition(s) at start, after no check since {since_text}: {}.\n\
+             They are recorded in cron_alarm (status summarised) and not sent one by one.\n\n",
+            by_kind.join(", ")
+        );
+        detail.push_str(&lines.join("\n"));
+        let summary = Finding {
+            key: format!("start_summary:{since}"),
+            facts: facts(
+                AlarmKind::StartSummary,
+                None,
+                None,
+                self.host.clone(),
+                detail,
+                now,
+            ),
+            emails: emails.join(","),
+            mobiles: mobiles.join(","),
+        };
+        let rows = self.store.record(&summary, None).await?;
+        tracing::warn!(
+            conditions = total,
+            "alarm: conditions found at start after downtime, summarised in one alarm"
+        );
+        Ok(recorded + rows.len())
+    }
+
+    fn job_facts(jobs: &HashMap<i64, job::Model>, id: i64) -> Option<JobFacts> {
+        Some(jobs.get(&id).map_or_else(
+            || JobFacts {
+                id,
+                name: "(deleted)".into(),
+                rule: String::new(),
+                command: String::new(),
+            },
+            JobFacts::from,
+        ))
+    }
+
+    fn finding(
+        &self,
+        key: String,
+        kind: AlarmKind,
+        jobs: &HashMap<i64, job::Model>,
+        job_id: Option<i64>,
+        run: Option<&run::Model>,
+        detail: String,
+    ) -> Finding {
+        let job_row = job_id.and_then(|id| jobs.get(&id));
+        let host = match run {
+            Some(r) if !r.executor.is_empty() => r.executor.clone(),
+            _ => self.host.clone(),
+        };
+        Finding {
+            key,
+            facts: facts(
+                kind,
+                job_id.and_then(|id| Self::job_facts(jobs, id)),
+                run,
+                host,
+                detail,
+                Utc::now(),
+            ),
+            emails: job_row.map(|j| j.alarm_emails.clone()).unwrap_or_default(),
+            mobiles: job_row.map(|j| j.alarm_mobiles.clone()).unwrap_or_default(),
+        }
+    }
+
+    async fn scan_runs(
+        &mut self,
+        jobs: &HashMap<i64, job::Model>,
+        now: DateTime<Utc>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), DbErr> {
+        let db = self.store.db().clone();
+        let rechecked: Vec<i64> = self.open.keys().copied().collect();
+        // After downtime everything goes into the one summary, however much there is.
+        let batches = if self.start_summary.is_some() {
+            usize::MAX
+        } else {
+            MAX_BATCHES
+        };
+        for _ in 0..batches {
+            let rows = read_runs(
+                &db,
+                heads()
+                    .filter(run::Column::Id.gt(self.run_mark))
+                    .order_by_asc(run::Column::Id)
+                    .limit(BATCH),
+            )
+            .await?;
+            let n = rows.len() as u64;
+            for row in rows {
+                if row.id - self.run_mark <= MAX_GAP {
+                    for gap in self.run_mark + 1..row.id {
+                        self.open.insert(
+                            gap,
+                            Open {
+                                since: now,
+                                gap: true,
+                            },
+                        );
+                    }
+                }
+                self.run_mark = row.id;
+                self.examine(&row, jobs, now, findings);
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        for chunk in rechecked.chunks(500) {
+            let rows =
+                read_runs(&db, heads().filter(run::Column::Id.is_in(chunk.to_vec()))).await?;
+            let found: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+            for row in &rows {
+                if let Some(open) = self.open.get_mut(&row.id) {
+                    open.gap = false;
+                }
+                self.examine(row, jobs, now, findings);
+            }
+            for id in chunk {
+                if !found.contains(id)
+                    && self
+                        .open
+                        .get(id)
+                        .is_some_and(|o| o.gap && (now - o.since).num_seconds() > GAP_WAIT_SECS)
+                {
+                    self.open.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What one run row says: an alarm, a recovery, or a run to keep watching.
+    fn examine(
+        &mut self,
+        row: &run::Model,
+        jobs: &HashMap<i64, job::Model>,
+        now: DateTime<Utc>,
+        findings: &mut Vec<Finding>,
+    ) {
+        if row.trigger == "schedule" {
+            let t = self.last_tick.entry(row.job_id).or_insert(row.scheduled_at);
+            *t = (*t).max(row.scheduled_at);
+        }
+        let Ok(status) = row.status.parse::<RunStatus>() else {
+            self.open.remove(&row.id);
+            return;
+        };
+        let job = Some(row.job_id);
+        match status {
+            RunStatus::Dispatched | RunStatus::Running => {
+                self.open.entry(row.id).or_insert(Open {
+                    since: now,
+                    gap: false,
+                });
+                if let Some(detail) = self.overdue(row, jobs.get(&row.job_id), now) {
+                    findings.push(self.finding(
+                        format!("run_overdue:run={}", row.id),
+                        AlarmKind::RunOverdue,
+                        jobs,
+                        job,
+                        Some(row),
+                        detail,
+                    ));
+                }
+                return;
+            }
+            RunStatus::Failed
+            | RunStatus::Timeout
+            | RunStatus::Lost
+            | RunStatus::NoExecutor
+            | RunStatus::Skipped => {
+                let why = row.error.as_deref().unwrap_or("no reason recorded");
+                findings.push(self.finding(
+                    format!("run_failed:run={}", row.id),
+                    AlarmKind::RunFailed,
+                    jobs,
+                    job,
+                    Some(row),
+                    format!("run {} ended {}: {why}", row.id, row.status),
+                ));
+                let last = self.failing.entry(row.job_id).or_insert(row.id);
+                *last = (*last).max(row.id);
+            }
+            RunStatus::Succeeded => {
+                if let Some(&failed) = self.failing.get(&row.job_id)
+                    && failed < row.id
+                {
+                    self.failing.remove(&row.job_id);
+                    findings.push(self.finding(
+                        format!("recovered:job={}:after={failed}", row.job_id),
+                        AlarmKind::Recovered,
+                        jobs,
+                        job,
+                        Some(row),
+                        format!(
+                            "the job recovered: run {} succeeded after run {failed} failed",
+                            row.id
+                        ),
+                    ));
+                }
+            }
+            RunStatus::Missed => findings.push(self.finding(
+                format!("tick_missed:run={}", row.id),
+                AlarmKind::TickMissed,
+                jobs,
+                job,
+                Some(row),
+                format!(
+                    "the tick at {} was missed: no dispatcher could fire it",
+                    row.scheduled_at
+                ),
+            )),
+            RunStatus::Killed => {}
+        }
+        self.open.remove(&row.id);
+    }
+
+    /// Why an open run is overdue, if it is.
+    fn overdue(
+        &self,
+        row: &run::Model,
+        job: Option<&job::Model>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
+        if row.status == RunStatus::Dispatched.as_str() {
+            return (now - row.scheduled_at > grace).then(|| {
+                format!(
+                    "run {} was dispatched for {} and has not started after grace_secs = {}",
+                    row.id,
+                    row.scheduled_at,
+                    self.config.grace.as_secs()
+                )
+            });
+        }
+        if let Some(at) = row.overrun_at {
+            return Some(format!(
+                "run {} passed its timeout at {at} and is still running (overrun)",
+                row.id
+            ));
+        }
+        let job = job?;
+        let deadline = if job.timeout_secs > 0 {
+            row.scheduled_at + chrono::Duration::seconds(i64::from(job.timeout_secs))
+        } else {
+            let spec = validate(job, &self.machines, self.default_tz).ok()?;
+            spec.schedule(self.default_tz)
+                .ok()?
+                .next_after(row.scheduled_at)?
+        };
+        (now > deadline + grace).then(|| {
+            format!(
+                "run {} is still running past its timeout at {deadline} (policy {})",
+                row.id, job.timeout_policy
+            )
+        })
+    }
+
+    /// Missed ticks of the enabled, valid jobs.
+    fn check_jobs(
+        &mut self,
+        jobs: &HashMap<i64, job::Model>,
+        now: DateTime<Utc>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
+        self.live_since.retain(|id, _| jobs.contains_key(id));
+        for row in jobs.values() {
+            let Ok(spec) = validate(row, &self.machines, self.default_tz) else {
+                self.live_since.remove(&row.id);
+                continue;
+            };
+            if row.enabled == 0 || row.last_error.is_some() {
+                self.live_since.remove(&row.id);
+                continue;
+            }
+            let shape = format!("{}|{}", spec.rule, spec.time_zone);
+            let since = match self.live_since.get(&row.id) {
+                Some((s, at)) if *s == shape => *at,
+                _ => {
+                    self.live_since.insert(row.id, (shape, now));
+                    now
+                }
+            };
+            // A job is fired from the first tick after a dispatcher learns of it, which may be
+            // a little after this monitor first saw it: its first tick is owed from `grace` on.
+            let since = since + grace;
+            let reference = self
+                .last_tick
+                .get(&row.id)
+                .map_or(since, |t| (*t).max(since));
+            let Some(next) = spec
+                .schedule(self.default_tz)
+                .ok()
+                .and_then(|s| s.next_after(reference))
+            else {
+                continue;
+            };
+            if now - next > grace {
+                let last = self
+                    .last_tick
+                    .get(&row.id)
+                    .map_or_else(|| "none".to_owned(), ToString::to_string);
+                findings.push(self.finding(
+                    format!("tick_missed:job={}:tick={}", row.id, next.timestamp_millis()),
+                    AlarmKind::TickMissed,
+                    jobs,
+                    Some(row.id),
+                    None,
+                    format!(
+                        "the tick at {next} has no run after grace_secs = {} (last tick run: {last}); is a dispatcher alive?",
+                        self.config.grace.as_secs()
+                    ),
+));
+            }
+        }
+    }
+
+    /// Lasting conditions: invalid rows, groups without executor, no dispatcher.
+    async fn check_lasting(
+        &mut self,
+        jobs: &HashMap<i64, job::Model>,
+        live: &Live,
+        now: DateTime<Utc>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), DbErr> {
+        // (condition, kind, job, detail, needs grace)
+        let mut present: Vec<(String, AlarmKind, Option<i64>, String, bool)> = Vec::new();
+        let mut targeted: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for row in jobs.values() {
+            if let Some(error) = &row.last_error {
+                present.push((
+                    format!("job_invalid:job={}", row.id),
+                    AlarmKind::JobInvalid,
+                    Some(row.id),
+                    format!("the job row is invalid and not scheduled: {error}"),
+                    false,
+                ));
+            } else if row.enabled != 0 {
+                targeted
+                    .entry(row.machine.trim().to_owned())
+                    .or_default()
+                    .push(row.id);
+            }
+        }
+        if let Some(executors) = &live.executors {
+            for (group, ids) in &targeted {
+                let alive = self
+                    .machines
+                    .select(group, executors)
+                    .is_none_or(|e| !e.is_empty());
+                if !alive {
+                    let name = if group.is_empty() { "*" } else { group };
+                    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    present.push((
+                        format!("group_down:{name}"),
+                        AlarmKind::GroupDown,
+                        None,
+                        format!(
+                            "machine group {name:?} has no live executor; enabled jobs target it: {}",
+                            ids.join(", ")
+                        ),
+                        true,
+                    ));
+                }
+            }
+        }
+        if live.dispatchers == Some(0) {
+            present.push((
+                "no_dispatcher".to_owned(),
+                AlarmKind::NoDispatcher,
+                None,
+                "no dispatcher is registered in etcd: no job is being fired".to_owned(),
+                true,
+            ));
+        }
+
+        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
+        let current: HashSet<String> = present.iter().map(|p| p.0.clone()).collect();
+        self.seen.retain(|c, _| current.contains(c));
+        for (condition, kind, job, detail, needs_grace) in present {
+            let since = *self.seen.entry(condition.clone()).or_insert(now);
+            if needs_grace && now - since < grace {
+                continue;
+            }
+            let episode = match self.episodes.get(&condition) {
+                Some(e) => *e,
+                None => {
+                    let name = format!("{OPEN}{condition}");
+                    self.store
+                        .create_state(&name, now.timestamp_millis())
+                        .await?;
+                    let e = self
+                        .store
+                        .state(&name)
+                        .await?
+                        .unwrap_or(now.timestamp_millis());
+                    self.episodes.insert(condition.clone(), e);
+                    e
+                }
+            };
+            findings.push(self.finding(
+                format!("{condition}@{episode}"),
+                kind,
+                jobs,
+                job,
+                None,
+                detail,
+            ));
+        }
+        // Episodes end when their condition is gone, as far as this monitor can tell.
+        for (name, _) in self.store.states_with_prefix(OPEN).await? {
+            let condition = &name[OPEN.len()..];
+            let knowable = if condition.starts_with("group_down:") {
+                live.executors.is_some()
+            } else if condition == "no_dispatcher" {
+                live.dispatchers.is_some()
+            } else {
+                true
+            };
+            if knowable && !current.contains(condition) {
+                tracing::info!(condition, "alarm condition cleared");
+                self.store.delete_state(&name).await?;
+                self.episodes.remove(condition);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run row without its output, which can be 64 KiB: (id, job_id, scheduled_at, status,
+/// executor, started_at, finished_at, exit_code, error, trigger, overrun_at).
+type RunHead = (
+    i64,
+    i64,
+    DateTime<Utc>,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+    Option<String>,
+    String,
+    Option<DateTime<Utc>>,
+);
+
+/// A query of run rows without their output.
+fn heads() -> sea_orm::Select<run::Entity> {
+    use run::Column as C;
+    run::Entity::find().select_only().columns([
+        C::Id,
+        C::JobId,
+        C::ScheduledAt,
+        C::Status,
+        C::Executor,
+        C::StartedAt,
+        C::FinishedAt,
+        C::ExitCode,
+        C::Error,
+        C::Trigger,
+        C::OverrunAt,
+    ])
+}
+
+/// The runs `query` selects; only those that failed (whose alarm quotes it) with their output.
+async fn read_runs(
+    db: &sea_orm::DatabaseConnection,
+    query: sea_orm::Select<run::Entity>,
+) -> Result<Vec<run::Model>, DbErr> {
+    let heads: Vec<RunHead> = query.into_tuple().all(db).await?;
+    let mut rows: Vec<run::Model> = heads
+        .into_iter()
+        .map(|h| run::Model {
+            id: h.0,
+            job_id: h.1,
+            scheduled_at: h.2,
+            status: h.3,
+            executor: h.4,
+            started_at: h.5,
+            finished_at: h.6,
+            exit_code: h.7,
+            output: None,
+            error: h.8,
+            trigger: h.9,
+            overrun_at: h.10,
+        })
+        .collect();
+    let failed: Vec<i64> = rows
+        .iter()
+        .filter(|r| is_failure(&r.status))
+        .map(|r| r.id)
+        .collect();
+    if !failed.is_empty() {
+        let outputs: HashMap<i64, Option<String>> = run::Entity::find()
+            .select_only()
+            .column(run::Column::Id)
+            .column(run::Column::Output)
+            .filter(run::Column::Id.is_in(failed))
+            .into_tuple::<(i64, Option<String>)>()
+            .all(db)
+            .await?
+            .into_iter()
+            .collect();
+        for row in &mut rows {
+            if let Some(output) = outputs.get(&row.id) {
+                row.output.clone_from(output);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether a run status is a `run_failed` alarm.
+fn is_failure(status: &str) -> bool {
+    matches!(
+        status.parse::<RunStatus>(),
+        Ok(RunStatus::Failed
+            | RunStatus::Timeout
+            | RunStatus::Lost
+            | RunStatus::NoExecutor
+            | RunStatus::Skipped)
+    )
+}

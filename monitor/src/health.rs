@@ -1,0 +1,179 @@
+//! The alarm side of the monitor: its etcd views, the checks loop and the sender loop.
+//!
+//! Checks and sending are separate tasks (one sender per channel), so that a down or hanging
+//! SMTP server or SMS gateway (each delivery under a timeout) never delays the checks, nor the
+//! other channel; the checks wake the senders when they record an alarm, and they also run
+//! every `check_ms` for retries and held summaries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gocron_shared::config::{Config, host_name};
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::registry::{self, MirrorEvent};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use gocron_shared::alarm::Channel;
+
+use crate::alarms::{AlarmStore, Sender};
+use crate::checks::{Checker, Live};
+
+/// How long handing back cut deliveries may take at shutdown.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often the daily caps of past days are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Tells monitors of one process apart in `claimed_by` (tests run two in one process).
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// Runs the checks and the sender until `shutdown`.
+pub async fn run(
+    config: &Config,
+    db: DatabaseConnection,
+    etcd: etcd_client::Client,
+    keys: &EtcdKeys,
+    shutdown: CancellationToken,
+) {
+    let alarm = Arc::new(config.alarm.clone());
+    let host = host_name();
+    let me = format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        INSTANCE.fetch_add(1, Ordering::Relaxed)
+    );
+    let store = AlarmStore::new(db, alarm.clone());
+    let mut wakes = Vec::new();
+    let mut send_tasks = Vec::new();
+    for (channel, on) in [
+        (Channel::Mail, alarm.smtp.is_some()),
+        (Channel::Sms, alarm.sms.is_some()),
+    ] {
+        if !on {
+            continue;
+        }
+        let wake = Arc::new(Notify::new());
+        let sender = Sender::new(store.clone(), alarm.clone(), me.clone(), channel);
+        send_tasks.push(tokio::spawn(send_loop(
+            sender,
+            alarm.check_interval,
+            wake.clone(),
+            shutdown.clone(),
+        )));
+        wakes.push(wake);
+    }
+
+    let mut checker = Checker::new(
+        store.clone(),
+        alarm.clone(),
+        config.machines.clone(),
+        config.dispatcher.time_zone,
+        host,
+    );
+    let mut executors = registry::live_executors(etcd.clone(), keys, shutdown.child_token());
+    let mut dispatchers = registry::mirror(etcd, keys.dispatchers(), shutdown.child_token());
+    let mut dispatcher_keys = std::collections::BTreeSet::new();
+    let mut live = Live::default();
+    let mut tick = tokio::time::interval(alarm.check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut db_ok = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = executors.changed() => {
+                if changed.is_err() { break; }
+                live.executors = Some(executors.borrow_and_update().clone());
+            }
+            event = dispatchers.recv() => match event {
+                Some(MirrorEvent::Reset(all)) => {
+                    dispatcher_keys = all.into_iter().map(|(k, _)| k).collect();
+                    live.dispatchers = Some(dispatcher_keys.len());
+                }
+                Some(MirrorEvent::Put(k, _)) => {
+                    dispatcher_keys.insert(k);
+                    live.dispatchers = Some(dispatcher_keys.len());
+                }
+                Some(MirrorEvent::Delete(k)) => {
+                    dispatcher_keys.remove(&k);
+                    live.dispatchers = Some(dispatcher_keys.len());
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let pass = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    pass = checker.pass(&live) => pass,
+                };
+                match pass {
+                    Ok(report) => {
+                        if !db_ok {
+                            tracing::info!("alarm checks can read the database again");
+                        }
+                        db_ok = true;
+                        if report.recorded > 0 {
+                            for wake in &wakes {
+                                wake.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if db_ok {
+                            tracing::error!(error = %e, "alarm checks cannot use the database; will retry");
+                        }
+                        db_ok = false;
+                    }
+                }
+            }
+        }
+    }
+    for task in send_tasks {
+        let _ = task.await;
+    }
+}
+
+async fn send_loop(
+    sender: Sender,
+    every: std::time::Duration,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut ok = true;
+    let mut pruned: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            pass = sender.pass() => pass,
+        };
+        if pruned.is_none_or(|at| at.elapsed() > PRUNE_EVERY) && pass.is_ok() {
+            match sender.prune().await {
+                Ok(()) => pruned = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "cannot prune past daily caps; will retry"),
+            }
+        }
+        match pass {
+            Ok(()) => ok = true,
+            Err(e) => {
+                if ok {
+                    tracing::error!(error = %e, "alarm sender cannot use the database; will retry");
+                }
+                ok = false;
+            }
+        }
+    }
+    // Deliveries under way were cut: hand their rows back (or their claims lapse).
+    match tokio::time::timeout(RELEASE_TIMEOUT, sender.release()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(alarms = n, "alarm deliveries cut by shutdown handed back"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot hand back alarm deliveries; their claims lapse")
+        }
+        Err(_) => tracing::warn!("handing back alarm deliveries timed out; their claims lapse"),
+    }
+}
