@@ -140,6 +140,12 @@ impl ExecutorRpc for Service {
             let job = async {
                 let outcome = runner.execute(&request).await;
                 drop(permit);
+                // Ended: the job no longer holds up its next tick, while the outcome waits for
+                // the database (until then a death of this process still makes the run lost).
+                let ended = holder.clone().ended();
+                if let Err(e) = fences.hold(request.job.id, request.run_id, &ended).await {
+                    tracing::warn!(run_id = request.run_id, error = %e, "cannot mark the run ended in the job's live runs");
+                }
                 outcome
             };
             let (started, outcome) =

@@ -4,8 +4,9 @@
 //! Each job has a hash in Redis (`{prefix}:live:{job_id}`, see [`crate::keys`]) of its runs in
 //! flight: run id → [`Holder`]. The dispatcher that wins a tick enters the run as held by itself
 //! (the hand-off); the executor that claims it replaces that with itself, atomically with the
-//! claim; whoever records the run's final status removes it. The hash is only an index of
-//! candidates: whether a run is live is decided by [`Holder::is_live`] against the executor
+//! claim, and marks it ended when the job's process exits (it then holds the job up no more);
+//! whoever records the run's final status removes it. The hash is only an index of
+//! candidates: whether a run is held is decided by [`Holder::is_held`] against the executor
 //! processes alive in etcd right now (`{prefix}/instances/{instance}`, under a lease of their own
 //! that a stopping executor keeps until its drain is over, unlike its registration). An executor
 //! that dies (SIGKILL, power loss) loses that lease within the TTL, so its runs stop being live
@@ -40,12 +41,15 @@ pub enum Holder {
         /// The dispatcher's name.
         name: String,
     },
-    /// An executor runs it.
+    /// An executor runs it (`ended`: the job has exited and the executor is recording its
+    /// outcome; the run no longer holds the job up).
     Executor {
         /// The executor process's [`ExecutorInfo::instance`].
         instance: String,
         /// `name@address`.
         label: String,
+        /// Whether the job's process has ended.
+        ended: bool,
     },
 }
 
@@ -55,7 +59,28 @@ impl Holder {
         Holder::Executor {
             instance: info.instance.clone(),
             label: info.to_string(),
+            ended: false,
         }
+    }
+
+    /// The same holder once the job's process has ended (its outcome is being recorded).
+    pub fn ended(self) -> Holder {
+        match self {
+            Holder::Executor {
+                instance, label, ..
+            } => Holder::Executor {
+                instance,
+                label,
+                ended: true,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the job is still running (or being handed over), as opposed to ended and being
+    /// recorded.
+    pub fn is_running(&self) -> bool {
+        !matches!(self, Holder::Executor { ended: true, .. })
     }
 
     /// Reads the stored form; `None` for anything else (treated as not live).
@@ -66,17 +91,18 @@ impl Holder {
                 since_ms: since.parse().ok()?,
                 name: name.to_owned(),
             }),
-            ("x", instance, label) => Some(Holder::Executor {
+            (kind @ ("x" | "e"), instance, label) => Some(Holder::Executor {
                 instance: instance.to_owned(),
                 label: label.to_owned(),
+                ended: kind == "e",
             }),
             _ => None,
         }
     }
 
-    /// Whether the run is live: its executor process is alive now (among `instances`), or its
-    /// dispatcher's hand-off began less than [`HANDOFF_LIMIT`] ago.
-    pub fn is_live(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
+    /// Whether the run is held: its executor process is alive now (among `instances`), or its
+    /// dispatcher's hand-off began less than [`HANDOFF_LIMIT`] ago. A run no longer held is lost.
+    pub fn is_held(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
         match self {
             Holder::Dispatcher { since_ms, .. } => {
                 now_ms - since_ms < HANDOFF_LIMIT.as_millis() as i64
@@ -100,7 +126,11 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Holder::Dispatcher { since_ms, name } => write!(f, "d {since_ms} {name}"),
-            Holder::Executor { instance, label } => write!(f, "x {instance} {label}"),
+            Holder::Executor {
+                instance,
+                label,
+                ended,
+            } => write!(f, "{} {instance} {label}", if *ended { "e" } else { "x" }),
         }
     }
 }
@@ -117,11 +147,16 @@ pub struct LiveRun {
 }
 
 impl LiveRun {
-    /// Whether it is live now (see [`Holder::is_live`]).
-    pub fn is_live(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
+    /// Whether it is held now (see [`Holder::is_held`]).
+    pub fn is_held(&self, instances: &HashSet<String>, now_ms: i64) -> bool {
         self.holder
             .as_ref()
-            .is_some_and(|h| h.is_live(instances, now_ms))
+            .is_some_and(|h| h.is_held(instances, now_ms))
+    }
+
+    /// Whether its job is still running (not ended and being recorded).
+    pub fn is_running(&self) -> bool {
+        self.holder.as_ref().is_some_and(Holder::is_running)
     }
 
     /// Why it is no longer live, for `cron_run.error`.
@@ -138,7 +173,8 @@ impl LiveRun {
     }
 }
 
-/// The runs of `in_flight` that are live; the others are recorded `lost` and taken out of their
+/// The runs of `in_flight` that are live (held, and still running: a run that ended and is being
+/// recorded holds nothing up); the ones no longer held are recorded `lost` and taken out of their
 /// job's live hash. A holder missing from `view` (a mirror of the executor instances, which may
 /// lag behind one that just started; `None` before it was first read) is checked against etcd
 /// itself first; if etcd cannot be read, nothing
@@ -155,7 +191,8 @@ pub async fn settle(
     let empty = HashSet::new();
     let view = view.unwrap_or(&empty);
     let (mut live, maybe_dead): (Vec<_>, Vec<_>) =
-        in_flight.into_iter().partition(|r| r.is_live(view, now_ms));
+        in_flight.into_iter().partition(|r| r.is_held(view, now_ms));
+    live.retain(LiveRun::is_running);
     if maybe_dead.is_empty() {
         return live;
     }
@@ -163,13 +200,15 @@ pub async fn settle(
         Ok(registered) => registered,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the executors to check for lost runs");
-            live.extend(maybe_dead);
+            live.extend(maybe_dead.into_iter().filter(LiveRun::is_running));
             return live;
         }
     };
     for run in maybe_dead {
-        if run.is_live(&registered, now_ms) {
-            live.push(run);
+        if run.is_held(&registered, now_ms) {
+            if run.is_running() {
+                live.push(run);
+            }
             continue;
         }
         let why = run.why_lost();
@@ -207,10 +246,15 @@ mod tests {
         let set = |ids: &[&str]| ids.iter().map(|i| i.to_string()).collect::<HashSet<_>>();
         assert_eq!(x.to_string(), "x aa e1@127.0.0.1:7071");
         assert_eq!(Holder::parse(&x.to_string()), Some(x.clone()));
-        assert!(x.is_live(&set(&["aa"]), 0));
+        assert!(x.is_held(&set(&["aa"]), 0) && x.is_running());
         // Same name and address, another process: the run's process is gone.
-        assert!(!x.is_live(&set(&["bb"]), 0));
-        assert!(!x.is_live(&set(&[]), 0));
+        assert!(!x.is_held(&set(&["bb"]), 0));
+        assert!(!x.is_held(&set(&[]), 0));
+        // Ended, being recorded: still held by its process, no longer running.
+        let e = x.clone().ended();
+        assert_eq!(e.to_string(), "e aa e1@127.0.0.1:7071");
+        assert_eq!(Holder::parse(&e.to_string()), Some(e.clone()));
+        assert!(e.is_held(&set(&["aa"]), 0) && !e.is_running());
 
         let d = Holder::Dispatcher {
             since_ms: 1_000,
@@ -218,8 +262,8 @@ mod tests {
         };
         assert_eq!(Holder::parse(&d.to_string()), Some(d.clone()));
         let limit = HANDOFF_LIMIT.as_millis() as i64;
-        assert!(d.is_live(&set(&[]), 1_000 + limit - 1));
-        assert!(!d.is_live(&set(&[]), 1_000 + limit));
+        assert!(d.is_held(&set(&[]), 1_000 + limit - 1) && d.is_running());
+        assert!(!d.is_held(&set(&[]), 1_000 + limit));
         assert_eq!(Holder::parse("nobody:d0"), None);
     }
 }

@@ -76,10 +76,12 @@ async fn a_run_has_one_holder() {
     let exec_a = Holder::Executor {
         instance: "i-a".into(),
         label: "exec-a@1".into(),
+        ended: false,
     };
     let exec_b = Holder::Executor {
         instance: "i-b".into(),
         label: "exec-b@2".into(),
+        ended: false,
     };
     let claim = |run: i64, holder: &'static str, live: Option<Holder>| {
         let fences = fences.clone();
