@@ -5,13 +5,15 @@
 //! visible here as they are in the database. Every statement is idempotent (`IF NOT EXISTS`), so
 //! that two daemons migrating at once cannot leave a half-made schema: the loser of the race
 //! fails on the bookkeeping row and simply finds the work done when it retries (see
-//! [`crate::db::migrate`]).
+//! [`crate::db::migrate`]). Columns added later are added only where missing (MySQL and SQLite
+//! have no `ADD COLUMN IF NOT EXISTS`), so that holds for them too; a released migration is
+//! never edited: a change to the schema is a new migration, which upgrades take in place.
 //!
 //! `cron_run` has no index on `status` on purpose: every status change would move an entry in a
 //! tiny-cardinality index, which is where InnoDB's gap locks made concurrent inserts and claims
 //! deadlock under load.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
 /// All migrations, in order.
@@ -19,7 +21,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTables)]
+        vec![Box::new(CreateTables), Box::new(PoliciesAndAlarms)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -52,9 +54,7 @@ const SQLITE: &[&str] = &[
         alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
         updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        last_error TEXT NULL,
-        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
-        done_at TIMESTAMP NULL
+        last_error TEXT NULL
     )"#,
     r#"CREATE TABLE IF NOT EXISTS cron_run (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,9 +68,100 @@ const SQLITE: &[&str] = &[
         output TEXT NULL,
         error TEXT NULL,
         "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
-        overrun_at TIMESTAMP NULL,
         UNIQUE (job_id, scheduled_at, "trigger")
     )"#,
+];
+
+const MYSQL: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        rule VARCHAR(255) NOT NULL,
+        command TEXT NOT NULL,
+        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
+        machine VARCHAR(255) NOT NULL DEFAULT '',
+        timeout_secs INT NOT NULL DEFAULT 0,
+        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
+        time_zone VARCHAR(64) NOT NULL DEFAULT '',
+        enabled INT NOT NULL DEFAULT 1,
+        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
+        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
+        created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+        updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+        last_error TEXT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_run (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        scheduled_at DATETIME(3) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at DATETIME(3) NULL,
+        finished_at DATETIME(3) NULL,
+        exit_code INT NULL,
+        output MEDIUMTEXT NULL,
+        error TEXT NULL,
+        `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+];
+
+const POSTGRES: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job (
+        id BIGSERIAL PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        rule VARCHAR(255) NOT NULL,
+        command TEXT NOT NULL,
+        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
+        machine VARCHAR(255) NOT NULL DEFAULT '',
+        timeout_secs INTEGER NOT NULL DEFAULT 0,
+        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
+        time_zone VARCHAR(64) NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
+        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
+        created_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        updated_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        last_error TEXT NULL
+    )"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_run (
+        id BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL,
+        scheduled_at TIMESTAMPTZ(3) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at TIMESTAMPTZ(3) NULL,
+        finished_at TIMESTAMPTZ(3) NULL,
+        exit_code INTEGER NULL,
+        output TEXT NULL,
+        error TEXT NULL,
+        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
+    )"#,
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let statements = by_backend(db.get_database_backend(), [SQLITE, MYSQL, POSTGRES])?;
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_run")
+            .await?;
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_job")
+            .await?;
+        Ok(())
+    }
+}
+
+const SQLITE_0002: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS cron_alarm (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         dedup_key VARCHAR(255) NOT NULL,
@@ -98,41 +189,7 @@ const SQLITE: &[&str] = &[
     )"#,
 ];
 
-const MYSQL: &[&str] = &[
-    r#"CREATE TABLE IF NOT EXISTS cron_job (
-        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        name VARCHAR(255) NOT NULL,
-        rule VARCHAR(255) NOT NULL,
-        command TEXT NOT NULL,
-        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
-        machine VARCHAR(255) NOT NULL DEFAULT '',
-        timeout_secs INT NOT NULL DEFAULT 0,
-        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
-        time_zone VARCHAR(64) NOT NULL DEFAULT '',
-        enabled INT NOT NULL DEFAULT 1,
-        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
-        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
-        created_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
-        updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
-        last_error TEXT NULL,
-        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
-        done_at DATETIME(3) NULL
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
-    r#"CREATE TABLE IF NOT EXISTS cron_run (
-        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        job_id BIGINT NOT NULL,
-        scheduled_at DATETIME(3) NOT NULL,
-        status VARCHAR(16) NOT NULL,
-        executor VARCHAR(255) NOT NULL DEFAULT '',
-        started_at DATETIME(3) NULL,
-        finished_at DATETIME(3) NULL,
-        exit_code INT NULL,
-        output MEDIUMTEXT NULL,
-        error TEXT NULL,
-        `trigger` VARCHAR(16) NOT NULL DEFAULT 'schedule',
-        overrun_at DATETIME(3) NULL,
-        UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+const MYSQL_0002: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS cron_alarm (
         id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
         dedup_key VARCHAR(255) NOT NULL,
@@ -160,41 +217,7 @@ const MYSQL: &[&str] = &[
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
 ];
 
-const POSTGRES: &[&str] = &[
-    r#"CREATE TABLE IF NOT EXISTS cron_job (
-        id BIGSERIAL PRIMARY KEY,
-        name VARCHAR(255) NOT NULL,
-        rule VARCHAR(255) NOT NULL,
-        command TEXT NOT NULL,
-        kind VARCHAR(16) NOT NULL DEFAULT 'shell',
-        machine VARCHAR(255) NOT NULL DEFAULT '',
-        timeout_secs INTEGER NOT NULL DEFAULT 0,
-        timeout_policy VARCHAR(16) NOT NULL DEFAULT 'abandon',
-        time_zone VARCHAR(64) NOT NULL DEFAULT '',
-        enabled INTEGER NOT NULL DEFAULT 1,
-        alarm_emails VARCHAR(1024) NOT NULL DEFAULT '',
-        alarm_mobiles VARCHAR(1024) NOT NULL DEFAULT '',
-        created_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        updated_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
-        last_error TEXT NULL,
-        misfire VARCHAR(16) NOT NULL DEFAULT 'skip',
-        done_at TIMESTAMPTZ(3) NULL
-    )"#,
-    r#"CREATE TABLE IF NOT EXISTS cron_run (
-        id BIGSERIAL PRIMARY KEY,
-        job_id BIGINT NOT NULL,
-        scheduled_at TIMESTAMPTZ(3) NOT NULL,
-        status VARCHAR(16) NOT NULL,
-        executor VARCHAR(255) NOT NULL DEFAULT '',
-        started_at TIMESTAMPTZ(3) NULL,
-        finished_at TIMESTAMPTZ(3) NULL,
-        exit_code INTEGER NULL,
-        output TEXT NULL,
-        error TEXT NULL,
-        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
-        overrun_at TIMESTAMPTZ(3) NULL,
-        CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger")
-    )"#,
+const POSTGRES_0002: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS cron_alarm (
         id BIGSERIAL PRIMARY KEY,
         dedup_key VARCHAR(255) NOT NULL,
@@ -222,21 +245,94 @@ const POSTGRES: &[&str] = &[
     )"#,
 ];
 
+/// One of three per-backend values.
+fn by_backend<T>(backend: DbBackend, [sqlite, mysql, postgres]: [T; 3]) -> Result<T, DbErr> {
+    match backend {
+        DbBackend::Sqlite => Ok(sqlite),
+        DbBackend::MySql => Ok(mysql),
+        DbBackend::Postgres => Ok(postgres),
+        other => Err(DbErr::Migration(format!(
+            "unsupported database backend {other:?}"
+        ))),
+    }
+}
+
+/// The timeout policies' and the misfire policy's columns (`cron_run.overrun_at`,
+/// `cron_job.misfire`, `cron_job.done_at`) and the alarm tables (`cron_alarm`,
+/// `cron_alarm_state`).
+struct PoliciesAndAlarms;
+
+impl MigrationName for PoliciesAndAlarms {
+    fn name(&self) -> &str {
+        "m0002_policies_misfire_alarms"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0002: &[(&str, &str, [&str; 3])] = &[
+    (
+        "cron_run",
+        "overrun_at",
+        ["TIMESTAMP NULL", "DATETIME(3) NULL", "TIMESTAMPTZ(3) NULL"],
+    ),
+    (
+        "cron_job",
+        "misfire",
+        [
+            "VARCHAR(16) NOT NULL DEFAULT 'skip'",
+            "VARCHAR(16) NOT NULL DEFAULT 'skip'",
+            "VARCHAR(16) NOT NULL DEFAULT 'skip'",
+        ],
+    ),
+    (
+        "cron_job",
+        "done_at",
+        ["TIMESTAMP NULL", "DATETIME(3) NULL", "TIMESTAMPTZ(3) NULL"],
+    ),
+];
+
+/// Whether `table` has `column` (so that adding columns is idempotent on every backend: MySQL
+/// and SQLite have no `ADD COLUMN IF NOT EXISTS`).
+async fn has_column(
+    db: &SchemaManagerConnection<'_>,
+    table: &str,
+    column: &str,
+) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = by_backend(
+        backend,
+        [
+            "SELECT COUNT(*) AS n FROM pragma_table_info(?) WHERE name = ?",
+            "SELECT COUNT(*) AS n FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+            "SELECT COUNT(*) AS n FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
+        ],
+    )?;
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [table.into(), column.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Migration(format!("cannot list the columns of {table}")))?;
+    Ok(row.try_get::<i64>("", "n")? > 0)
+}
+
 #[async_trait::async_trait]
-impl MigrationTrait for CreateTables {
+impl MigrationTrait for PoliciesAndAlarms {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let statements = match db.get_database_backend() {
-            DbBackend::Sqlite => SQLITE,
-            DbBackend::MySql => MYSQL,
-            DbBackend::Postgres => POSTGRES,
-            other => {
-                return Err(DbErr::Migration(format!(
-                    "unsupported database backend {other:?}"
-                )));
+        let backend = db.get_database_backend();
+        for (table, column, types) in COLUMNS_0002 {
+            if !has_column(db, table, column).await? {
+                let ty = by_backend(backend, *types)?;
+                db.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .await?;
             }
-        };
-        for statement in statements {
+        }
+        for statement in by_backend(backend, [SQLITE_0002, MYSQL_0002, POSTGRES_0002])? {
             db.execute_unprepared(statement).await?;
         }
         Ok(())
@@ -248,10 +344,12 @@ impl MigrationTrait for CreateTables {
             .await?;
         db.execute_unprepared("DROP TABLE IF EXISTS cron_alarm")
             .await?;
-        db.execute_unprepared("DROP TABLE IF EXISTS cron_run")
-            .await?;
-        db.execute_unprepared("DROP TABLE IF EXISTS cron_job")
-            .await?;
+        for (table, column, _) in COLUMNS_0002 {
+            if has_column(db, table, column).await? {
+                db.execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
+                    .await?;
+            }
+        }
         Ok(())
     }
 }

@@ -30,16 +30,32 @@ async fn postgres_runs_a_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_migrations_race_safely_on_every_backend() {
+async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
+    use gocron_shared::migration::Migrator;
     use sea_orm::ConnectionTrait;
+    use sea_orm_migration::MigratorTrait;
     for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
-        // Undo the harness's own migration, so that four daemons race on an empty schema.
+        // Undo the harness's own migration, so that the daemons race on an empty schema...
         let c = Cluster::new(backend, &[]).await;
-        for table in ["cron_run", "cron_job", "gocron_migrations"] {
+        for table in [
+            "cron_alarm_state",
+            "cron_alarm",
+            "cron_run",
+            "cron_job",
+            "gocron_migrations",
+        ] {
             c.db.execute_unprepared(&format!("DROP TABLE {table}"))
                 .await
                 .unwrap();
         }
+        // ...then bring it to the first release's schema, with a job in it, as an upgrade
+        // finds it.
+        Migrator::up(&c.db, Some(1)).await.unwrap();
+        c.sql(
+            "INSERT INTO cron_job (name, rule, command) VALUES (?, ?, ?)",
+            vec!["old".into(), "@daily".into(), "true".into()],
+        )
+        .await;
         let never = tokio_util::sync::CancellationToken::new();
         let racers: Vec<_> = (0..4)
             .map(|_| {
@@ -54,10 +70,18 @@ async fn first_migrations_race_safely_on_every_backend() {
         for racer in racers {
             racer.await.expect("migration task").expect("migration");
         }
+        // The old row has the new columns' defaults; new rows and the alarm table work.
+        let old = c.job_by_name("old").await;
+        assert_eq!(
+            (old.misfire.as_str(), old.done_at),
+            ("skip", None),
+            "{backend:?}"
+        );
         assert!(
             c.insert_job("after-race", "@daily", "true").await > 0,
             "{backend:?}"
         );
+        c.sql("SELECT COUNT(*) FROM cron_alarm", vec![]).await;
         c.shutdown().await;
     }
 }
