@@ -12,3 +12,7 @@ mod policies;
 mod rpc;
 mod rules;
 mod stop;
+
+/// The real executor as a process of its own (`gocron-test-executor`), for tests that signal or
+/// kill it.
+const EXECUTOR_PROCESS: &str = env!("CARGO_BIN_EXE_gocron-test-executor");

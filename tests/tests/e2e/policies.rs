@@ -139,10 +139,7 @@ async fn a_run_whose_executor_is_killed_becomes_lost_and_the_next_tick_runs_else
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
     c.set("EXECUTOR", "DRAIN_SECS", "0");
     let mut victim = c
-        .start_executor_process(
-            "exec-a",
-            env!("CARGO_BIN_EXE_gocron-test-executor").as_ref(),
-        )
+        .start_executor_process("exec-a", crate::EXECUTOR_PROCESS.as_ref())
         .await;
     c.start_dispatcher("disp-0");
     c.start_monitor();
@@ -436,10 +433,7 @@ async fn a_draining_executor_keeps_its_runs_live_until_they_end() {
     let mut c = Cluster::new(Backend::Sqlite, &[("g", "exec-a")]).await;
     c.set("EXECUTOR", "DRAIN_SECS", "60");
     let mut executor = c
-        .start_executor_process(
-            "exec-a",
-            env!("CARGO_BIN_EXE_gocron-test-executor").as_ref(),
-        )
+        .start_executor_process("exec-a", crate::EXECUTOR_PROCESS.as_ref())
         .await;
     c.start_dispatcher("disp-0");
     c.start_monitor();

@@ -126,10 +126,7 @@ async fn a_second_signal_stops_the_jobs_at_once_and_still_records_them() {
     c.set("EXECUTOR", "DRAIN_SECS", "600");
     c.set("EXECUTOR", "KILL_GRACE_SECS", "1");
     let mut executor = c
-        .start_executor_process(
-            "exec-a",
-            env!("CARGO_BIN_EXE_gocron-test-executor").as_ref(),
-        )
+        .start_executor_process("exec-a", crate::EXECUTOR_PROCESS.as_ref())
         .await;
     c.start_dispatcher("disp-0");
     c.start_monitor();
