@@ -114,9 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 fire_due(&mut scheduler, &dispatcher, &ticks);
                 match event {
                     Some(event) => {
-                        let reset = matches!(event, MirrorEvent::Reset(_));
-                        scheduler.apply(event, Utc::now());
-                        if reset {
+                        if scheduler.apply(event, Utc::now()) {
                             // (Re)started: ticks every dispatcher missed meanwhile get the
                             // misfire policy now, not at each job's next tick.
                             let jobs: Vec<_> = scheduler
@@ -130,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
             Some(event) = requests.recv() => {
-                for (job_id, requested) in run_now_requests(&keys, event) {
+                if let Some((job_id, requested)) = run_now_request(&keys, event) {
                     let Some(tick) = scheduler.manual(job_id, requested) else {
                         tracing::warn!(job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
                         continue;
@@ -193,20 +191,15 @@ async fn catch_up(
     }
 }
 
-/// The (job id, instant) of each run-now request an etcd event brings.
-fn run_now_requests(keys: &EtcdKeys, event: MirrorEvent) -> Vec<(i64, DateTime<Utc>)> {
-    let keys_of = match event {
-        MirrorEvent::Reset(all) => all.into_iter().map(|(k, _)| k).collect(),
-        MirrorEvent::Put(key, _) => vec![key],
-        MirrorEvent::Delete(_) => Vec::new(),
+/// The (job id, instant) of the run-now request an etcd event brings, if any.
+fn run_now_request(keys: &EtcdKeys, event: MirrorEvent) -> Option<(i64, DateTime<Utc>)> {
+    // A request read by a (re)read of the prefix is served like a new one: the tick lock makes
+    // it run once.
+    let MirrorEvent::Put(key, _) = event else {
+        return None;
     };
-    keys_of
-        .iter()
-        .filter_map(|key| {
-            let (job_id, ms) = keys.manual_request(key)?;
-            Some((job_id, Utc.timestamp_millis_opt(ms).single()?))
-        })
-        .collect()
+    let (job_id, ms) = keys.manual_request(&key)?;
+    Some((job_id, Utc.timestamp_millis_opt(ms).single()?))
 }
 
 /// Hands every tick due now to its own task.

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use gocron_shared::job::{JobSpec, Trigger};
 use gocron_shared::keys::EtcdKeys;
-use gocron_shared::registry::MirrorEvent;
+use gocron_shared::registry::{MirrorEvent, Resync};
 use gocron_shared::rule::Schedule;
 
 struct Entry {
@@ -46,6 +46,8 @@ pub struct Scheduler {
     max_late: Duration,
     keys: EtcdKeys,
     generation: u64,
+    /// The jobs put since a (re)read of etcd began.
+    resync: Resync<i64>,
 }
 
 impl Scheduler {
@@ -72,6 +74,7 @@ impl Scheduler {
             max_late,
             keys,
             generation: 0,
+            resync: Resync::default(),
         }
     }
 
@@ -85,17 +88,25 @@ impl Scheduler {
         self.jobs.is_empty()
     }
 
-    /// Applies one change of the published jobs.
-    pub fn apply(&mut self, event: MirrorEvent, now: DateTime<Utc>) {
+    /// Applies one change of the published jobs. `true` when it completed a (re)read of them
+    /// (`Synced`): the moment to look for ticks missed meanwhile.
+    pub fn apply(&mut self, event: MirrorEvent, now: DateTime<Utc>) -> bool {
         match event {
-            MirrorEvent::Reset(all) => {
-                let mut seen = Vec::with_capacity(all.len());
-                for (key, value) in all {
-                    if let Some(id) = self.upsert_published(&key, &value, now) {
-                        seen.push(id);
-                    }
+            MirrorEvent::Resync => self.resync.begin(),
+            MirrorEvent::Put(key, value) => {
+                if let Some(id) = self.upsert_published(&key, &value, now) {
+                    self.resync.put(id);
                 }
-                let seen: std::collections::HashSet<i64> = seen.into_iter().collect();
+            }
+            MirrorEvent::Delete(key) => {
+                if let Some(id) = self.keys.job_id(&key) {
+                    self.remove(id);
+                }
+            }
+            MirrorEvent::Synced => {
+                let Some(seen) = self.resync.end() else {
+                    return false;
+                };
                 let gone: Vec<i64> = self
                     .jobs
                     .keys()
@@ -105,16 +116,11 @@ impl Scheduler {
                 for id in gone {
                     self.remove(id);
                 }
-            }
-            MirrorEvent::Put(key, value) => {
-                self.upsert_published(&key, &value, now);
-            }
-            MirrorEvent::Delete(key) => {
-                if let Some(id) = self.keys.job_id(&key) {
-                    self.remove(id);
-                }
+                tracing::info!(jobs = self.jobs.len(), "published jobs read");
+                return true;
             }
         }
+        false
     }
 
     fn upsert_published(&mut self, key: &str, value: &[u8], now: DateTime<Utc>) -> Option<i64> {
@@ -165,13 +171,12 @@ impl Scheduler {
         } else {
             schedule.next_after(now)
         };
-        tracing::info!(
-            job_id = id,
-            job = %spec.name,
-            schedule = %schedule,
-            next = ?next,
-            "job scheduled"
-        );
+        // A (re)read of a million jobs is one summary line, not a million.
+        if self.resync.in_progress() {
+            tracing::debug!(job_id = id, job = %spec.name, schedule = %schedule, next = ?next, "job scheduled");
+        } else {
+            tracing::info!(job_id = id, job = %spec.name, schedule = %schedule, next = ?next, "job scheduled");
+        }
         if let Some(next) = next {
             self.queue
                 .push(Reverse((next.timestamp_millis(), id, self.generation)));
@@ -188,7 +193,9 @@ impl Scheduler {
 
     /// Forgets a job.
     pub fn remove(&mut self, id: i64) {
-        if let Some(entry) = self.jobs.remove(&id) {
+        if let Some(entry) = self.jobs.remove(&id)
+            && !self.resync.in_progress()
+        {
             tracing::info!(job_id = id, job = %entry.spec.name, "job unscheduled");
         }
     }
@@ -412,13 +419,20 @@ mod tests {
         let mut s = scheduler();
         let now = at("2026-01-01T00:00:00Z");
         let json = |id, rule| serde_json::to_vec(&spec(id, rule)).unwrap();
-        s.apply(
-            MirrorEvent::Reset(vec![
+        let read = |s: &mut Scheduler, kvs: Vec<(String, Vec<u8>)>| {
+            assert!(!s.apply(MirrorEvent::Resync, now));
+            for (k, v) in kvs {
+                assert!(!s.apply(MirrorEvent::Put(k, v), now));
+            }
+            assert!(s.apply(MirrorEvent::Synced, now));
+        };
+        read(
+            &mut s,
+            vec![
                 ("/g/jobs/1".into(), json(1, "* * * * * *")),
                 ("/g/jobs/2".into(), json(2, "* * * * * *")),
                 ("/g/jobs/bad".into(), b"{}".to_vec()),
-            ]),
-            now,
+            ],
         );
         assert_eq!(s.len(), 2);
         s.apply(MirrorEvent::Delete("/g/jobs/1".into()), now);
@@ -432,10 +446,14 @@ mod tests {
             now,
         );
         assert_eq!(s.len(), 2);
+        // A re-read keeps every job until it is complete, then forgets those it did not bring.
+        s.apply(MirrorEvent::Resync, now);
         s.apply(
-            MirrorEvent::Reset(vec![("/g/jobs/3".into(), json(3, "* * * * * *"))]),
+            MirrorEvent::Put("/g/jobs/3".into(), json(3, "* * * * * *")),
             now,
         );
+        assert_eq!(s.len(), 2);
+        assert!(s.apply(MirrorEvent::Synced, now));
         assert_eq!(s.len(), 1);
         assert_eq!(
             fired(&s.due(at("2026-01-01T00:00:01Z"))),

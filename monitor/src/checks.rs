@@ -16,7 +16,8 @@
 //! After downtime (no pass recorded in `checked_at` for five `check_ms`), everything the first
 //! pass finds is recorded as `summarised` and sent as one `start_summary`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,7 @@ use gocron_shared::alarm::message::{AlarmFacts, JobFacts, RunFacts};
 use gocron_shared::entity::{job, run};
 use gocron_shared::job::{RunStatus, validate};
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
+use gocron_shared::rule::Schedule;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::alarms::{AlarmStore, Finding, status};
@@ -76,6 +78,19 @@ pub struct Checker {
     open: BTreeMap<i64, Open>,
     /// The latest scheduled tick seen per job.
     last_tick: HashMap<i64, DateTime<Utc>>,
+    /// Every job row, as the publisher last looked at it (kept up to date by
+    /// [`Checker::job_changed`], never read whole per pass).
+    jobs: HashMap<i64, job::Model>,
+    /// The schedule of each enabled, valid job, and the generation of its row.
+    schedules: HashMap<i64, (Schedule, u64)>,
+    generation: u64,
+    /// When to look at a job's ticks again: `(unix ms, job id, generation)`, earliest first.
+    /// A job is looked at when its next tick would be overdue, not at every pass.
+    looks: BinaryHeap<Reverse<(i64, i64, u64)>>,
+    /// Jobs whose row is invalid, and why.
+    invalid: BTreeMap<i64, String>,
+    /// The enabled, valid jobs of each machine group (trimmed; empty: any executor).
+    targets: BTreeMap<String, BTreeSet<i64>>,
     /// Since when this monitor has seen each job scheduled as it is (rule and zone).
     live_since: HashMap<i64, (String, DateTime<Utc>)>,
     /// Lasting conditions seen, and since when.
@@ -139,6 +154,12 @@ impl Checker {
             seen: HashMap::new(),
             episodes: HashMap::new(),
             failing: HashMap::new(),
+            jobs: HashMap::new(),
+            schedules: HashMap::new(),
+            generation: 0,
+            looks: BinaryHeap::new(),
+            invalid: BTreeMap::new(),
+            targets: BTreeMap::new(),
             recorded: HashSet::new(),
             start_summary: None,
         }
@@ -244,16 +265,12 @@ impl Checker {
             self.recorded.clear();
         }
         let now = Utc::now();
-        let jobs: HashMap<i64, job::Model> = job::Entity::find()
-            .all(self.store.db())
-            .await?
-            .into_iter()
-            .map(|j| (j.id, j))
-            .collect();
-        let mut findings = Vec::new();
-        self.scan_runs(&jobs, now, &mut findings).await?;
-        self.check_jobs(&jobs, now, &mut findings);
-        self.check_lasting(&jobs, live, now, &mut findings).await?;
+        self.learn_jobs_of_new_runs(now).await?;
+        // Taken out for the pass (the checks read it while changing the rest), then put back.
+        let jobs = std::mem::take(&mut self.jobs);
+        let found = self.find(&jobs, live, now).await;
+        self.jobs = jobs;
+        let findings = found?;
 
         let mut report = CheckReport::default();
         match self.start_summary.take() {
@@ -274,6 +291,102 @@ impl Checker {
         }
         self.save_marks(now).await?;
         Ok(report)
+    }
+
+    async fn find(
+        &mut self,
+        jobs: &HashMap<i64, job::Model>,
+        live: &Live,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Finding>, DbErr> {
+        let mut findings = Vec::new();
+        self.scan_runs(jobs, now, &mut findings).await?;
+        self.check_jobs(jobs, now, &mut findings);
+        self.check_lasting(jobs, live, now, &mut findings).await?;
+        Ok(findings)
+    }
+
+    /// Reads the rows of jobs that new runs belong to and that the publisher has not sent yet
+    /// (a run inserted right after its job, or by hand), so that their alarms name the job and
+    /// reach its recipients.
+    async fn learn_jobs_of_new_runs(&mut self, now: DateTime<Utc>) -> Result<(), DbErr> {
+        let limit = self.run_mark + BATCH as i64 * MAX_BATCHES as i64;
+        let ids: Vec<i64> = run::Entity::find()
+            .select_only()
+            .column(run::Column::JobId)
+            .filter(run::Column::Id.gt(self.run_mark))
+            .filter(run::Column::Id.lte(limit))
+            .into_tuple()
+            .all(self.store.db())
+            .await?;
+        let unknown: BTreeSet<i64> = ids
+            .into_iter()
+            .filter(|id| !self.jobs.contains_key(id))
+            .collect();
+        let unknown: Vec<i64> = unknown.into_iter().collect();
+        for chunk in unknown.chunks(500) {
+            let rows = job::Entity::find()
+                .filter(job::Column::Id.is_in(chunk.to_vec()))
+                .all(self.store.db())
+                .await?;
+            for row in rows {
+                self.job_changed(row.id, Some(row), now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in a job row as the publisher looked at it (`None`: deleted). Unchanged rows (a
+    /// reconcile sends every row) cost one comparison.
+    pub fn job_changed(&mut self, id: i64, row: Option<job::Model>, now: DateTime<Utc>) {
+        if let (Some(new), Some(old)) = (&row, self.jobs.get(&id))
+            && new == old
+        {
+            return;
+        }
+        self.invalid.remove(&id);
+        if let Some(old) = self.jobs.get(&id)
+            && let Some(ids) = self.targets.get_mut(old.machine.trim())
+        {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.targets.remove(old.machine.trim());
+            }
+        }
+        let Some(row) = row else {
+            self.jobs.remove(&id);
+            self.schedules.remove(&id);
+            self.live_since.remove(&id);
+            return;
+        };
+        if let Some(error) = &row.last_error {
+            self.invalid.insert(id, error.clone());
+        } else if row.enabled != 0 {
+            self.targets
+                .entry(row.machine.trim().to_owned())
+                .or_default()
+                .insert(id);
+        }
+        let spec = (row.enabled != 0 && row.last_error.is_none())
+            .then(|| validate(&row, &self.machines, self.default_tz).ok())
+            .flatten();
+        match spec.and_then(|spec| Some((spec.schedule(self.default_tz).ok()?, spec))) {
+            Some((schedule, spec)) => {
+                let shape = format!("{}|{}", spec.rule, spec.time_zone);
+                if self.live_since.get(&id).is_none_or(|(s, _)| *s != shape) {
+                    self.live_since.insert(id, (shape, now));
+                }
+                self.generation += 1;
+                self.schedules.insert(id, (schedule, self.generation));
+                self.looks
+                    .push(Reverse((now.timestamp_millis(), id, self.generation)));
+            }
+            None => {
+                self.schedules.remove(&id);
+                self.live_since.remove(&id);
+            }
+        }
+        self.jobs.insert(id, row);
     }
 
     async fn save_marks(&mut self, now: DateTime<Utc>) -> Result<(), DbErr> {
@@ -590,9 +703,9 @@ impl Checker {
         let deadline = if job.timeout_secs > 0 {
             row.scheduled_at + chrono::Duration::seconds(i64::from(job.timeout_secs))
         } else {
-            let spec = validate(job, &self.machines, self.default_tz).ok()?;
-            spec.schedule(self.default_tz)
-                .ok()?
+            self.schedules
+                .get(&job.id)?
+                .0
                 .next_after(row.scheduled_at)?
         };
         (now > deadline + grace).then(|| {
@@ -603,7 +716,8 @@ impl Checker {
         })
     }
 
-    /// Missed ticks of the enabled, valid jobs.
+    /// Missed ticks of the enabled, valid jobs: only those whose next tick is due to be looked
+    /// at, each then put back for when its following tick would be overdue.
     fn check_jobs(
         &mut self,
         jobs: &HashMap<i64, job::Model>,
@@ -611,54 +725,48 @@ impl Checker {
         findings: &mut Vec<Finding>,
     ) {
         let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
-        self.live_since.retain(|id, _| jobs.contains_key(id));
-        for row in jobs.values() {
-            let Ok(spec) = validate(row, &self.machines, self.default_tz) else {
-                self.live_since.remove(&row.id);
+        while let Some(Reverse((at, id, generation))) = self.looks.peek().copied() {
+            if at > now.timestamp_millis() {
+                break;
+            }
+            self.looks.pop();
+            let Some((schedule, current)) = self.schedules.get(&id) else {
                 continue;
             };
-            if row.enabled == 0 || row.last_error.is_some() {
-                self.live_since.remove(&row.id);
+            if *current != generation {
                 continue;
             }
-            let shape = format!("{}|{}", spec.rule, spec.time_zone);
-            let since = match self.live_since.get(&row.id) {
-                Some((s, at)) if *s == shape => *at,
-                _ => {
-                    self.live_since.insert(row.id, (shape, now));
-                    now
-                }
+            let Some((_, since)) = self.live_since.get(&id) else {
+                continue;
             };
             // A job is fired from the first tick after a dispatcher learns of it, which may be
             // a little after this monitor first saw it: its first tick is owed from `grace` on.
-            let since = since + grace;
-            let reference = self
-                .last_tick
-                .get(&row.id)
-                .map_or(since, |t| (*t).max(since));
-            let Some(next) = spec
-                .schedule(self.default_tz)
-                .ok()
-                .and_then(|s| s.next_after(reference))
-            else {
+            let since = *since + grace;
+            let reference = self.last_tick.get(&id).map_or(since, |t| (*t).max(since));
+            let Some(next) = schedule.next_after(reference) else {
                 continue;
             };
             if now - next > grace {
                 let last = self
                     .last_tick
-                    .get(&row.id)
+                    .get(&id)
                     .map_or_else(|| "none".to_owned(), ToString::to_string);
                 findings.push(self.finding(
-                    format!("tick_missed:job={}:tick={}", row.id, next.timestamp_millis()),
+                    format!("tick_missed:job={id}:tick={}", next.timestamp_millis()),
                     AlarmKind::TickMissed,
                     jobs,
-                    Some(row.id),
+                    Some(id),
                     None,
                     format!(
                         "the tick at {next} has no run after grace_secs = {} (last tick run: {last}); is a dispatcher alive?",
                         self.config.grace.as_secs()
                     ),
-));
+                ));
+            }
+            // Looked at again once the next tick that could be missed is overdue.
+            if let Some(again) = schedule.next_after(reference.max(now - grace)) {
+                let at = (again + grace).timestamp_millis() + 1;
+                self.looks.push(Reverse((at, id, generation)));
             }
         }
     }
@@ -673,39 +781,36 @@ impl Checker {
     ) -> Result<(), DbErr> {
         // (condition, kind, job, detail, needs grace)
         let mut present: Vec<(String, AlarmKind, Option<i64>, String, bool)> = Vec::new();
-        let mut targeted: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for row in jobs.values() {
-            if let Some(error) = &row.last_error {
-                present.push((
-                    format!("job_invalid:job={}", row.id),
-                    AlarmKind::JobInvalid,
-                    Some(row.id),
-                    format!("the job row is invalid and not scheduled: {error}"),
-                    false,
-                ));
-            } else if row.enabled != 0 {
-                targeted
-                    .entry(row.machine.trim().to_owned())
-                    .or_default()
-                    .push(row.id);
-            }
+        for (id, error) in &self.invalid {
+            present.push((
+                format!("job_invalid:job={id}"),
+                AlarmKind::JobInvalid,
+                Some(*id),
+                format!("the job row is invalid and not scheduled: {error}"),
+                false,
+            ));
         }
         if let Some(executors) = &live.executors {
-            for (group, ids) in &targeted {
+            for (group, ids) in &self.targets {
                 let alive = self
                     .machines
                     .select(group, executors)
                     .is_none_or(|e| !e.is_empty());
                 if !alive {
                     let name = if group.is_empty() { "*" } else { group };
-                    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    // A group of a hundred thousand jobs is named by its first ones.
+                    let mut list: Vec<String> =
+                        ids.iter().take(20).map(ToString::to_string).collect();
+                    if ids.len() > 20 {
+                        list.push(format!("and {} more", ids.len() - 20));
+                    }
                     present.push((
                         format!("group_down:{name}"),
                         AlarmKind::GroupDown,
                         None,
                         format!(
                             "machine group {name:?} has no live executor; enabled jobs target it: {}",
-                            ids.join(", ")
+                            list.join(", ")
                         ),
                         true,
                     ));

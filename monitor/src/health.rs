@@ -8,17 +8,19 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chrono::Utc;
 use gocron_shared::config::{Config, host_name};
 use gocron_shared::keys::EtcdKeys;
-use gocron_shared::registry::{self, MirrorEvent};
+use gocron_shared::registry::{self, MirrorEvent, Resync};
 use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use gocron_shared::alarm::Channel;
 
 use crate::alarms::{AlarmStore, Sender};
 use crate::checks::{Checker, Live};
+use crate::sync::JobUpdate;
 
 /// How long handing back cut deliveries may take at shutdown.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -35,6 +37,7 @@ pub async fn run(
     db: DatabaseConnection,
     etcd: etcd_client::Client,
     keys: &EtcdKeys,
+    mut jobs: mpsc::UnboundedReceiver<JobUpdate>,
     shutdown: CancellationToken,
 ) {
     let alarm = Arc::new(config.alarm.clone());
@@ -75,10 +78,12 @@ pub async fn run(
     let mut executors = registry::live_executors(etcd.clone(), keys, shutdown.child_token());
     let mut dispatchers = registry::mirror(etcd, keys.dispatchers(), shutdown.child_token());
     let mut dispatcher_keys = std::collections::BTreeSet::new();
+    let mut resync = Resync::default();
     let mut live = Live::default();
     let mut tick = tokio::time::interval(alarm.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut db_ok = true;
+    let mut jobs_known = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -86,22 +91,40 @@ pub async fn run(
                 if changed.is_err() { break; }
                 live.executors = Some(executors.borrow_and_update().clone());
             }
-            event = dispatchers.recv() => match event {
-                Some(MirrorEvent::Reset(all)) => {
-                    dispatcher_keys = all.into_iter().map(|(k, _)| k).collect();
+            event = dispatchers.recv() => {
+                match event {
+                    Some(MirrorEvent::Resync) => resync.begin(),
+                    Some(MirrorEvent::Put(k, _)) => {
+                        resync.put(k.clone());
+                        dispatcher_keys.insert(k);
+                    }
+                    Some(MirrorEvent::Delete(k)) => {
+                        dispatcher_keys.remove(&k);
+                    }
+                    Some(MirrorEvent::Synced) => {
+                        if let Some(seen) = resync.end() {
+                            dispatcher_keys.retain(|k| seen.contains(k));
+                        }
+                    }
+                    None => break,
+                }
+                if !resync.in_progress() {
                     live.dispatchers = Some(dispatcher_keys.len());
                 }
-                Some(MirrorEvent::Put(k, _)) => {
-                    dispatcher_keys.insert(k);
-                    live.dispatchers = Some(dispatcher_keys.len());
-                }
-                Some(MirrorEvent::Delete(k)) => {
-                    dispatcher_keys.remove(&k);
-                    live.dispatchers = Some(dispatcher_keys.len());
-                }
+            }
+            update = jobs.recv() => match update {
+                Some(JobUpdate::Row(id, row)) => checker.job_changed(id, row, Utc::now()),
+                Some(JobUpdate::Reconciled) => jobs_known = true,
                 None => break,
             },
-            _ = tick.tick() => {
+            // Before every job is known, episodes of invalid rows would look ended.
+            _ = tick.tick(), if jobs_known => {
+                // Every job change sent so far is taken in before the pass.
+                while let Ok(update) = jobs.try_recv() {
+                    if let JobUpdate::Row(id, row) = update {
+                        checker.job_changed(id, row, Utc::now());
+                    }
+                }
                 let pass = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     pass = checker.pass(&live) => pass,

@@ -1,12 +1,12 @@
 //! The gocron monitor: brings `cron_job` rows live.
 //!
-//! Every `[monitor] poll_ms` it reads the job table, validates each row (rule, time zone,
-//! machine group, columns), writes the verdict to `last_error`, and makes the published jobs in
-//! etcd (`{prefix}/jobs/{id}`) equal to the valid, enabled rows. Dispatchers watch that prefix,
-//! so a row inserted, changed, disabled or deleted with plain SQL is live everywhere within about
-//! one poll. The table is read whole rather than by `updated_at`, because plain SQL does not bump
-//! `updated_at` on every database; the diff against what is published keeps etcd writes to the
-//! rows that changed.
+//! Every `[monitor] poll_ms` it reads the job table's change log (kept by triggers, so plain
+//! SQL counts), validates the rows that changed (rule, time zone, machine group, columns),
+//! writes the verdict to `last_error`, and makes the published jobs in etcd
+//! (`{prefix}/jobs/{id}`) equal to the valid, enabled rows. Dispatchers watch that prefix, so a
+//! row inserted, changed, disabled or deleted with plain SQL is live everywhere within about one
+//! poll. Every `reconcile_secs` the whole table is compared with etcd, in pages, to heal what
+//! the log cannot show. Work per poll is proportional to what changed, not to the table.
 //!
 //! If the monitor is down, dispatchers keep the jobs they know (etcd keeps them); when it comes
 //! back, the first pass publishes what changed meanwhile. Two monitors may run: they compute the
@@ -18,7 +18,7 @@
 //! quiet-period- and cap-limited.
 //!
 //! Modules:
-//! - [`sync`]: one pass of table → verdicts → etcd.
+//! - [`sync`]: change log (or, now and then, the whole table) → verdicts → etcd.
 //! - [`lost`]: runs in flight whose holder is gone become `lost`.
 //! - [`checks`]: the health checks, each pass's findings recorded as alarms.
 //! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
@@ -36,7 +36,7 @@ use chrono_tz::Tz;
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
-use gocron_shared::registry::{self, MirrorEvent};
+use gocron_shared::registry;
 use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 
@@ -62,12 +62,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         return Ok(());
     };
     let keys = EtcdKeys::new(&config.etcd.prefix);
+    match fences.index_live_hashes().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            jobs = n,
+            "jobs with runs in flight indexed for the lost-run sweep"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot index the jobs with runs in flight"),
+    }
+    // The rows the publisher looks at reach the checks through this.
+    let (updates, job_updates) = tokio::sync::mpsc::unbounded_channel();
     // Its own token: the loop below may also end because a watch ended.
     let health_stop = shutdown.child_token();
     let health = tokio::spawn({
         let (config, db, etcd, keys) = (config.clone(), db.clone(), etcd.clone(), keys.clone());
         let stop = health_stop.clone();
-        async move { health::run(&config, db, etcd, &keys, stop).await }
+        async move { health::run(&config, db, etcd, &keys, job_updates, stop).await }
     });
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());
@@ -86,20 +96,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Until the executor instances have been read, every run would look lost.
     let mut seen_instances = false;
     let default_tz: Tz = config.dispatcher.time_zone;
-    let mut publisher = Publisher::new(db, etcd, keys, config.machines.clone(), default_tz, fences);
+    let mut publisher = Publisher::new(
+        db,
+        etcd,
+        keys,
+        config.machines.clone(),
+        default_tz,
+        fences,
+        config.monitor.reconcile_interval,
+    )
+    .with_updates(updates);
     let mut poll = tokio::time::interval(config.monitor.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Publishing before the first read of etcd would re-put every job and miss stale keys.
-    let mut seen_etcd = false;
     tracing::info!("monitor ready");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             event = published.recv() => match event {
-                Some(event) => {
-                    seen_etcd |= matches!(event, MirrorEvent::Reset(_));
-                    publisher.observe(event);
-                }
+                Some(event) => publisher.observe(event),
                 None => break,
             },
             _ = instances.changed(), if !seen_instances => seen_instances = true,
@@ -109,7 +123,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     _ = sweeper.sweep() => {}
                 }
             }
-            _ = poll.tick(), if seen_etcd => {
+            // Publishing before etcd has been read whole would re-put every job and miss stale
+            // keys.
+            _ = poll.tick(), if publisher.is_synced() => {
                 // A pass is idempotent, so one cut short by shutdown loses nothing.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

@@ -163,8 +163,10 @@ pub struct DispatcherConfig {
 /// `[monitor]`: one monitor daemon.
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {
-    /// `poll_ms`: how often the job table is read for changes.
+    /// `poll_ms`: how often the job table's change log is read.
     pub poll_interval: Duration,
+    /// `reconcile_secs`: how often the whole job table is compared with etcd, in pages.
+    pub reconcile_interval: Duration,
 }
 
 /// The keys each section accepts; anything else is a typo.
@@ -198,7 +200,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "catchup_max",
         ],
     ),
-    ("monitor", &["poll_ms"]),
+    ("monitor", &["poll_ms", "reconcile_secs"]),
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
@@ -513,6 +515,11 @@ impl Raw {
 
         let monitor = MonitorConfig {
             poll_interval: Duration::from_millis(self.positive("monitor", "poll_ms", 250)?),
+            reconcile_interval: Duration::from_secs(self.positive(
+                "monitor",
+                "reconcile_secs",
+                300,
+            )?),
         };
 
         let secret = self.string("rpc", "secret", "");

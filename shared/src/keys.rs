@@ -129,7 +129,14 @@ impl RedisKeys {
         format!("{}:live:{job_id}", self.prefix)
     }
 
-    /// The pattern matching every job's live hash (for `SCAN`).
+    /// The set of job ids whose live hash is not empty: the lost-run sweep's index, so that it
+    /// never scans the keyspace.
+    pub fn live_jobs(&self) -> String {
+        format!("{}:live_jobs", self.prefix)
+    }
+
+    /// The pattern matching every job's live hash (for the one `SCAN` that indexes live hashes
+    /// written before the index existed).
     pub fn live_pattern(&self) -> String {
         format!("{}:live:*", self.prefix)
     }

@@ -55,7 +55,9 @@ return reply
 
 // Claims the run (first holder wins; the same holder asking again wins again) and, for the
 // winner, puts it in the job's live hash (an executor) or takes it out (the dispatcher's
-// "nobody": the run will not happen).
+// "nobody": the run will not happen). KEYS[3], the set of jobs with runs in flight, follows the
+// hash: a job is in it exactly while its hash is not empty (every writer of a live hash keeps
+// that, in the same atomic step).
 const CLAIM: &str = r"
 local held = redis.call('GET', KEYS[1])
 if not held then
@@ -65,11 +67,27 @@ end
 if held == ARGV[1] then
   if ARGV[4] == '' then
     redis.call('HDEL', KEYS[2], ARGV[3])
+    if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
   else
     redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+    redis.call('SADD', KEYS[3], ARGV[5])
   end
 end
 return held
+";
+
+// Takes a run out of its job's live hash, and the job out of the index when it was the last.
+const RELEASE: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return 0
+";
+
+// Enters a run in its job's live hash, and the job in the index.
+const HOLD: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 0
 ";
 
 /// A tick won.
@@ -93,6 +111,8 @@ pub struct Fences {
     ttl: Duration,
     acquire: redis::Script,
     claim: redis::Script,
+    hold: redis::Script,
+    release: redis::Script,
 }
 
 impl Fences {
@@ -126,6 +146,8 @@ impl Fences {
             ttl,
             acquire: redis::Script::new(ACQUIRE),
             claim: redis::Script::new(CLAIM),
+            hold: redis::Script::new(HOLD),
+            release: redis::Script::new(RELEASE),
         })
     }
 
@@ -199,10 +221,12 @@ impl Fences {
             .claim
             .key(self.keys.run(run_id))
             .key(self.keys.live(job_id))
+            .key(self.keys.live_jobs())
             .arg(holder)
             .arg(self.ttl.as_millis() as u64)
             .arg(run_id)
             .arg(live.map(ToString::to_string).unwrap_or_default())
+            .arg(job_id)
             .invoke_async(&mut conn)
             .await?;
         Ok((held != holder).then_some(held))
@@ -221,34 +245,42 @@ impl Fences {
         get.query_async(&mut conn).await
     }
 
-    /// Forgets how far job `job_id` has been scheduled: it was withdrawn (disabled, deleted), so
-    /// its ticks until it comes back are not missed ones.
-    pub async fn forget_through(&self, job_id: i64) -> redis::RedisResult<()> {
+    /// Forgets how far each of `job_ids` has been scheduled: they were withdrawn (disabled,
+    /// deleted) or retimed, so their ticks until they come back are not missed ones.
+    pub async fn forget_through(&self, job_ids: &[i64]) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(self.keys.through(job_id))
-            .query_async(&mut conn)
-            .await
+        for chunk in job_ids.chunks(1000) {
+            let mut del = redis::cmd("DEL");
+            for id in chunk {
+                del.arg(self.keys.through(*id));
+            }
+            del.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
     }
 
     /// Enters run `run_id` in job `job_id`'s live hash, held by `holder`.
     pub async fn hold(&self, job_id: i64, run_id: i64, holder: &Holder) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(self.keys.live(job_id))
+        self.hold
+            .key(self.keys.live(job_id))
+            .key(self.keys.live_jobs())
             .arg(run_id)
             .arg(holder.to_string())
-            .query_async(&mut conn)
+            .arg(job_id)
+            .invoke_async(&mut conn)
             .await
     }
 
-    /// Takes run `run_id` out of job `job_id`'s live hash (its final status is recorded).
+    /// Takes run `run_id` out of job `job_id`'s live hash.
     pub async fn release(&self, job_id: i64, run_id: i64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("HDEL")
-            .arg(self.keys.live(job_id))
+        self.release
+            .key(self.keys.live(job_id))
+            .key(self.keys.live_jobs())
             .arg(run_id)
-            .query_async(&mut conn)
+            .arg(job_id)
+            .invoke_async(&mut conn)
             .await
     }
 
@@ -262,11 +294,35 @@ impl Fences {
         Ok(pairs(job_id, flat))
     }
 
-    /// Every job's runs in flight (a `SCAN` of the live hashes: for the monitor's sweep).
+    /// Every job's runs in flight, for the monitor's sweep: the jobs in the index of live
+    /// hashes, each hash read in pipelined batches (never a scan of the keyspace, which at
+    /// 1,000 runs a second holds millions of tick locks and claims).
     pub async fn all_in_flight(&self) -> redis::RedisResult<Vec<LiveRun>> {
         let mut conn = self.conn.clone();
-        let mut keys = Vec::new();
+        let jobs: Vec<i64> = redis::cmd("SMEMBERS")
+            .arg(self.keys.live_jobs())
+            .query_async(&mut conn)
+            .await?;
+        let mut runs = Vec::new();
+        for chunk in jobs.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.live(*id));
+            }
+            let hashes: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+            for (id, flat) in chunk.iter().zip(hashes) {
+                runs.extend(pairs(*id, flat));
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Puts every non-empty live hash into the index (one `SCAN` of the keyspace): for live
+    /// hashes written by a version before the index, at a monitor's start. The number indexed.
+    pub async fn index_live_hashes(&self) -> redis::RedisResult<usize> {
+        let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
+        let mut indexed = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -276,20 +332,20 @@ impl Fences {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            keys.extend(batch);
+            let ids: Vec<i64> = batch.iter().filter_map(|k| self.keys.live_job(k)).collect();
+            if !ids.is_empty() {
+                let _: () = redis::cmd("SADD")
+                    .arg(self.keys.live_jobs())
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await?;
+                indexed += ids.len();
+            }
             if next == 0 {
-                break;
+                return Ok(indexed);
             }
             cursor = next;
         }
-        let mut runs = Vec::new();
-        for key in keys {
-            let Some(job_id) = self.keys.live_job(&key) else {
-                continue;
-            };
-            runs.extend(self.in_flight(job_id).await?);
-        }
-        Ok(runs)
     }
 }
 

@@ -21,7 +21,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateTables), Box::new(PoliciesAndAlarms)]
+        vec![
+            Box::new(CreateTables),
+            Box::new(PoliciesAndAlarms),
+            Box::new(JobChanges),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -350,6 +354,145 @@ impl MigrationTrait for PoliciesAndAlarms {
                     .await?;
             }
         }
+        Ok(())
+    }
+}
+
+/// `cron_job_change`, the job table's change log, and the triggers that fill it: every insert,
+/// update and delete of a `cron_job` row, by gocron or by plain SQL, appends the row's id. The
+/// monitor reads the log above its mark instead of the whole table (see the monitor's `sync`).
+struct JobChanges;
+
+impl MigrationName for JobChanges {
+    fn name(&self) -> &str {
+        "m0003_job_change_log"
+    }
+}
+
+const SQLITE_0003: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS cron_job_change (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id BIGINT NOT NULL
+    )"#];
+
+const MYSQL_0003: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS cron_job_change (
+        seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        job_id BIGINT NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#];
+
+const POSTGRES_0003: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_job_change (
+        seq BIGSERIAL PRIMARY KEY,
+        job_id BIGINT NOT NULL
+    )"#,
+    r#"CREATE OR REPLACE FUNCTION cron_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            INSERT INTO cron_job_change (job_id) VALUES (OLD.id);
+            RETURN OLD;
+        END IF;
+        INSERT INTO cron_job_change (job_id) VALUES (NEW.id);
+        IF TG_OP = 'UPDATE' AND OLD.id <> NEW.id THEN
+            INSERT INTO cron_job_change (job_id) VALUES (OLD.id);
+        END IF;
+        RETURN NEW;
+    END
+    $$"#,
+];
+
+/// (trigger name, its DDL on SQLite, MySQL/MariaDB, PostgreSQL). An update logs the old id too
+/// when the id itself changes.
+const TRIGGERS_0003: &[(&str, [&str; 3])] = &[
+    (
+        "cron_job_change_insert",
+        [
+            "CREATE TRIGGER cron_job_change_insert AFTER INSERT ON cron_job \
+             BEGIN INSERT INTO cron_job_change (job_id) VALUES (NEW.id); END",
+            "CREATE TRIGGER cron_job_change_insert AFTER INSERT ON cron_job FOR EACH ROW \
+             INSERT INTO cron_job_change (job_id) VALUES (NEW.id)",
+            "CREATE TRIGGER cron_job_change_insert AFTER INSERT OR UPDATE OR DELETE ON cron_job \
+             FOR EACH ROW EXECUTE FUNCTION cron_job_changed()",
+        ],
+    ),
+    (
+        "cron_job_change_update",
+        [
+            "CREATE TRIGGER cron_job_change_update AFTER UPDATE ON cron_job \
+             BEGIN INSERT INTO cron_job_change (job_id) SELECT NEW.id UNION SELECT OLD.id; END",
+            "CREATE TRIGGER cron_job_change_update AFTER UPDATE ON cron_job FOR EACH ROW \
+             INSERT INTO cron_job_change (job_id) SELECT NEW.id UNION SELECT OLD.id",
+            "",
+        ],
+    ),
+    (
+        "cron_job_change_delete",
+        [
+            "CREATE TRIGGER cron_job_change_delete AFTER DELETE ON cron_job \
+             BEGIN INSERT INTO cron_job_change (job_id) VALUES (OLD.id); END",
+            "CREATE TRIGGER cron_job_change_delete AFTER DELETE ON cron_job FOR EACH ROW \
+             INSERT INTO cron_job_change (job_id) VALUES (OLD.id)",
+            "",
+        ],
+    ),
+];
+
+/// Whether the trigger `name` exists (MySQL before 8.0.29 and PostgreSQL before 14 have no
+/// `CREATE TRIGGER IF NOT EXISTS` / `OR REPLACE`, so creating one is made idempotent by hand).
+async fn has_trigger(db: &SchemaManagerConnection<'_>, name: &str) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = by_backend(
+        backend,
+        [
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+            "SELECT COUNT(*) AS n FROM information_schema.triggers \
+             WHERE trigger_schema = DATABASE() AND trigger_name = ?",
+            "SELECT COUNT(*) AS n FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             WHERE t.tgname = $1 AND c.relname = 'cron_job' \
+             AND c.relnamespace = current_schema()::regnamespace",
+        ],
+    )?;
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, [name.into()]))
+        .await?
+        .ok_or_else(|| DbErr::Migration(format!("cannot list the triggers ({name})")))?;
+    Ok(row.try_get::<i64>("", "n")? > 0)
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for JobChanges {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        for statement in by_backend(backend, [SQLITE_0003, MYSQL_0003, POSTGRES_0003])? {
+            db.execute_unprepared(statement).await?;
+        }
+        for (name, ddl) in TRIGGERS_0003 {
+            let ddl = by_backend(backend, *ddl)?;
+            if !ddl.is_empty() && !has_trigger(db, name).await? {
+                db.execute_unprepared(ddl).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        for (name, ddl) in TRIGGERS_0003 {
+            if by_backend(backend, *ddl)?.is_empty() {
+                continue;
+            }
+            let drop = match backend {
+                DbBackend::Postgres => format!("DROP TRIGGER IF EXISTS {name} ON cron_job"),
+                _ => format!("DROP TRIGGER IF EXISTS {name}"),
+            };
+            db.execute_unprepared(&drop).await?;
+        }
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared("DROP FUNCTION IF EXISTS cron_job_changed()")
+                .await?;
+        }
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_job_change")
+            .await?;
         Ok(())
     }
 }

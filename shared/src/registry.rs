@@ -5,9 +5,11 @@
 //! long pause), the loop grants a new one and puts the key again. [`Registration::revoke`] ends
 //! the loop and revokes the lease, so peers see the daemon leave at once, not after the TTL.
 //!
-//! Mirroring: read the prefix, note the revision, watch from revision + 1; when the watch breaks
-//! (etcd down, compaction, cancellation), read again and re-watch. Consumers get a `Reset` with
-//! the whole prefix after every (re)read, then `Put`/`Delete` events, so they can never miss one.
+//! Mirroring: read the prefix in pages at one revision, watch from revision + 1; when the watch
+//! breaks (etcd down, compaction, cancellation), read again and re-watch. Consumers get
+//! `Resync`, the keys read, `Synced`, then `Put`/`Delete` events, so they can never miss one.
+//! No read is one response: a prefix of any size (a million jobs) loads page by page, far below
+//! the client's 4 MiB message limit (raised too, to [`MAX_MESSAGE_BYTES`], as a second line).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -208,14 +210,152 @@ async fn ping(client: &Client, id: i64) -> Result<i64, String> {
 }
 
 /// A change under a mirrored prefix.
+///
+/// A (re)read of the prefix arrives as `Resync`, one `Put` per key read (in pages, all at one
+/// revision), then `Synced`; after it, the watch's `Put`s and `Delete`s. A consumer keeps what
+/// it knew until `Synced`, then forgets every key that the read did not bring: so a re-read
+/// after a broken watch never empties its view, not even for a moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MirrorEvent {
-    /// The whole prefix as just read: forget everything known before.
-    Reset(Vec<(String, Vec<u8>)>),
-    /// A key was created or changed.
+    /// A (re)read of the whole prefix begins.
+    Resync,
+    /// A key was read, created or changed.
     Put(String, Vec<u8>),
     /// A key was deleted (or its lease expired).
     Delete(String),
+    /// The (re)read is complete: keys known before `Resync` and not put since are gone.
+    Synced,
+}
+
+/// What a consumer of [`MirrorEvent`]s needs to forget keys at `Synced`: the keys put since
+/// `Resync`.
+#[derive(Debug)]
+pub struct Resync<K> {
+    seen: Option<HashSet<K>>,
+}
+
+impl<K> Default for Resync<K> {
+    fn default() -> Self {
+        Resync { seen: None }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Resync<K> {
+    /// A (re)read begins.
+    pub fn begin(&mut self) {
+        self.seen = Some(HashSet::new());
+    }
+
+    /// `key` was put: during a (re)read, it is one of the keys that stay.
+    pub fn put(&mut self, key: K) {
+        if let Some(seen) = &mut self.seen {
+            seen.insert(key);
+        }
+    }
+
+    /// Whether a (re)read is under way.
+    pub fn in_progress(&self) -> bool {
+        self.seen.is_some()
+    }
+
+    /// The (re)read is complete: the keys it brought (`None` if none was under way).
+    pub fn end(&mut self) -> Option<HashSet<K>> {
+        self.seen.take()
+    }
+}
+
+/// Keys read per page when a prefix is (re)read: about 1 MB of jobs a response, far below
+/// etcd's and the client's message limits whatever the number of keys.
+pub const PAGE_KEYS: i64 = 2000;
+
+/// The client's limit on one decoded response, a second line behind paging (a single value can
+/// still be large; etcd's own default request limit is 1.5 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The end of the key range of `prefix`: the prefix with its last byte incremented (bytes 0xff
+/// carried), as etcd's own `WithPrefix` computes it.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+/// A read of every key under a prefix, in pages of at most [`PAGE_KEYS`] keys, all at the
+/// revision of the first page (so the pages are one consistent snapshot).
+pub struct PagedRead {
+    kv: etcd_client::KvClient,
+    end: Vec<u8>,
+    from: Vec<u8>,
+    revision: i64,
+    keys_only: bool,
+    done: bool,
+}
+
+impl PagedRead {
+    /// A read of `prefix`; `keys_only` leaves the values empty.
+    pub fn new(client: &Client, prefix: &str, keys_only: bool) -> PagedRead {
+        PagedRead {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            end: prefix_end(prefix.as_bytes()),
+            from: prefix.as_bytes().to_vec(),
+            revision: 0,
+            keys_only,
+            done: false,
+        }
+    }
+
+    /// The revision the pages are read at (0 before the first page).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The next page, or `None` when every key has been read. A revision compacted between two
+    /// pages is an error: read again from the start.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<(String, Vec<u8>)>>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut options = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(PAGE_KEYS);
+        if self.revision > 0 {
+            options = options.with_revision(self.revision);
+        }
+        if self.keys_only {
+            options = options.with_keys_only();
+        }
+        let get = self.kv.get(self.from.clone(), Some(options));
+        let mut response = tokio::time::timeout(REQUEST_TIMEOUT, get)
+            .await
+            .map_err(|_| "reading the prefix timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if self.revision == 0 {
+            self.revision = response.header().map_or(0, |h| h.revision());
+        }
+        let kvs = response.take_kvs();
+        self.done = !response.more() || kvs.is_empty();
+        if let Some(last) = kvs.last() {
+            // The next page starts just after the last key read.
+            self.from = last.key().to_vec();
+            self.from.push(0);
+        }
+        Ok(Some(
+            kvs.into_iter()
+                .map(|kv| {
+                    let (key, value) = kv.into_key_value();
+                    (String::from_utf8_lossy(&key).into_owned(), value)
+                })
+                .collect(),
+        ))
+    }
 }
 
 /// Mirrors everything under `prefix` into the returned channel until `cancel`.
@@ -248,32 +388,28 @@ async fn mirror_once(
     tx: &mpsc::Sender<MirrorEvent>,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
-    let mut client = client.clone();
-    let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.get(prefix, Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| "reading the prefix timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
-    let revision = read.header().map_or(0, |h| h.revision());
-    let all = read
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-            )
-        })
-        .collect();
-    if tx.send(MirrorEvent::Reset(all)).await.is_err() {
+    if tx.send(MirrorEvent::Resync).await.is_err() {
+        return Ok(());
+    }
+    let mut read = PagedRead::new(client, prefix, false);
+    while let Some(page) = read.next_page().await? {
+        for (key, value) in page {
+            if tx.send(MirrorEvent::Put(key, value)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let revision = read.revision();
+    if tx.send(MirrorEvent::Synced).await.is_err() {
         return Ok(());
     }
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut stream = tokio::time::timeout(REQUEST_TIMEOUT, client.watch(prefix, Some(options)))
+    let mut watcher = client
+        .watch_client()
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut stream = tokio::time::timeout(REQUEST_TIMEOUT, watcher.watch(prefix, Some(options)))
         .await
         .map_err(|_| "starting the watch timed out".to_owned())?
         .map_err(|e| e.to_string())?;
@@ -314,25 +450,20 @@ pub async fn read_instances(
     client: &Client,
     keys: &EtcdKeys,
 ) -> Result<HashSet<String>, etcd_client::Error> {
-    let mut client = client.clone();
     let prefix = keys.instances();
-    let response = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.get(
-            prefix.as_str(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        ),
-    )
-    .await
-    .map_err(|_| etcd_client::Error::InvalidArgs("reading the instances timed out".into()))??;
-    Ok(response
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let key = std::str::from_utf8(kv.key()).ok()?;
-            Some(key.strip_prefix(&prefix)?.to_owned())
-        })
-        .collect())
+    let mut read = PagedRead::new(client, &prefix, true);
+    let mut alive = HashSet::new();
+    while let Some(page) = read
+        .next_page()
+        .await
+        .map_err(etcd_client::Error::InvalidArgs)?
+    {
+        alive.extend(
+            page.into_iter()
+                .filter_map(|(key, _)| Some(key.strip_prefix(&prefix)?.to_owned())),
+        );
+    }
+    Ok(alive)
 }
 
 /// The executor processes alive (instance ids), kept up to date from etcd until `cancel`;
@@ -347,22 +478,31 @@ pub fn live_instances(
     let mut events = mirror(client, prefix.clone(), cancel);
     tokio::spawn(async move {
         let mut known = HashSet::new();
+        let mut resync = Resync::default();
         let id = |key: &str| key.strip_prefix(&prefix).map(str::to_owned);
         while let Some(event) = events.recv().await {
             match event {
-                MirrorEvent::Reset(all) => {
-                    known = all.iter().filter_map(|(k, _)| id(k)).collect();
-                }
+                MirrorEvent::Resync => resync.begin(),
                 MirrorEvent::Put(key, _) => {
-                    known.extend(id(&key));
+                    if let Some(i) = id(&key) {
+                        resync.put(i.clone());
+                        known.insert(i);
+                    }
                 }
                 MirrorEvent::Delete(key) => {
                     if let Some(i) = id(&key) {
                         known.remove(&i);
                     }
                 }
+                MirrorEvent::Synced => {
+                    if let Some(seen) = resync.end() {
+                        known.retain(|i| seen.contains(i));
+                    }
+                }
             }
-            tx.send_replace(Some(Arc::new(known.clone())));
+            if !resync.in_progress() {
+                tx.send_replace(Some(Arc::new(known.clone())));
+            }
         }
     });
     rx
@@ -380,6 +520,7 @@ pub fn live_executors(
     tokio::spawn(async move {
         let mut known = std::collections::BTreeMap::<String, ExecutorInfo>::new();
         let mut first = true;
+        let mut resync = Resync::default();
         while let Some(event) = events.recv().await {
             let decode = |key: &str, value: &[u8]| match serde_json::from_slice::<ExecutorInfo>(
                 value,
@@ -391,13 +532,9 @@ pub fn live_executors(
                 }
             };
             match event {
-                MirrorEvent::Reset(all) => {
-                    known = all
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.clone(), decode(k, v)?)))
-                        .collect();
-                }
+                MirrorEvent::Resync => resync.begin(),
                 MirrorEvent::Put(key, value) => {
+                    resync.put(key.clone());
                     if let Some(info) = decode(&key, &value) {
                         known.insert(key, info);
                     }
@@ -405,6 +542,14 @@ pub fn live_executors(
                 MirrorEvent::Delete(key) => {
                     known.remove(&key);
                 }
+                MirrorEvent::Synced => {
+                    if let Some(seen) = resync.end() {
+                        known.retain(|k, _| seen.contains(k));
+                    }
+                }
+            }
+            if resync.in_progress() {
+                continue;
             }
             let mut list: Vec<ExecutorInfo> = known.values().cloned().collect();
             list.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,8 +1,10 @@
 //! sea-orm entities of the two tables users see: `cron_job` (rows they write) and `cron_run`
 //! (rows gocron writes). The column names are a contract with users' SQL. `cron_alarm` and
-//! `cron_alarm_state` are the monitor's alarms and its shared bookkeeping.
+//! `cron_alarm_state` are the monitor's alarms and its shared bookkeeping; `cron_job_change` is the
+//! job table's change log, kept by triggers.
 
 pub mod alarm;
 pub mod alarm_state;
 pub mod job;
+pub mod job_change;
 pub mod run;
