@@ -11,6 +11,7 @@ mod pipeline;
 mod policies;
 mod rpc;
 mod rules;
+mod scale;
 mod stop;
 
 /// The real executor as a process of its own (`gocron-test-executor`), for tests that signal or
