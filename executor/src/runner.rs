@@ -158,7 +158,7 @@ impl Runner {
         if let Ok(mut kills) = self.kills.lock() {
             kills.insert(request.run_id, registered.switch.clone());
         }
-        let outcome = match request.job.kind {
+        let mut outcome = match request.job.kind {
             JobKind::Shell => self.run_shell(request, &registered.switch).await,
             JobKind::Http => {
                 tokio::select! {
@@ -173,6 +173,8 @@ impl Runner {
             }
         };
         drop(registered);
+        // Errors quote what others wrote (a URL, a server's words, an operator's name).
+        outcome.error = outcome.error.map(|e| printable(e.as_bytes()));
         tracing::info!(
             run_id = request.run_id,
             job_id = request.job.id,
@@ -466,7 +468,12 @@ impl Runner {
     ) -> bool {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
-        for _ in 0..12 {
+        let mut outcome = outcome;
+        for attempt in 0..12 {
+            if attempt == 11 {
+                // The last try: without the output, in case it is what the database refuses.
+                outcome.output = "[gocron: the output could not be recorded]".to_owned();
+            }
             match self
                 .runs
                 .finish(run_id, executor, started_at, outcome.clone())
@@ -530,7 +537,8 @@ async fn read_into(
     }
 }
 
-/// The last `cap` bytes of a stream, and how many came before them.
+/// The last `cap` bytes of a stream, and how many came before them. Memory stays at `cap`
+/// bytes however long the stream.
 #[derive(Debug)]
 pub struct Tail {
     buf: VecDeque<u8>,
@@ -564,24 +572,89 @@ impl Tail {
         self.buf.extend(data);
     }
 
-    /// The kept bytes as text, led by a note of what was dropped.
+    /// The kept bytes as [`printable`] text of at most `cap` bytes, led by a note of how many
+    /// bytes of the stream were dropped before it. The cut never splits a character.
     pub fn text(&self) -> String {
         let (a, b) = self.buf.as_slices();
         let mut bytes = Vec::with_capacity(a.len() + b.len());
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
-        let kept = String::from_utf8_lossy(&bytes);
+        let mut start = 0;
         if self.dropped > 0 {
-            format!("[... {} earlier bytes dropped ...]\n{kept}", self.dropped)
+            // The cut may have fallen inside a character: the rest of it goes too.
+            while start < bytes.len().min(3) && bytes[start] & 0xC0 == 0x80 {
+                start += 1;
+            }
+        }
+        let kept = &bytes[start..];
+        // What is shown can be longer than the bytes (U+FFFD and control pictures take 3
+        // bytes): drop whole characters from the front until it fits in `cap`.
+        let mut shown = 0;
+        for_each_printable(kept, |_, piece| shown += piece.len());
+        let mut excess = shown.saturating_sub(self.cap);
+        let mut first = None;
+        let mut text = String::with_capacity(shown.min(self.cap));
+        for_each_printable(kept, |at, piece| {
+            if excess > 0 {
+                excess = excess.saturating_sub(piece.len());
+                return;
+            }
+            first.get_or_insert(at);
+            text.push_str(piece);
+        });
+        let dropped = self.dropped + start as u64 + first.unwrap_or(kept.len()) as u64;
+        if dropped > 0 {
+            format!("[... {dropped} earlier bytes dropped ...]\n{text}")
         } else {
-            kept.into_owned()
+            text
+        }
+    }
+}
+
+/// Arbitrary bytes as text that every database stores and no console or mail reader obeys:
+/// valid UTF-8, each invalid sequence replaced by U+FFFD; the C0 controls (NUL, ESC, BEL, a
+/// carriage return not followed by a line feed, ...) and DEL shown as their Unicode control
+/// pictures (NUL as `␀` U+2400, ESC as `␛` U+241B, DEL as `␡` U+2421), the C1 controls
+/// (U+0080 to U+009F, which some terminals obey like ESC sequences) as U+FFFD. Line feeds, tabs
+/// and CR LF line ends are kept.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for_each_printable(bytes, |_, piece| text.push_str(piece));
+    text
+}
+
+/// Calls `emit(offset, piece)` for each character of `bytes` in order, `offset` being where it
+/// starts in `bytes` and `piece` how it is shown (see [`printable`]).
+fn for_each_printable(bytes: &[u8], mut emit: impl FnMut(usize, &str)) {
+    let mut offset = 0;
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid();
+        let mut chars = valid.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let mut buf = [0u8; 4];
+            let piece: &str = match c {
+                '\n' | '\t' => c.encode_utf8(&mut buf),
+                '\r' if chars.peek().is_some_and(|&(_, next)| next == '\n') => "\r",
+                '\0'..='\x1f' => char::from_u32(0x2400 + c as u32)
+                    .unwrap_or('\u{FFFD}')
+                    .encode_utf8(&mut buf),
+                '\x7f' => "\u{2421}",
+                '\u{80}'..='\u{9f}' => "\u{FFFD}",
+                c => c.encode_utf8(&mut buf),
+            };
+            emit(offset + i, piece);
+        }
+        offset += valid.len();
+        if !chunk.invalid().is_empty() {
+            emit(offset, "\u{FFFD}");
+            offset += chunk.invalid().len();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Tail;
+    use super::{Tail, printable};
 
     #[test]
     fn tail_keeps_the_last_bytes() {
@@ -592,5 +665,44 @@ mod tests {
         assert_eq!(t.text(), "[... 2 earlier bytes dropped ...]\ncdefg");
         t.push(b"0123456789");
         assert_eq!(t.text(), "[... 12 earlier bytes dropped ...]\n56789");
+    }
+
+    #[test]
+    fn output_becomes_printable_text() {
+        assert_eq!(
+            printable(b"a\0b\x1b[31mred\x07\x7f\tc\r\nd\re\n"),
+            "a\u{2400}b\u{241b}[31mred\u{2407}\u{2421}\tc\r\nd\u{240d}e\n"
+        );
+        // Invalid UTF-8, and C1 controls (here CSI, U+009B, as UTF-8).
+        assert_eq!(
+            printable(b"x\xff\xfey\xc2\x9b2Jz\xe2\x82"),
+            "x\u{FFFD}\u{FFFD}y\u{FFFD}2Jz\u{FFFD}"
+        );
+        assert_eq!(printable("grüße ✓\n".as_bytes()), "grüße ✓\n");
+        // A CR at the end of a chunk, before an invalid byte, is not a line end.
+        assert_eq!(printable(b"a\r\xff"), "a\u{240d}\u{FFFD}");
+    }
+
+    #[test]
+    fn the_tail_never_splits_a_character_and_stays_within_its_cap() {
+        let mut t = Tail::new(5);
+        t.push("aé€€".as_bytes()); // 1 + 2 + 3 + 3 bytes: the cut falls inside the first €
+        assert_eq!(t.text(), "[... 6 earlier bytes dropped ...]\n€");
+        let mut t = Tail::new(6);
+        t.push(b"ab\0\0\0"); // shown as 2 + 9 bytes: whole pictures are dropped to fit
+        assert_eq!(
+            t.text(),
+            "[... 3 earlier bytes dropped ...]\n\u{2400}\u{2400}"
+        );
+        // Tens of megabytes in: the tail stays at its cap.
+        let mut t = Tail::new(1024);
+        let chunk = vec![b'x'; 8192];
+        for _ in 0..(32 * 1024 * 1024 / chunk.len()) {
+            t.push(&chunk);
+        }
+        assert!(t.buf.len() <= 1024 && t.buf.capacity() < 64 * 1024);
+        let text = t.text();
+        assert!(text.starts_with("[... 33553408 earlier bytes dropped ...]\n"));
+        assert!(text.ends_with(&"x".repeat(1024)));
     }
 }

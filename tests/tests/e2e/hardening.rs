@@ -2,10 +2,40 @@
 //! job's environment is its own, an executor's port takes bounded connections and frames, and
 //! an HTTP job ends at its deadline.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use gocron_shared::job::{RunStatus, Trigger};
 use gocron_shared::runs::{Outcome, RunLog};
 use gocron_tests::{Backend, Cluster};
+
+/// What the bytes `a NUL b 0xFF c ESC[31m red` become in `cron_run.output`.
+const SHOWN: &str = "a\u{2400}b\u{FFFD}c\u{241B}[31mred\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_with_nul_invalid_utf8_and_escapes_is_recorded_on_every_backend() {
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        let mut c = Cluster::new(backend, &[]).await;
+        c.start_executor("exec-a").await;
+        c.start_dispatcher("disp-0");
+        c.start_monitor();
+        let bytes = r"printf 'a\000b\377c\033[31mred\n'";
+        let ok = c.insert_job("ok", "* * * * * *", bytes).await;
+        let fails = c
+            .insert_job("fails", "* * * * * *", &format!("{bytes}; exit 3"))
+            .await;
+        for (job, status, code) in [(ok, "succeeded", 0), (fails, "failed", 3)] {
+            let runs = c.wait_for_finished(job, 1, Duration::from_secs(30)).await;
+            let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+            assert_eq!(
+                (r.status.as_str(), r.exit_code, r.output.as_deref()),
+                (status, Some(code), Some(SHOWN)),
+                "{backend:?}: {r:#?}"
+            );
+        }
+        c.shutdown().await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_error_is_not_taken_for_an_already_final_row() {
@@ -37,5 +67,37 @@ async fn a_database_error_is_not_taken_for_an_already_final_row() {
             .await
             .unwrap()
     );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_megabytes_of_output_leave_a_bounded_tail_of_whole_characters() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    // 14,285,714 lines of "€€\n" (7 bytes), then "END\n": 100,000,002 bytes of valid UTF-8,
+    // whose last 64 KiB begin inside a "€".
+    let job = c
+        .insert_job(
+            "flood",
+            "* * * * * *",
+            "yes '€€' | head -n 14285714; echo END",
+        )
+        .await;
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(60)).await;
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "succeeded", "{:?}", r.error);
+    let output = r.output.as_deref().unwrap();
+    let note = "[... 99934467 earlier bytes dropped ...]\n";
+    assert!(
+        output.starts_with(note),
+        "{:?}",
+        &output[..output.len().min(80)]
+    );
+    let kept = &output[note.len()..];
+    assert!(kept.len() <= 64 * 1024, "{} bytes kept", kept.len());
+    assert!(kept.ends_with("€€\nEND\n"));
+    assert!(!kept.contains('\u{FFFD}'), "a character was cut");
     c.shutdown().await;
 }
