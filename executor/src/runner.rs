@@ -22,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 /// hold them forever) before the run is recorded without the rest.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
 
+/// A shell job's `PATH` unless `[executor] pass_env` passes the executor's own.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A shell job's `LANG` when the executor has none.
+pub const DEFAULT_LANG: &str = "C.UTF-8";
+
 /// The user jobs run as (`[executor] run_as`).
 #[derive(Debug, Clone)]
 pub struct RunAs {
@@ -72,6 +78,8 @@ pub struct Runner {
     /// The runs going on, by run id, each with its kill switch.
     kills: Arc<Mutex<HashMap<i64, Arc<KillSwitch>>>>,
     run_as: Option<RunAs>,
+    /// Every shell job's environment, before its run's own `GOCRON_*` variables.
+    env: Arc<Vec<(String, std::ffi::OsString)>>,
 }
 
 /// Stops one run on an operator's request.
@@ -127,6 +135,9 @@ impl Runner {
                 .build()
                 .unwrap_or_default(),
             kills: Arc::default(),
+            env: Arc::new(job_environment(config, run_as.as_ref(), |name| {
+                std::env::var_os(name)
+            })),
             run_as,
         }
     }
@@ -196,6 +207,10 @@ impl Runner {
         command
             .arg("-c")
             .arg(&request.job.command)
+            // Like cron: nothing of the executor's environment (its database URL, its RPC
+            // secret) reaches a job unless `pass_env` names it.
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("GOCRON_JOB_ID", request.job.id.to_string())
             .env("GOCRON_JOB_NAME", &request.job.name)
             .env("GOCRON_RUN_ID", request.run_id.to_string())
@@ -208,12 +223,8 @@ impl Runner {
             .process_group(0);
         if let Some(user) = &self.run_as {
             // std drops the supplementary groups when a root parent switches the uid.
-            command
-                .uid(user.uid)
-                .gid(user.gid)
-                .env("HOME", &user.home)
-                .env("USER", &user.name)
-                .env("LOGNAME", &user.name);
+            // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
+            command.uid(user.uid).gid(user.gid);
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -501,6 +512,59 @@ impl Runner {
     }
 }
 
+/// A shell job's environment (before its run's `GOCRON_*` variables), like cron's: `HOME`,
+/// `USER` and `LOGNAME` of the user it runs as (`run_as`, or the executor's user), `SHELL`
+/// (`[executor] shell`), `PATH` ([`DEFAULT_PATH`]), `LANG` (the executor's, or
+/// [`DEFAULT_LANG`]); then each variable `pass_env` names that the executor has (`executor_env`),
+/// which may replace those.
+pub fn job_environment(
+    config: &ExecutorConfig,
+    run_as: Option<&RunAs>,
+    executor_env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(String, std::ffi::OsString)> {
+    let (home, user, logname) = match run_as {
+        Some(user) => (
+            user.home.clone().into_os_string(),
+            user.name.clone().into(),
+            user.name.clone().into(),
+        ),
+        None => {
+            let me = || {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+            };
+            let home = executor_env("HOME")
+                .or_else(|| me().map(|u| u.dir.into_os_string()))
+                .unwrap_or_else(|| "/".into());
+            let user = executor_env("USER")
+                .or_else(|| executor_env("LOGNAME"))
+                .or_else(|| me().map(|u| u.name.into()))
+                .unwrap_or_default();
+            let logname = executor_env("LOGNAME").unwrap_or_else(|| user.clone());
+            (home, user, logname)
+        }
+    };
+    let mut env: Vec<(String, std::ffi::OsString)> = vec![
+        ("HOME".into(), home),
+        ("USER".into(), user),
+        ("LOGNAME".into(), logname),
+        ("SHELL".into(), config.shell.clone().into()),
+        ("PATH".into(), DEFAULT_PATH.into()),
+        (
+            "LANG".into(),
+            executor_env("LANG").unwrap_or_else(|| DEFAULT_LANG.into()),
+        ),
+    ];
+    for name in &config.pass_env {
+        if let Some(value) = executor_env(name) {
+            env.retain(|(k, _)| k != name);
+            env.push((name.clone(), value));
+        }
+    }
+    env
+}
+
 /// The run's error when an operator killed it.
 fn killed_by(switch: &KillSwitch) -> String {
     let by = switch.by.lock().map(|b| b.clone()).unwrap_or_default();
@@ -704,5 +768,49 @@ mod tests {
         let text = t.text();
         assert!(text.starts_with("[... 33553408 earlier bytes dropped ...]\n"));
         assert!(text.ends_with(&"x".repeat(1024)));
+    }
+
+    #[test]
+    fn a_job_environment_is_the_jobs() {
+        let secret = [("GOCRON__RPC__SECRET".into(), "0123456789abcdef".into())];
+        let load = |ini: &str| {
+            gocron_shared::config::Config::from_ini(ini, "c.ini", secret.clone())
+                .unwrap()
+                .executor
+        };
+        let executor = |name: &str| -> Option<std::ffi::OsString> {
+            let value = match name {
+                "HOME" => "/home/x",
+                "USER" => "x",
+                "TZ" => "Europe/Berlin",
+                "PATH" => "/opt/bin:/usr/bin",
+                "GOCRON__RPC__SECRET" | "GOCRON__DATABASE__URL" => "do not leak",
+                _ => return None,
+            };
+            Some(value.into())
+        };
+        let get = |env: &[(String, std::ffi::OsString)], name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        let env = super::job_environment(&load("[executor]\nshell = /bin/bash\n"), None, executor);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG"]);
+        assert_eq!(get(&env, "HOME").as_deref(), Some("/home/x"));
+        assert_eq!(get(&env, "LOGNAME").as_deref(), Some("x"));
+        assert_eq!(get(&env, "SHELL").as_deref(), Some("/bin/bash"));
+        assert_eq!(get(&env, "PATH").as_deref(), Some(super::DEFAULT_PATH));
+        assert_eq!(get(&env, "LANG").as_deref(), Some("C.UTF-8"));
+        let config = load("[executor]\npass_env = TZ PATH NOT_SET\n");
+        let env = super::job_environment(&config, None, executor);
+        assert_eq!(get(&env, "TZ").as_deref(), Some("Europe/Berlin"));
+        assert_eq!(get(&env, "PATH").as_deref(), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get(&env, "NOT_SET"), None);
+        assert!(env.iter().all(|(k, _)| !k.starts_with("GOCRON")));
+        // Without HOME and USER in the executor's environment, its user is looked up.
+        let env = super::job_environment(&config, None, |_| None);
+        assert!(get(&env, "HOME").is_some_and(|h| h.starts_with('/')));
+        assert!(get(&env, "USER").is_some_and(|u| !u.is_empty()));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use gocron_shared::job::{RunStatus, Trigger};
 use gocron_shared::runs::{Outcome, RunLog};
-use gocron_tests::{Backend, Cluster};
+use gocron_tests::{Backend, Cluster, wait_until};
 
 /// What the bytes `a NUL b 0xFF c ESC[31m red` become in `cron_run.output`.
 const SHOWN: &str = "a\u{2400}b\u{FFFD}c\u{241B}[31mred\n";
@@ -99,5 +99,70 @@ async fn a_hundred_megabytes_of_output_leave_a_bounded_tail_of_whole_characters(
     assert!(kept.len() <= 64 * 1024, "{} bytes kept", kept.len());
     assert!(kept.ends_with("€€\nEND\n"));
     assert!(!kept.contains('\u{FFFD}'), "a character was cut");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sees_none_of_the_executors_settings_only_what_pass_env_names() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    let db_url = c.database().url;
+    // The same secret as the cluster's conf.ini, so that dispatchers still get through.
+    let secret = format!("test-secret-{}-0123456789", c.id);
+    let executor = c
+        .start_executor_process_with(
+            "exec-a",
+            crate::EXECUTOR_PROCESS.as_ref(),
+            &[
+                ("GOCRON__RPC__SECRET", &secret),
+                ("GOCRON__DATABASE__URL", &db_url),
+                ("GOCRON__EXECUTOR__PASS_ENV", "PASSED_TO_JOBS"),
+                ("PASSED_TO_JOBS", "passed"),
+                ("KEPT_FROM_JOBS", "kept"),
+            ],
+        )
+        .await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let job = c.insert_job("env", "* * * * * *", "env | sort").await;
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(30)).await;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(executor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let output = r.output.as_deref().unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    for leak in [
+        "GOCRON__",
+        "KEPT_FROM_JOBS",
+        secret.as_str(),
+        db_url.as_str(),
+    ] {
+        assert!(
+            !output.contains(leak),
+            "{leak:?} reached the job:\n{output}"
+        );
+    }
+    for expected in [
+        "PASSED_TO_JOBS=passed",
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "SHELL=/bin/sh",
+        &format!("GOCRON_RUN_ID={}", r.id),
+    ] {
+        assert!(lines.contains(&expected), "no {expected:?} in:\n{output}");
+    }
+    for name in ["HOME=", "USER=", "LOGNAME=", "LANG="] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(name)),
+            "no {name} in:\n{output}"
+        );
+    }
+    let executor = std::sync::Mutex::new(executor);
+    wait_until("the executor exited", Duration::from_secs(30), || {
+        let exited = executor.lock().unwrap().try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
     c.shutdown().await;
 }
