@@ -142,6 +142,8 @@ pub struct ExecutorConfig {
     /// `pass_env`: names of the executor's environment variables copied into every shell job's
     /// environment (which otherwise starts empty); never a `GOCRON__…` setting.
     pub pass_env: Vec<String>,
+    /// `max_connections`: RPC connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -188,6 +190,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "kill_grace_secs",
             "run_as",
             "pass_env",
+            "max_connections",
         ],
     ),
     (
@@ -496,6 +499,7 @@ impl Raw {
             kill_grace_secs: self.parsed("executor", "kill_grace_secs", 10, "a whole number")?,
             run_as: self.string("executor", "run_as", ""),
             pass_env: self.pass_env()?,
+            max_connections: self.positive("executor", "max_connections", 256)? as usize,
         };
 
         let dispatcher = DispatcherConfig {
@@ -929,6 +933,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.executor.pass_env, ["TZ", "http_proxy", "PATH"]);
+        assert_eq!(c.executor.max_connections, 256);
         let c = Config::from_ini("", "c.ini", env(&[])).unwrap();
         assert!(c.executor.pass_env.is_empty());
         for bad in ["GOCRON__RPC__SECRET", "gocron__database__url"] {

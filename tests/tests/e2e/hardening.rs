@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use gocron_shared::job::{RunStatus, Trigger};
+use gocron_shared::rpc::{self, KillRequest, Refused};
 use gocron_shared::runs::{Outcome, RunLog};
 use gocron_tests::{Backend, Cluster, wait_until};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 /// What the bytes `a NUL b 0xFF c ESC[31m red` become in `cron_run.output`.
 const SHOWN: &str = "a\u{2400}b\u{FFFD}c\u{241B}[31mred\n";
@@ -162,6 +165,93 @@ async fn a_job_sees_none_of_the_executors_settings_only_what_pass_env_names() {
     wait_until("the executor exited", Duration::from_secs(30), || {
         let exited = executor.lock().unwrap().try_wait().unwrap();
         async move { exited }
+    })
+    .await;
+    c.shutdown().await;
+}
+
+/// Whether the executor closes `stream` within `within` (reads end or fail).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A legitimate call to the executor at `addr`: a kill of a run it does not have.
+async fn legitimate_call(c: &Cluster, addr: std::net::SocketAddr) -> Option<()> {
+    let client = rpc::connect(addr, Duration::from_secs(2), &rpc::Tls::default())
+        .await
+        .ok()?;
+    let request = KillRequest {
+        secret: c.base_config().rpc.secret,
+        run_id: 42,
+        by: "test".into(),
+    };
+    let answer = client
+        .kill_run(rpc::context(Duration::from_secs(2)), request)
+        .await
+        .ok()?;
+    (answer == Err(Refused::NotRunning(42))).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_refused_and_idle_ones_closed() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor_with("exec-a", &[("EXECUTOR", "MAX_CONNECTIONS", "4")])
+        .await;
+    let addr = c.executor_address("exec-a").await;
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Connections are accepted in order: the four hold every slot, so each one more is closed
+    // as it is accepted.
+    let mut refused = 0;
+    for _ in 0..20 {
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        if closed_within(&mut extra, Duration::from_millis(500)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20, "connections over the limit were kept");
+    // Connections that never send a request are closed at the first-frame deadline (10 s)...
+    for stream in &mut flood {
+        assert!(
+            closed_within(stream, Duration::from_secs(20)).await,
+            "an idle connection was kept past the first-frame deadline"
+        );
+    }
+    drop(flood);
+    // ...and then a dispatcher gets through.
+    wait_until("a legitimate call", Duration::from_secs(10), || {
+        legitimate_call(&c, addr)
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused_at_its_length_and_the_executor_goes_on() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    let addr = c.executor_address("exec-a").await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A length prefix of 1 MiB (over the limit, under the old default of 8 MiB), then part of
+    // it: refused on the prefix, not after buffering the frame, and well before the
+    // first-frame deadline.
+    let _ = stream.write_all(&(1u32 << 20).to_be_bytes()).await;
+    let _ = stream.write_all(&[0u8; 16 * 1024]).await;
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3)).await,
+        "an oversized frame was accepted"
+    );
+    wait_until("a legitimate call", Duration::from_secs(10), || {
+        legitimate_call(&c, addr)
     })
     .await;
     c.shutdown().await;
