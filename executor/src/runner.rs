@@ -28,6 +28,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// A shell job's `LANG` when the executor has none.
 pub const DEFAULT_LANG: &str = "C.UTF-8";
 
+/// The deadline of an HTTP run that has no timeout (a job without a next tick and without
+/// `timeout_secs`): no request may hold an executor's slot forever.
+pub const HTTP_MAX: Duration = Duration::from_secs(3600);
+
 /// The user jobs run as (`[executor] run_as`).
 #[derive(Debug, Clone)]
 pub struct RunAs {
@@ -400,17 +404,35 @@ impl Runner {
     }
 
     async fn run_http(&self, request: &RunRequest) -> Outcome {
-        let mut get = self.http.get(request.job.command.trim());
-        if request.job.timeout_secs > 0 {
-            get = get.timeout(Duration::from_secs(request.job.timeout_secs.into()));
-        }
-        let mut response = match get.send().await {
-            Ok(r) => r,
-            Err(e) => {
+        // The run's timeout (`timeout_secs`, or until the next tick), counted from the tick like
+        // a shell job's; whatever the policy, an HTTP run ends there: the request is aborted.
+        let timeout = if request.timeout_ms > 0 {
+            Duration::from_millis(request.timeout_ms)
+        } else {
+            HTTP_MAX
+        };
+        let late = (Utc::now().timestamp_millis() - request.scheduled_ms).max(0) as u64;
+        let deadline =
+            tokio::time::Instant::now() + timeout.saturating_sub(Duration::from_millis(late));
+        let timed_out = |exit_code, output| Outcome {
+            status: RunStatus::Timeout,
+            exit_code,
+            error: Some(format!(
+                "timed out after {} ms: the HTTP request was aborted",
+                timeout.as_millis()
+            )),
+            output,
+        };
+        let url = request.job.command.trim();
+        let mut response = match tokio::time::timeout_at(deadline, self.http.get(url).send()).await
+        {
+            Err(_) => return timed_out(None, String::new()),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 return Outcome {
                     status: RunStatus::Failed,
                     exit_code: None,
-                    error: Some(format!("GET {}: {e}", request.job.command.trim())),
+                    error: Some(format!("GET {url}: {e}")),
                     output: String::new(),
                 };
             }
@@ -419,10 +441,11 @@ impl Runner {
         let mut tail = Tail::new(self.output_bytes);
         let mut body_error = None;
         loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => tail.push(&chunk),
-                Ok(None) => break,
-                Err(e) => {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Err(_) => return timed_out(Some(i32::from(status.as_u16())), tail.text()),
+                Ok(Ok(Some(chunk))) => tail.push(&chunk),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
                     body_error = Some(format!("reading the body: {e}"));
                     break;
                 }

@@ -256,3 +256,54 @@ async fn an_oversized_frame_is_refused_at_its_length_and_the_executor_goes_on() 
     .await;
     c.shutdown().await;
 }
+
+/// A server that accepts connections and never answers; returns its address.
+async fn silent_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_job_without_timeout_secs_ends_at_its_next_tick() {
+    let server = silent_server().await;
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let job = c
+        .insert_job_with(
+            "hangs",
+            "*/3 * * * * *",
+            &format!("http://{server}/never"),
+            &[("kind", "http".into())],
+        )
+        .await;
+    let r = wait_until("the hanging request ended", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            c.runs(job)
+                .await
+                .into_iter()
+                .find(|r| r.status == "timeout")
+        }
+    })
+    .await;
+    assert_eq!(
+        r.error.as_deref(),
+        Some("timed out after 3000 ms: the HTTP request was aborted"),
+        "{r:#?}"
+    );
+    let took = r.finished_at.unwrap() - r.scheduled_at;
+    assert!(
+        took >= chrono::Duration::milliseconds(2900) && took < chrono::Duration::seconds(6),
+        "ended {took} after its tick"
+    );
+    c.shutdown().await;
+}
