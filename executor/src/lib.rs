@@ -25,12 +25,18 @@ use tarpc::server::{BaseChannel, Channel as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::runner::RunAs;
 
-/// How long a connecting peer may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 use crate::service::Service;
+
+/// How long a connecting peer may take over its TLS handshake, and then again to send its first
+/// request (a dispatcher sends one as soon as it is connected).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most one log line per this long about connections refused over `max_connections`.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs the executor until `shutdown` is cancelled, then drains: it leaves etcd first (so no new
 /// runs arrive), refuses calls, waits up to `[executor] drain_secs` for running jobs, then stops
@@ -140,6 +146,10 @@ pub async fn run_until(
 
     let connections = TaskTracker::new();
     let stop_connections = CancellationToken::new();
+    // Every connection holds a slot from accept to close, whoever the peer: the secret is only
+    // checked on a call, so until then a connection costs us without proving anything.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.executor.max_connections));
+    let mut refused = RefusedLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -153,6 +163,11 @@ pub async fn run_until(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.note(peer, config.executor.max_connections);
+            drop(stream);
+            continue;
+        };
         tracing::debug!(%peer, "dispatcher connected");
         let (stop, tls, service) = (
             stop_connections.clone(),
@@ -161,7 +176,8 @@ pub async fn run_until(
         );
         // The TLS handshake, if any, happens in the connection's task: a slow or hostile peer
         // never holds up the accept loop.
-        connections.spawn(async move {
+        let connection = async move {
+            let _slot = slot;
             let stream = match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -169,14 +185,18 @@ pub async fn run_until(
                     return;
                 }
             };
-            let serve = BaseChannel::with_defaults(rpc::transport(stream))
+            // Frames over `rpc::MAX_FRAME_BYTES`, a first request later than the deadline, or
+            // bytes that do not decode end the connection (tarpc logs it, in this span).
+            let transport = rpc::FirstFrameWithin::new(rpc::transport(stream), HANDSHAKE_TIMEOUT);
+            let serve = BaseChannel::with_defaults(transport)
                 .execute(service.serve())
                 .for_each_concurrent(None, |response| response);
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = serve => tracing::debug!(%peer, "dispatcher disconnected"),
             }
-        });
+        };
+        connections.spawn(connection.instrument(tracing::info_span!("connection", %peer)));
     }
 
     // Leave etcd first so that dispatchers stop choosing us, then refuse what still arrives.
@@ -211,4 +231,33 @@ pub async fn run_until(
     alive.revoke().await;
     tracing::info!(executor = %info, "executor stopped");
     Ok(())
+}
+
+/// The log of connections refused over `[executor] max_connections`: one line per
+/// [`REFUSED_LOG_EVERY`] at most, counting the others, so that a flood cannot flood the log.
+#[derive(Default)]
+struct RefusedLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusedLog {
+    fn note(&mut self, peer: std::net::SocketAddr, max: usize) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSED_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            max_connections = max,
+            refused_since_last_line = self.unlogged,
+            "refused a connection: max_connections connections are open"
+        );
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
 }

@@ -22,6 +22,16 @@ use tokio_util::sync::CancellationToken;
 /// hold them forever) before the run is recorded without the rest.
 const PIPE_GRACE: Duration = Duration::from_millis(200);
 
+/// A shell job's `PATH` unless `[executor] pass_env` passes the executor's own.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A shell job's `LANG` when the executor has none.
+pub const DEFAULT_LANG: &str = "C.UTF-8";
+
+/// The deadline of an HTTP run that has no timeout (a job without a next tick and without
+/// `timeout_secs`): no request may hold an executor's slot forever.
+pub const HTTP_MAX: Duration = Duration::from_secs(3600);
+
 /// The user jobs run as (`[executor] run_as`).
 #[derive(Debug, Clone)]
 pub struct RunAs {
@@ -72,6 +82,8 @@ pub struct Runner {
     /// The runs going on, by run id, each with its kill switch.
     kills: Arc<Mutex<HashMap<i64, Arc<KillSwitch>>>>,
     run_as: Option<RunAs>,
+    /// Every shell job's environment, before its run's own `GOCRON_*` variables.
+    env: Arc<Vec<(String, std::ffi::OsString)>>,
 }
 
 /// Stops one run on an operator's request.
@@ -127,6 +139,9 @@ impl Runner {
                 .build()
                 .unwrap_or_default(),
             kills: Arc::default(),
+            env: Arc::new(job_environment(config, run_as.as_ref(), |name| {
+                std::env::var_os(name)
+            })),
             run_as,
         }
     }
@@ -158,7 +173,7 @@ impl Runner {
         if let Ok(mut kills) = self.kills.lock() {
             kills.insert(request.run_id, registered.switch.clone());
         }
-        let outcome = match request.job.kind {
+        let mut outcome = match request.job.kind {
             JobKind::Shell => self.run_shell(request, &registered.switch).await,
             JobKind::Http => {
                 tokio::select! {
@@ -173,6 +188,8 @@ impl Runner {
             }
         };
         drop(registered);
+        // Errors quote what others wrote (a URL, a server's words, an operator's name).
+        outcome.error = outcome.error.map(|e| printable(e.as_bytes()));
         tracing::info!(
             run_id = request.run_id,
             job_id = request.job.id,
@@ -194,6 +211,10 @@ impl Runner {
         command
             .arg("-c")
             .arg(&request.job.command)
+            // Like cron: nothing of the executor's environment (its database URL, its RPC
+            // secret) reaches a job unless `pass_env` names it.
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("GOCRON_JOB_ID", request.job.id.to_string())
             .env("GOCRON_JOB_NAME", &request.job.name)
             .env("GOCRON_RUN_ID", request.run_id.to_string())
@@ -206,12 +227,8 @@ impl Runner {
             .process_group(0);
         if let Some(user) = &self.run_as {
             // std drops the supplementary groups when a root parent switches the uid.
-            command
-                .uid(user.uid)
-                .gid(user.gid)
-                .env("HOME", &user.home)
-                .env("USER", &user.name)
-                .env("LOGNAME", &user.name);
+            // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
+            command.uid(user.uid).gid(user.gid);
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -387,17 +404,35 @@ impl Runner {
     }
 
     async fn run_http(&self, request: &RunRequest) -> Outcome {
-        let mut get = self.http.get(request.job.command.trim());
-        if request.job.timeout_secs > 0 {
-            get = get.timeout(Duration::from_secs(request.job.timeout_secs.into()));
-        }
-        let mut response = match get.send().await {
-            Ok(r) => r,
-            Err(e) => {
+        // The run's timeout (`timeout_secs`, or until the next tick), counted from the tick like
+        // a shell job's; whatever the policy, an HTTP run ends there: the request is aborted.
+        let timeout = if request.timeout_ms > 0 {
+            Duration::from_millis(request.timeout_ms)
+        } else {
+            HTTP_MAX
+        };
+        let late = (Utc::now().timestamp_millis() - request.scheduled_ms).max(0) as u64;
+        let deadline =
+            tokio::time::Instant::now() + timeout.saturating_sub(Duration::from_millis(late));
+        let timed_out = |exit_code, output| Outcome {
+            status: RunStatus::Timeout,
+            exit_code,
+            error: Some(format!(
+                "timed out after {} ms: the HTTP request was aborted",
+                timeout.as_millis()
+            )),
+            output,
+        };
+        let url = request.job.command.trim();
+        let mut response = match tokio::time::timeout_at(deadline, self.http.get(url).send()).await
+        {
+            Err(_) => return timed_out(None, String::new()),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 return Outcome {
                     status: RunStatus::Failed,
                     exit_code: None,
-                    error: Some(format!("GET {}: {e}", request.job.command.trim())),
+                    error: Some(format!("GET {url}: {e}")),
                     output: String::new(),
                 };
             }
@@ -406,10 +441,11 @@ impl Runner {
         let mut tail = Tail::new(self.output_bytes);
         let mut body_error = None;
         loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => tail.push(&chunk),
-                Ok(None) => break,
-                Err(e) => {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Err(_) => return timed_out(Some(i32::from(status.as_u16())), tail.text()),
+                Ok(Ok(Some(chunk))) => tail.push(&chunk),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
                     body_error = Some(format!("reading the body: {e}"));
                     break;
                 }
@@ -466,7 +502,12 @@ impl Runner {
     ) -> bool {
         let mut backoff = Backoff::new("database (recording a run)");
         let never = CancellationToken::new();
-        for _ in 0..12 {
+        let mut outcome = outcome;
+        for attempt in 0..12 {
+            if attempt == 11 {
+                // The last try: without the output, in case it is what the database refuses.
+                outcome.output = "[gocron: the output could not be recorded]".to_owned();
+            }
             match self
                 .runs
                 .finish(run_id, executor, started_at, outcome.clone())
@@ -492,6 +533,59 @@ impl Runner {
         );
         false
     }
+}
+
+/// A shell job's environment (before its run's `GOCRON_*` variables), like cron's: `HOME`,
+/// `USER` and `LOGNAME` of the user it runs as (`run_as`, or the executor's user), `SHELL`
+/// (`[executor] shell`), `PATH` ([`DEFAULT_PATH`]), `LANG` (the executor's, or
+/// [`DEFAULT_LANG`]); then each variable `pass_env` names that the executor has (`executor_env`),
+/// which may replace those.
+pub fn job_environment(
+    config: &ExecutorConfig,
+    run_as: Option<&RunAs>,
+    executor_env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(String, std::ffi::OsString)> {
+    let (home, user, logname) = match run_as {
+        Some(user) => (
+            user.home.clone().into_os_string(),
+            user.name.clone().into(),
+            user.name.clone().into(),
+        ),
+        None => {
+            let me = || {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+            };
+            let home = executor_env("HOME")
+                .or_else(|| me().map(|u| u.dir.into_os_string()))
+                .unwrap_or_else(|| "/".into());
+            let user = executor_env("USER")
+                .or_else(|| executor_env("LOGNAME"))
+                .or_else(|| me().map(|u| u.name.into()))
+                .unwrap_or_default();
+            let logname = executor_env("LOGNAME").unwrap_or_else(|| user.clone());
+            (home, user, logname)
+        }
+    };
+    let mut env: Vec<(String, std::ffi::OsString)> = vec![
+        ("HOME".into(), home),
+        ("USER".into(), user),
+        ("LOGNAME".into(), logname),
+        ("SHELL".into(), config.shell.clone().into()),
+        ("PATH".into(), DEFAULT_PATH.into()),
+        (
+            "LANG".into(),
+            executor_env("LANG").unwrap_or_else(|| DEFAULT_LANG.into()),
+        ),
+    ];
+    for name in &config.pass_env {
+        if let Some(value) = executor_env(name) {
+            env.retain(|(k, _)| k != name);
+            env.push((name.clone(), value));
+        }
+    }
+    env
 }
 
 /// The run's error when an operator killed it.
@@ -530,7 +624,8 @@ async fn read_into(
     }
 }
 
-/// The last `cap` bytes of a stream, and how many came before them.
+/// The last `cap` bytes of a stream, and how many came before them. Memory stays at `cap`
+/// bytes however long the stream.
 #[derive(Debug)]
 pub struct Tail {
     buf: VecDeque<u8>,
@@ -564,24 +659,89 @@ impl Tail {
         self.buf.extend(data);
     }
 
-    /// The kept bytes as text, led by a note of what was dropped.
+    /// The kept bytes as [`printable`] text of at most `cap` bytes, led by a note of how many
+    /// bytes of the stream were dropped before it. The cut never splits a character.
     pub fn text(&self) -> String {
         let (a, b) = self.buf.as_slices();
         let mut bytes = Vec::with_capacity(a.len() + b.len());
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
-        let kept = String::from_utf8_lossy(&bytes);
+        let mut start = 0;
         if self.dropped > 0 {
-            format!("[... {} earlier bytes dropped ...]\n{kept}", self.dropped)
+            // The cut may have fallen inside a character: the rest of it goes too.
+            while start < bytes.len().min(3) && bytes[start] & 0xC0 == 0x80 {
+                start += 1;
+            }
+        }
+        let kept = &bytes[start..];
+        // What is shown can be longer than the bytes (U+FFFD and control pictures take 3
+        // bytes): drop whole characters from the front until it fits in `cap`.
+        let mut shown = 0;
+        for_each_printable(kept, |_, piece| shown += piece.len());
+        let mut excess = shown.saturating_sub(self.cap);
+        let mut first = None;
+        let mut text = String::with_capacity(shown.min(self.cap));
+        for_each_printable(kept, |at, piece| {
+            if excess > 0 {
+                excess = excess.saturating_sub(piece.len());
+                return;
+            }
+            first.get_or_insert(at);
+            text.push_str(piece);
+        });
+        let dropped = self.dropped + start as u64 + first.unwrap_or(kept.len()) as u64;
+        if dropped > 0 {
+            format!("[... {dropped} earlier bytes dropped ...]\n{text}")
         } else {
-            kept.into_owned()
+            text
+        }
+    }
+}
+
+/// Arbitrary bytes as text that every database stores and no console or mail reader obeys:
+/// valid UTF-8, each invalid sequence replaced by U+FFFD; the C0 controls (NUL, ESC, BEL, a
+/// carriage return not followed by a line feed, ...) and DEL shown as their Unicode control
+/// pictures (NUL as `␀` U+2400, ESC as `␛` U+241B, DEL as `␡` U+2421), the C1 controls
+/// (U+0080 to U+009F, which some terminals obey like ESC sequences) as U+FFFD. Line feeds, tabs
+/// and CR LF line ends are kept.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for_each_printable(bytes, |_, piece| text.push_str(piece));
+    text
+}
+
+/// Calls `emit(offset, piece)` for each character of `bytes` in order, `offset` being where it
+/// starts in `bytes` and `piece` how it is shown (see [`printable`]).
+fn for_each_printable(bytes: &[u8], mut emit: impl FnMut(usize, &str)) {
+    let mut offset = 0;
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid();
+        let mut chars = valid.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let mut buf = [0u8; 4];
+            let piece: &str = match c {
+                '\n' | '\t' => c.encode_utf8(&mut buf),
+                '\r' if chars.peek().is_some_and(|&(_, next)| next == '\n') => "\r",
+                '\0'..='\x1f' => char::from_u32(0x2400 + c as u32)
+                    .unwrap_or('\u{FFFD}')
+                    .encode_utf8(&mut buf),
+                '\x7f' => "\u{2421}",
+                '\u{80}'..='\u{9f}' => "\u{FFFD}",
+                c => c.encode_utf8(&mut buf),
+            };
+            emit(offset + i, piece);
+        }
+        offset += valid.len();
+        if !chunk.invalid().is_empty() {
+            emit(offset, "\u{FFFD}");
+            offset += chunk.invalid().len();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Tail;
+    use super::{Tail, printable};
 
     #[test]
     fn tail_keeps_the_last_bytes() {
@@ -592,5 +752,88 @@ mod tests {
         assert_eq!(t.text(), "[... 2 earlier bytes dropped ...]\ncdefg");
         t.push(b"0123456789");
         assert_eq!(t.text(), "[... 12 earlier bytes dropped ...]\n56789");
+    }
+
+    #[test]
+    fn output_becomes_printable_text() {
+        assert_eq!(
+            printable(b"a\0b\x1b[31mred\x07\x7f\tc\r\nd\re\n"),
+            "a\u{2400}b\u{241b}[31mred\u{2407}\u{2421}\tc\r\nd\u{240d}e\n"
+        );
+        // Invalid UTF-8, and C1 controls (here CSI, U+009B, as UTF-8).
+        assert_eq!(
+            printable(b"x\xff\xfey\xc2\x9b2Jz\xe2\x82"),
+            "x\u{FFFD}\u{FFFD}y\u{FFFD}2Jz\u{FFFD}"
+        );
+        assert_eq!(printable("grüße ✓\n".as_bytes()), "grüße ✓\n");
+        // A CR at the end of a chunk, before an invalid byte, is not a line end.
+        assert_eq!(printable(b"a\r\xff"), "a\u{240d}\u{FFFD}");
+    }
+
+    #[test]
+    fn the_tail_never_splits_a_character_and_stays_within_its_cap() {
+        let mut t = Tail::new(5);
+        t.push("aé€€".as_bytes()); // 1 + 2 + 3 + 3 bytes: the cut falls inside the first €
+        assert_eq!(t.text(), "[... 6 earlier bytes dropped ...]\n€");
+        let mut t = Tail::new(6);
+        t.push(b"ab\0\0\0"); // shown as 2 + 9 bytes: whole pictures are dropped to fit
+        assert_eq!(
+            t.text(),
+            "[... 3 earlier bytes dropped ...]\n\u{2400}\u{2400}"
+        );
+        // Tens of megabytes in: the tail stays at its cap.
+        let mut t = Tail::new(1024);
+        let chunk = vec![b'x'; 8192];
+        for _ in 0..(32 * 1024 * 1024 / chunk.len()) {
+            t.push(&chunk);
+        }
+        assert!(t.buf.len() <= 1024 && t.buf.capacity() < 64 * 1024);
+        let text = t.text();
+        assert!(text.starts_with("[... 33553408 earlier bytes dropped ...]\n"));
+        assert!(text.ends_with(&"x".repeat(1024)));
+    }
+
+    #[test]
+    fn a_job_environment_is_the_jobs() {
+        let secret = [("GOCRON__RPC__SECRET".into(), "0123456789abcdef".into())];
+        let load = |ini: &str| {
+            gocron_shared::config::Config::from_ini(ini, "c.ini", secret.clone())
+                .unwrap()
+                .executor
+        };
+        let executor = |name: &str| -> Option<std::ffi::OsString> {
+            let value = match name {
+                "HOME" => "/home/x",
+                "USER" => "x",
+                "TZ" => "Europe/Berlin",
+                "PATH" => "/opt/bin:/usr/bin",
+                "GOCRON__RPC__SECRET" | "GOCRON__DATABASE__URL" => "do not leak",
+                _ => return None,
+            };
+            Some(value.into())
+        };
+        let get = |env: &[(String, std::ffi::OsString)], name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        let env = super::job_environment(&load("[executor]\nshell = /bin/bash\n"), None, executor);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG"]);
+        assert_eq!(get(&env, "HOME").as_deref(), Some("/home/x"));
+        assert_eq!(get(&env, "LOGNAME").as_deref(), Some("x"));
+        assert_eq!(get(&env, "SHELL").as_deref(), Some("/bin/bash"));
+        assert_eq!(get(&env, "PATH").as_deref(), Some(super::DEFAULT_PATH));
+        assert_eq!(get(&env, "LANG").as_deref(), Some("C.UTF-8"));
+        let config = load("[executor]\npass_env = TZ PATH NOT_SET\n");
+        let env = super::job_environment(&config, None, executor);
+        assert_eq!(get(&env, "TZ").as_deref(), Some("Europe/Berlin"));
+        assert_eq!(get(&env, "PATH").as_deref(), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get(&env, "NOT_SET"), None);
+        assert!(env.iter().all(|(k, _)| !k.starts_with("GOCRON")));
+        // Without HOME and USER in the executor's environment, its user is looked up.
+        let env = super::job_environment(&config, None, |_| None);
+        assert!(get(&env, "HOME").is_some_and(|h| h.starts_with('/')));
+        assert!(get(&env, "USER").is_some_and(|u| !u.is_empty()));
     }
 }

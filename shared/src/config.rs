@@ -139,6 +139,11 @@ pub struct ExecutorConfig {
     pub kill_grace_secs: u64,
     /// `run_as`: the user jobs run as (empty: the executor's own user); needs a root executor.
     pub run_as: String,
+    /// `pass_env`: names of the executor's environment variables copied into every shell job's
+    /// environment (which otherwise starts empty); never a `GOCRON__…` setting.
+    pub pass_env: Vec<String>,
+    /// `max_connections`: RPC connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -186,6 +191,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "drain_secs",
             "kill_grace_secs",
             "run_as",
+            "pass_env",
+            "max_connections",
         ],
     ),
     (
@@ -493,6 +500,8 @@ impl Raw {
             drain_secs: self.parsed("executor", "drain_secs", 30, "a whole number")?,
             kill_grace_secs: self.parsed("executor", "kill_grace_secs", 10, "a whole number")?,
             run_as: self.string("executor", "run_as", ""),
+            pass_env: self.pass_env()?,
+            max_connections: self.positive("executor", "max_connections", 256)? as usize,
         };
 
         let dispatcher = DispatcherConfig {
@@ -570,6 +579,44 @@ impl Raw {
             rpc,
             alarm,
         })
+    }
+
+    /// `[executor] pass_env`: variable names, comma- or space-separated. gocron's own settings
+    /// (`GOCRON__…`, the database URL and the RPC secret among them) are refused: a job must never
+    /// see them.
+    fn pass_env(&self) -> Result<Vec<String>, ConfigError> {
+        let text = self.string("executor", "pass_env", "");
+        let mut names = Vec::new();
+        for name in text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|n| !n.is_empty())
+        {
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(self.invalid(
+                    "executor",
+                    "pass_env",
+                    format!("{name:?} is not an environment variable name (letters, digits, _)"),
+                ));
+            }
+            if name
+                .get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+            {
+                return Err(self.invalid(
+                    "executor",
+                    "pass_env",
+                    format!(
+                        "{name}: gocron's own settings ({ENV_PREFIX}…) are never passed to jobs"
+                    ),
+                ));
+            }
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
     }
 
     fn alarm(&self) -> Result<crate::alarm::config::AlarmConfig, ConfigError> {
@@ -882,6 +929,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[alarm] sms_url"), "{err}");
+    }
+
+    #[test]
+    fn pass_env_takes_names_and_refuses_gocron_settings() {
+        let c = Config::from_ini(
+            "[executor]\npass_env = TZ, http_proxy  PATH,TZ\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.pass_env, ["TZ", "http_proxy", "PATH"]);
+        assert_eq!(c.executor.max_connections, 256);
+        let c = Config::from_ini("", "c.ini", env(&[])).unwrap();
+        assert!(c.executor.pass_env.is_empty());
+        for bad in ["GOCRON__RPC__SECRET", "gocron__database__url"] {
+            let err = Config::from_ini(
+                &format!("[executor]\npass_env = TZ {bad}\n"),
+                "c.ini",
+                env(&[]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("[executor] pass_env: ")
+                    && err.contains("gocron's own settings (GOCRON__…) are never passed to jobs"),
+                "{err}"
+            );
+        }
+        let err = Config::from_ini("[executor]\npass_env = A=B\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not an environment variable name"), "{err}");
     }
 
     #[test]

@@ -193,7 +193,20 @@ pub enum JobError {
     /// Occurs when `command` is empty.
     #[error("command is empty")]
     EmptyCommand,
+    /// Occurs when the job's texts (command, name, rule, machine, time zone) are too long to be
+    /// handed to an executor in one run request (see [`crate::rpc::MAX_FRAME_BYTES`]).
+    #[error(
+        "command, name and rule take {bytes} bytes; at most {MAX_JOB_TEXT_BYTES} fit in a run request"
+    )]
+    TooLong {
+        /// Their length together, in bytes.
+        bytes: usize,
+    },
 }
+
+/// The most bytes a job's texts may take together: a run request must fit in one RPC frame
+/// ([`crate::rpc::MAX_FRAME_BYTES`]), with room for the rest of the request.
+pub const MAX_JOB_TEXT_BYTES: usize = 128 * 1024;
 
 /// Checks a row against the rules and the machine groups.
 pub fn validate(
@@ -220,6 +233,19 @@ pub fn validate(
     };
     if spec.command.trim().is_empty() {
         return Err(JobError::EmptyCommand);
+    }
+    let bytes = [
+        &spec.command,
+        &spec.name,
+        &spec.rule,
+        &spec.machine,
+        &spec.time_zone,
+    ]
+    .iter()
+    .map(|text| text.len())
+    .sum();
+    if bytes > MAX_JOB_TEXT_BYTES {
+        return Err(JobError::TooLong { bytes });
     }
     spec.schedule(default_tz)?;
     if !machines.is_known(&spec.machine) {
@@ -297,6 +323,10 @@ mod tests {
             ),
             (Box::new(|r| r.timeout_secs = -1), "timeout_secs -1"),
             (Box::new(|r| r.command = " ".into()), "command is empty"),
+            (
+                Box::new(|r| r.command = "x".repeat(MAX_JOB_TEXT_BYTES)),
+                "at most 131072 fit in a run request",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut r = row();

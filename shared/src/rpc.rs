@@ -4,8 +4,11 @@
 //! and answers at once. The run itself never lives inside the call (tarpc deadlines are seconds;
 //! jobs may run for hours): the executor records the outcome in the database.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -129,6 +132,12 @@ pub enum Refused {
 /// How many calls one connection may have in flight: a whole second of a 1000-job burst.
 const MAX_IN_FLIGHT: usize = 10_000;
 
+/// The largest frame either side reads (and writes), checked on its length prefix before any
+/// byte of it is buffered or decoded: a peer that is not one of ours cannot make an executor
+/// hold megabytes per connection. The largest legitimate frame is a [`RunRequest`], whose size
+/// is the job's texts ([`crate::job::MAX_JOB_TEXT_BYTES`] at most) plus a few hundred bytes.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+
 /// Frames a stream (TCP, or TLS over TCP) as a tarpc transport (length-delimited bincode).
 pub fn transport<S, Item, SinkItem>(
     stream: S,
@@ -138,10 +147,80 @@ where
     Item: for<'de> Deserialize<'de>,
     SinkItem: Serialize,
 {
-    tarpc::serde_transport::new(
-        Framed::new(stream, LengthDelimitedCodec::new()),
-        Bincode::default(),
-    )
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec();
+    tarpc::serde_transport::new(Framed::new(stream, codec), Bincode::default())
+}
+
+/// A transport whose first frame must arrive within a deadline, or it fails with
+/// [`io::ErrorKind::TimedOut`] (which ends a tarpc channel): a peer that connects and sends
+/// nothing cannot hold a connection slot forever. Later frames may take as long as they like:
+/// a dispatcher keeps its connection between ticks.
+pub struct FirstFrameWithin<T> {
+    inner: T,
+    /// `None` once the first frame arrived.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> FirstFrameWithin<T> {
+    /// `inner`, whose first frame must arrive within `timeout` from now.
+    pub fn new(inner: T, timeout: Duration) -> FirstFrameWithin<T> {
+        FirstFrameWithin {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<T, Item> futures::Stream for FirstFrameWithin<T>
+where
+    T: futures::Stream<Item = io::Result<Item>> + Unpin,
+{
+    type Item = io::Result<Item>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                this.deadline = None;
+                Poll::Ready(item)
+            }
+            Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
+                    this.deadline = None;
+                    Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the first-frame deadline",
+                    ))))
+                }
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T, SinkItem> futures::Sink<SinkItem> for FirstFrameWithin<T>
+where
+    T: futures::Sink<SinkItem, Error = io::Error> + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: SinkItem) -> io::Result<()> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 /// TLS for the RPC, as `[rpc]` configures it: the executor's side (accept) and the callers'

@@ -17,6 +17,9 @@
 //! MySQL's commit cost) off the fire path. No write waits for a timer: an idle writer commits a
 //! lone write at once. One failing statement (the unique-tick fence) never fails the others:
 //! on PostgreSQL, where it would abort the transaction, each write runs in its own savepoint.
+//! A write that fails for its own reasons answers its database error, never `Ok(false)`:
+//! `Ok(false)` means only that the row was not in the expected status (a real conflict), so a
+//! caller may retry an error but must not take it for "already final".
 //! A batch that loses a deadlock or a serialization race is replayed whole: every write is a
 //! conditional statement, so replaying one is safe, and replies go out only after the commit.
 
@@ -218,8 +221,8 @@ impl RunLog {
         .await
     }
 
-    /// `running` (or still `dispatched`) → the outcome's final status, with the executor and
-    /// start time.
+    /// `running` (or still `dispatched`, or `lost`) → the outcome's final status, with the
+    /// executor and start time; `Ok(false)` when the row was already final.
     pub async fn finish(
         &self,
         run_id: i64,
@@ -239,11 +242,14 @@ impl RunLog {
     }
 }
 
-/// What a write found: the new row's id (`None`: the tick already had a row), or whether a
-/// conditional update changed the row.
+/// What a write found: the new row's id (`None`: the tick already had a row), whether a
+/// conditional update changed the row (`false`: the row was not in the expected status, a real
+/// conflict), or the database's error for this write alone (which its caller may retry: it says
+/// nothing about the row's status).
 enum Found {
     Inserted(Option<i64>),
     Updated(bool),
+    Failed(String),
 }
 
 /// How often a batch that lost a deadlock or a serialization race is replayed.
@@ -331,7 +337,7 @@ async fn commit(db: &DatabaseConnection, batch: &[Write]) -> Result<Vec<Found>, 
             // the statement's own rollback (SQLite, MySQL) left the others intact.
             Err(e) => {
                 tracing::warn!(error = %e, "a run write failed");
-                found.push(Found::Updated(false));
+                found.push(Found::Failed(e.to_string()));
             }
         }
     }
@@ -341,6 +347,7 @@ async fn commit(db: &DatabaseConnection, batch: &[Write]) -> Result<Vec<Found>, 
 
 fn answer(write: Write, found: Found) {
     match (write, found) {
+        (write, Found::Failed(message)) => fail(write, &message),
         (Write::Insert { reply, .. }, Found::Inserted(id)) => drop(reply.send(Ok(id))),
         (Write::Insert { reply, .. }, Found::Updated(_)) => {
             drop(reply.send(Err(DbErr::Custom("inserting the run row failed".into()))))

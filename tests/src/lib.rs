@@ -259,6 +259,16 @@ impl Cluster {
         name: &str,
         binary: &Path,
     ) -> std::process::Child {
+        self.start_executor_process_with(name, binary, &[]).await
+    }
+
+    /// [`Cluster::start_executor_process`], with `env` added to the process's environment.
+    pub async fn start_executor_process_with(
+        &mut self,
+        name: &str,
+        binary: &Path,
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
         let ini = self.path(&format!("{name}.ini"));
         std::fs::write(&ini, &self.ini).expect("writing the executor's conf.ini");
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).expect("log file");
@@ -267,6 +277,7 @@ impl Cluster {
             .arg(&ini)
             .envs(self.overrides.iter().cloned())
             .env("GOCRON__EXECUTOR__NAME", name)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

@@ -4,6 +4,7 @@
 
 mod alarms;
 mod backends;
+mod hardening;
 mod jobs;
 mod lock;
 mod misfire;
