@@ -6,6 +6,7 @@ mod alarms;
 mod backends;
 mod hardening;
 mod jobs;
+mod ledger;
 mod lock;
 mod misfire;
 mod pipeline;
