@@ -37,8 +37,9 @@ use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, 
 pub const MAX_BACKFILL: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 /// The most ticks of one job walked in one look; the rest waits for the next pass.
 const MAX_TICKS_PER_LOOK: usize = 1000;
-/// The most jobs looked at in one pass.
-const MAX_LOOKS_PER_PASS: usize = 5000;
+/// The most jobs looked at in one pass (a look at a job whose rows the scan showed is a few
+/// lookups in memory).
+const MAX_LOOKS_PER_PASS: usize = 20_000;
 /// A job is looked at no more often than this (frequent rules are accounted in batches).
 const LOOK_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
