@@ -67,7 +67,7 @@ struct Account {
 struct Opening {
     job_id: i64,
     schedule: Schedule,
-    shape: String,
+    shape: u64,
     /// Whether the job was published with this rule before this monitor looked (it resumes
     /// from the job's mark), or is new (owed from now).
     resume: bool,
@@ -81,8 +81,8 @@ pub struct Ledger {
     grace: chrono::TimeDelta,
     /// Accounts by (job, serial): a job has its current one and, for a while, retired ones.
     accounts: BTreeMap<(i64, u64), Account>,
-    /// The current account of each job, and the rule's shape (rule and zone).
-    current: HashMap<i64, (u64, String)>,
+    /// The current account of each job, and the rule's shape (a hash of rule and zone).
+    current: HashMap<i64, (u64, u64)>,
     serial: u64,
     openings: Vec<Opening>,
     /// When to look at an account again (unix ms), earliest first.
@@ -125,7 +125,7 @@ impl Ledger {
     pub fn job(
         &mut self,
         job_id: i64,
-        scheduled: Option<(Schedule, String)>,
+        scheduled: Option<(Schedule, u64)>,
         resume: bool,
         now: DateTime<Utc>,
     ) {
