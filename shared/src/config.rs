@@ -144,6 +144,11 @@ pub struct ExecutorConfig {
     pub pass_env: Vec<String>,
     /// `max_connections`: RPC connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// `data_dir`: the executor's own folder (its outcome spool); default `var/executor/<name>`.
+    pub data_dir: PathBuf,
+    /// `max_unrecorded`: outcomes waiting for the database (in memory or spooled) past which
+    /// the executor answers busy.
+    pub max_unrecorded: usize,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -193,6 +198,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "run_as",
             "pass_env",
             "max_connections",
+            "data_dir",
+            "max_unrecorded",
         ],
     ),
     (
@@ -486,14 +493,19 @@ impl Raw {
             }
             None => listen,
         };
+        let name = self.string(
+            "executor",
+            "name",
+            &format!("{}-{}", host_name(), advertise.port()),
+        );
+        let data_dir = match self.get("executor", "data_dir") {
+            Some(v) => PathBuf::from(&v.text),
+            None => Path::new("var/executor").join(&name),
+        };
         let executor = ExecutorConfig {
             listen,
             advertise,
-            name: self.string(
-                "executor",
-                "name",
-                &format!("{}-{}", host_name(), advertise.port()),
-            ),
+            name,
             max_concurrent: self.positive("executor", "max_concurrent", 64)? as usize,
             output_kib: self.positive("executor", "output_kib", 64)? as usize,
             shell: self.string("executor", "shell", "/bin/sh"),
@@ -502,6 +514,8 @@ impl Raw {
             run_as: self.string("executor", "run_as", ""),
             pass_env: self.pass_env()?,
             max_connections: self.positive("executor", "max_connections", 256)? as usize,
+            data_dir,
+            max_unrecorded: self.positive("executor", "max_unrecorded", 1000)? as usize,
         };
 
         let dispatcher = DispatcherConfig {
@@ -961,6 +975,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not an environment variable name"), "{err}");
+    }
+
+    #[test]
+    fn an_executor_has_a_data_dir_of_its_own_and_a_cap_on_unrecorded_outcomes() {
+        let c = Config::from_ini("[executor]\nname = exec-1\n", "c.ini", env(&[])).unwrap();
+        assert_eq!(c.executor.data_dir, Path::new("var/executor/exec-1"));
+        assert_eq!(c.executor.max_unrecorded, 1000);
+        let c = Config::from_ini(
+            "[executor]\ndata_dir = /srv/gocron\nmax_unrecorded = 5\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.data_dir, Path::new("/srv/gocron"));
+        assert_eq!(c.executor.max_unrecorded, 5);
+        let err = Config::from_ini("[executor]\nmax_unrecorded = 0\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[executor] max_unrecorded"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod hardening;
 mod jobs;
 mod lock;
 mod misfire;
+mod outcomes;
 mod pipeline;
 mod policies;
 mod rpc;
