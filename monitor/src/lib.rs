@@ -23,11 +23,13 @@
 //! - [`checks`]: the health checks, each pass's findings recorded as alarms.
 //! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
 //! - [`health`]: the checks and sender loops and their etcd views.
+//! - [`retention`]: old final runs and alarms deleted in small batches (`keep_days`, ...).
 
 pub mod alarms;
 pub mod checks;
 pub mod health;
 pub mod lost;
+pub mod retention;
 pub mod sync;
 
 use std::time::Duration;
@@ -79,6 +81,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let stop = health_stop.clone();
         async move { health::run(&config, db, etcd, &keys, job_updates, stop).await }
     });
+    let retention = tokio::spawn(retention::run(
+        db.clone(),
+        retention::Keep::from_config(&config.monitor),
+        config.monitor.retention_interval,
+        health_stop.clone(),
+    ));
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());
     let sweeper = Sweeper {
@@ -137,6 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health_stop.cancel();
     if let Err(e) = health.await {
         tracing::error!(error = %e, "the alarm checks ended abnormally");
+    }
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "the retention task ended abnormally");
     }
     tracing::info!("monitor stopped");
     Ok(())

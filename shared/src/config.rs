@@ -177,6 +177,15 @@ pub struct MonitorConfig {
     pub poll_interval: Duration,
     /// `reconcile_secs`: how often the whole job table is compared with etcd, in pages.
     pub reconcile_interval: Duration,
+    /// `keep_days`: final runs scheduled longer ago than this many days are deleted.
+    pub keep_days: u64,
+    /// `keep_runs`: per job, final runs beyond the newest this many are deleted.
+    pub keep_runs: u64,
+    /// `alarm_keep_days`: alarms done with (sent, given up, summarised, ...) are deleted after
+    /// this many days.
+    pub alarm_keep_days: u64,
+    /// `retention_secs`: how often old rows are looked for (and once soon after start).
+    pub retention_interval: Duration,
 }
 
 /// The keys each section accepts; anything else is a typo.
@@ -214,7 +223,17 @@ const KNOWN: &[(&str, &[&str])] = &[
             "catchup_max",
         ],
     ),
-    ("monitor", &["poll_ms", "reconcile_secs"]),
+    (
+        "monitor",
+        &[
+            "poll_ms",
+            "reconcile_secs",
+            "keep_days",
+            "keep_runs",
+            "alarm_keep_days",
+            "retention_secs",
+        ],
+    ),
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
@@ -541,6 +560,14 @@ impl Raw {
             reconcile_interval: Duration::from_secs(self.positive(
                 "monitor",
                 "reconcile_secs",
+                300,
+            )?),
+            keep_days: self.positive("monitor", "keep_days", 30)?,
+            keep_runs: self.positive("monitor", "keep_runs", 1000)?,
+            alarm_keep_days: self.positive("monitor", "alarm_keep_days", 90)?,
+            retention_interval: Duration::from_secs(self.positive(
+                "monitor",
+                "retention_secs",
                 300,
             )?),
         };
@@ -982,6 +1009,15 @@ mod tests {
         let c = Config::from_ini("[executor]\nname = exec-1\n", "c.ini", env(&[])).unwrap();
         assert_eq!(c.executor.data_dir, Path::new("var/executor/exec-1"));
         assert_eq!(c.executor.max_unrecorded, 1000);
+        assert_eq!(
+            (
+                c.monitor.keep_days,
+                c.monitor.keep_runs,
+                c.monitor.alarm_keep_days
+            ),
+            (30, 1000, 90)
+        );
+        assert_eq!(c.monitor.retention_interval, Duration::from_secs(300));
         let c = Config::from_ini(
             "[executor]\ndata_dir = /srv/gocron\nmax_unrecorded = 5\n",
             "c.ini",

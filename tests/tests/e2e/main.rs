@@ -11,6 +11,7 @@ mod misfire;
 mod outcomes;
 mod pipeline;
 mod policies;
+mod retention;
 mod rpc;
 mod rules;
 mod scale;
