@@ -15,6 +15,7 @@
 //! `max_unrecorded` on, the executor answers busy ([`Refused::Unrecorded`]), so a slow or absent
 //! database costs bounded memory and disk (at most `max_unrecorded` + `max_concurrent` outcomes).
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,10 @@ use sea_orm::DbErr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Passes in which a spooled outcome was refused while the next one went through, before it is
+/// recorded without its output.
+const STRIKES: u32 = 3;
 
 /// A finished run whose outcome is to be recorded: what a spool file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,8 +311,9 @@ impl Outcomes {
             );
         }
         let mut backoff = Backoff::new("database (recording spooled outcomes)");
+        let mut strikes = HashMap::new();
         loop {
-            match self.replay_pass().await {
+            match self.replay_pass(&mut strikes).await {
                 Ok(()) => {
                     backoff.reset();
                     tokio::select! {
@@ -326,46 +332,57 @@ impl Outcomes {
         }
     }
 
-    /// Tries every spooled outcome once, oldest first; `Err` when the database seems away (two
-    /// outcomes refused in a row, or the last one refused).
-    async fn replay_pass(&self) -> Result<(), String> {
+    /// Tries every spooled outcome once, oldest first; `Ok` only when none is left. It stops at
+    /// the second outcome refused in a row (the database is away). One refused while the next
+    /// goes through is refused for its own sake: a strike in `strikes`; at [`STRIKES`] it is
+    /// recorded without its output.
+    async fn replay_pass(&self, strikes: &mut HashMap<PathBuf, u32>) -> Result<(), String> {
         let files = self
             .inner
             .spool
             .list()
             .map_err(|e| format!("cannot read the spool: {e}"))?;
-        // Refused just before: refused for its own sake if the next one goes through.
         let mut refused: Option<(PathBuf, Finished)> = None;
+        let mut left = 0;
+        let mut last_error = String::new();
         for path in files {
             let Some(finished) = self.read(&path).await else {
                 continue;
             };
             match self.write(&finished).await {
                 Ok(()) => {
+                    strikes.remove(&path);
                     self.done(&path, &finished).await;
                     if let Some((path, finished)) = refused.take() {
-                        self.record_without_output(&path, finished).await;
+                        let n = strikes.entry(path.clone()).or_insert(0);
+                        *n += 1;
+                        if *n >= STRIKES && self.record_without_output(&path, finished).await {
+                            strikes.remove(&path);
+                            left -= 1;
+                        }
                     }
                 }
                 Err(e) if refused.is_some() => return Err(e.to_string()),
                 Err(e) => {
                     tracing::debug!(run_id = finished.run_id, error = %e, "a spooled outcome was refused");
+                    left += 1;
+                    last_error = e.to_string();
                     refused = Some((path, finished));
                 }
             }
         }
-        match refused {
-            Some((_, finished)) => Err(format!(
-                "the outcome of run {} is still refused",
-                finished.run_id
-            )),
-            None => Ok(()),
+        if left > 0 {
+            return Err(format!(
+                "{left} spooled outcomes still refused, the last: {last_error}"
+            ));
         }
+        Ok(())
     }
 
-    /// The database took other outcomes but not this one: what it refuses is likely the output
-    /// (the rest is numbers and our own words), so the outcome is recorded without it.
-    async fn record_without_output(&self, path: &Path, mut finished: Finished) {
+    /// The database took other outcomes but not this one, pass after pass: what it refuses is
+    /// likely the output (the rest is numbers and our own words), so the outcome is recorded
+    /// without it. Whether it was recorded.
+    async fn record_without_output(&self, path: &Path, mut finished: Finished) -> bool {
         finished.outcome.output =
             "[gocron: the database refused this run's output; it was not recorded]".to_owned();
         match self.write(&finished).await {
@@ -375,9 +392,11 @@ impl Outcomes {
                     "the database refused the run's output: its outcome was recorded without it"
                 );
                 self.done(path, &finished).await;
+                true
             }
             Err(e) => {
                 tracing::error!(run_id = finished.run_id, error = %e, "the database refuses the run's outcome, even without its output; kept in the spool");
+                false
             }
         }
     }
