@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, DbErr,
-};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 use tokio_util::sync::CancellationToken;
 
@@ -49,21 +47,24 @@ async fn connect_limited(
     if let Some(timeout) = timeout {
         let ms = timeout.as_millis().to_string();
         options.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", ms.as_str())]));
-        let secs = timeout.as_secs_f64();
-        let ms = timeout.as_millis();
-        options.after_connect(move |db| {
-            Box::pin(async move {
-                if db.get_database_backend() == DbBackend::MySql {
-                    // MariaDB's variable, or else MySQL's (which limits reads only).
-                    let maria = format!("SET SESSION max_statement_time = {secs}");
-                    if db.execute_unprepared(&maria).await.is_err() {
-                        let mysql = format!("SET SESSION max_execution_time = {ms}");
-                        if let Err(e) = db.execute_unprepared(&mysql).await {
-                            tracing::warn!(error = %e, "cannot limit statement time on this MySQL server");
-                        }
+        // Per connection of the pool (sea-orm's own after-connect hook runs once per pool):
+        // MariaDB's variable, or else MySQL's (which limits reads only).
+        let maria = format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64());
+        let mysql = format!("SET SESSION max_execution_time = {}", timeout.as_millis());
+        options.map_sqlx_mysql_pool_opts(move |pool| {
+            let (maria, mysql) = (maria.clone(), mysql.clone());
+            pool.after_connect(move |conn, _| {
+                let (maria, mysql) = (maria.clone(), mysql.clone());
+                Box::pin(async move {
+                    use sea_orm::sqlx::{AssertSqlSafe, raw_sql};
+                    // Our own text, no input in it.
+                    if raw_sql(AssertSqlSafe(maria)).execute(&mut *conn).await.is_err()
+                        && let Err(e) = raw_sql(AssertSqlSafe(mysql)).execute(&mut *conn).await
+                    {
+                        tracing::warn!(error = %e, "cannot limit statement time on this MySQL server");
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             })
         });
     }
