@@ -25,6 +25,7 @@ use sea_orm::{
 use tokio_util::sync::CancellationToken;
 
 use crate::alarms::status;
+use crate::ledger::MAX_BACKFILL;
 
 /// The most rows one statement selects, then deletes.
 pub const BATCH: u64 = 1000;
@@ -81,6 +82,8 @@ pub struct Pruned {
 pub async fn run(db: DatabaseConnection, keep: Keep, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every job at the first pass, then the jobs that ran since the previous one.
+    let mut runs_after = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -88,7 +91,7 @@ pub async fn run(db: DatabaseConnection, keep: Keep, interval: Duration, stop: C
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            pruned = prune(&db, keep, Utc::now()) => match pruned {
+            pruned = prune_after(&db, keep, Utc::now(), &mut runs_after) => match pruned {
                 Ok(p) if p != Pruned::default() => tracing::info!(
                     old_runs = p.old_runs,
                     extra_runs = p.extra_runs,
@@ -103,11 +106,23 @@ pub async fn run(db: DatabaseConnection, keep: Keep, interval: Duration, stop: C
     }
 }
 
-/// One pass: deletes what `keep` does not keep, as of `now`.
+/// One pass over every job: deletes what `keep` does not keep, as of `now`.
 pub async fn prune(
     db: &DatabaseConnection,
     keep: Keep,
     now: DateTime<Utc>,
+) -> Result<Pruned, DbErr> {
+    prune_after(db, keep, now, &mut None).await
+}
+
+/// One pass: deletes what `keep` does not keep, as of `now`. Runs beyond `keep_runs` are looked
+/// for only in the jobs with runs above `*runs_after` (`None`: every job), which is then set to
+/// the newest run id: work in proportion to the jobs that ran, not to the table.
+pub async fn prune_after(
+    db: &DatabaseConnection,
+    keep: Keep,
+    now: DateTime<Utc>,
+    runs_after: &mut Option<i64>,
 ) -> Result<Pruned, DbErr> {
     let floor = alarm_state::Entity::find_by_id(RUN_FLOOR.to_owned())
         .one(db)
@@ -140,23 +155,56 @@ pub async fn prune(
         }
     }
 
-    let mut after_job = i64::MIN;
-    loop {
-        let jobs: Vec<i64> = job::Entity::find()
-            .select_only()
-            .column(job::Column::Id)
-            .filter(job::Column::Id.gt(after_job))
-            .order_by_asc(job::Column::Id)
-            .limit(BATCH)
-            .into_tuple()
-            .all(db)
-            .await?;
-        let Some(&max) = jobs.last() else { break };
-        after_job = max;
-        for job_id in jobs {
-            pruned.extra_runs += prune_job(db, job_id, keep.runs, floor).await?;
+    let newest: Option<Option<i64>> = run::Entity::find()
+        .select_only()
+        .column_as(run::Column::Id.max(), "newest")
+        .into_tuple()
+        .one(db)
+        .await?;
+    let newest = newest.flatten();
+    match *runs_after {
+        None => {
+            let mut after_job = i64::MIN;
+            loop {
+                let jobs: Vec<i64> = job::Entity::find()
+                    .select_only()
+                    .column(job::Column::Id)
+                    .filter(job::Column::Id.gt(after_job))
+                    .order_by_asc(job::Column::Id)
+                    .limit(BATCH)
+                    .into_tuple()
+                    .all(db)
+                    .await?;
+                let Some(&max) = jobs.last() else { break };
+                after_job = max;
+                for job_id in jobs {
+                    pruned.extra_runs += prune_job(db, job_id, keep.runs, floor, now).await?;
+                }
+            }
+        }
+        Some(mark) => {
+            // The jobs that ran since the last pass, read in ranges of ids.
+            let mut from = mark;
+            let to = newest.unwrap_or(mark);
+            while from < to {
+                let upto = (from + 100 * BATCH as i64).min(to);
+                let jobs: Vec<i64> = run::Entity::find()
+                    .select_only()
+                    .column(run::Column::JobId)
+                    .distinct()
+                    .filter(run::Column::Id.gt(from))
+                    .filter(run::Column::Id.lte(upto))
+                    .into_tuple()
+                    .all(db)
+                    .await?;
+                for job_id in jobs {
+                    pruned.extra_runs += prune_job(db, job_id, keep.runs, floor, now).await?;
+                }
+                from = upto;
+            }
         }
     }
+    *runs_after = newest.or(*runs_after);
 
     let cutoff = now - keep.alarms_for;
     if let Some(last) = last_id_before::<alarm::Entity>(
@@ -195,12 +243,15 @@ pub async fn prune(
     Ok(pruned)
 }
 
-/// Deletes job `job_id`'s final runs below `floor` scheduled before its `keep`-th newest.
+/// Deletes job `job_id`'s final runs below `floor` scheduled before its `keep`-th newest, and
+/// not within [`MAX_BACKFILL`] of `now` (the ticks a restarted monitor's ledger may look at
+/// again: a row deleted there would look like a tick never recorded).
 async fn prune_job(
     db: &DatabaseConnection,
     job_id: i64,
     keep: u64,
     floor: i64,
+    now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
     // Along the unique index (job_id, scheduled_at, trigger): `keep` entries, not the job's runs.
     let nth: Option<DateTime<Utc>> = run::Entity::find()
@@ -216,6 +267,7 @@ async fn prune_job(
     let Some(nth) = nth else {
         return Ok(0);
     };
+    let nth = nth.min(now - MAX_BACKFILL);
     let mut deleted = 0;
     loop {
         let ids: Vec<i64> = run::Entity::find()
