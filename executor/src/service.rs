@@ -134,7 +134,15 @@ impl ExecutorRpc for Service {
         inner.tasks.spawn(async move {
             let claimed = claim(&fences, &label, &holder, &request).await;
             let go = claimed.is_ok();
+            let unconfirmed = matches!(claimed, Err(Refused::Unavailable(_)));
             let _ = claimed_tx.send(claimed);
+            if unconfirmed {
+                // Detached: a stopping executor does not wait for Redis to come back.
+                tokio::spawn(async move {
+                    settle_unconfirmed(&fences, &runs, &label, &holder, &request).await;
+                });
+                return;
+            }
             if !go {
                 return;
             }
@@ -207,6 +215,59 @@ impl ExecutorRpc for Service {
             Err(Refused::NotRunning(request.run_id))
         }
     }
+}
+
+/// How long an executor keeps trying to learn whether a claim it could not confirm took.
+const UNCONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A claim whose answer was lost (Redis failed or restarted mid-call) may have taken: the run
+/// would then be this executor's, held in its job's live runs, and never started, while
+/// everyone else (dispatchers, the monitor) sees it held by a live executor. So the claim is
+/// asked again (it is idempotent for its holder) until Redis answers: if it is ours, the run
+/// was not started, and is recorded `no_executor` and taken out of the live runs; if someone
+/// else holds it, it is theirs.
+async fn settle_unconfirmed(
+    fences: &Fences,
+    runs: &RunLog,
+    label: &str,
+    holder: &Holder,
+    request: &RunRequest,
+) {
+    let (job_id, run_id) = (request.job.id, request.run_id);
+    let mut backoff = gocron_shared::daemon::Backoff::new("redis (an unconfirmed claim)");
+    let never = tokio_util::sync::CancellationToken::new();
+    let until = tokio::time::Instant::now() + UNCONFIRMED_FOR;
+    while tokio::time::Instant::now() < until {
+        match fences.claim_run(job_id, run_id, label, Some(holder)).await {
+            Ok(None) => {
+                let why = format!(
+                    "executor {label} could not confirm its claim of the run (Redis unavailable), so it did not start it"
+                );
+                match runs.no_executor(run_id, why).await {
+                    Ok(_) => {
+                        if let Err(e) = fences.release(job_id, run_id).await {
+                            tracing::warn!(run_id, error = %e, "cannot drop an unstarted run from its job's live runs");
+                        }
+                        tracing::warn!(
+                            run_id,
+                            "a claim whose answer was lost took: the run was not started, recorded no_executor"
+                        );
+                    }
+                    // Its entry stays: the run becomes lost when this executor stops.
+                    Err(e) => tracing::warn!(run_id, error = %e, "cannot record an unstarted run"),
+                }
+                return;
+            }
+            Ok(Some(_)) => return,
+            Err(e) => {
+                let _ = backoff.wait(&e, &never).await;
+            }
+        }
+    }
+    tracing::warn!(
+        run_id,
+        "Redis did not answer for an unconfirmed claim; giving up"
+    );
 }
 
 /// Claims the run for this executor and enters it in its job's live runs (see
