@@ -58,8 +58,9 @@ fn describe(r: &run::Model) -> String {
     s
 }
 
-/// Every way the job's ticks in `[from, to]` break the rule (see the module doc), one line each,
-/// in tick order; empty when every tick is accounted for. `runs` are the job's rows (any order,
+/// Every way the job's ticks in `[from, to]` break the rule (see the module doc), one line per
+/// tick (ticks in a row with the same problem share one line, giving their range and count), in
+/// tick order; empty when every tick is accounted for. `runs` are the job's rows (any order,
 /// manual ones are ignored), `lines` what its command wrote (lines outside the window are
 /// ignored).
 pub fn violations(
@@ -96,6 +97,7 @@ pub fn violations(
         }
     }
     let none = Vec::new();
+    let mut problems: Vec<(DateTime<Utc>, String)> = Vec::new();
     for t in &ticks {
         let found = rows.get(t).unwrap_or(&none);
         let ids = written.get(t).map(Vec::as_slice).unwrap_or(&[]);
@@ -144,8 +146,32 @@ pub fn violations(
             )),
         };
         if let Some(p) = problem {
-            out.push(format!("{}: {p}", t.to_rfc3339()));
+            problems.push((*t, p));
         }
+    }
+    // Ticks in a row with the same problem (e.g. vanished) make one line: a range and a count.
+    let mut i = 0;
+    while i < problems.len() {
+        let (first, p) = &problems[i];
+        let mut j = i;
+        while j + 1 < problems.len()
+            && problems[j + 1].1 == *p
+            && ticks.binary_search(&problems[j + 1].0)
+                == ticks.binary_search(&problems[j].0).map(|k| k + 1)
+        {
+            j += 1;
+        }
+        if j == i {
+            out.push(format!("{}: {p}", first.to_rfc3339()));
+        } else {
+            out.push(format!(
+                "{} to {} ({} ticks): {p}",
+                first.to_rfc3339(),
+                problems[j].0.to_rfc3339(),
+                j - i + 1
+            ));
+        }
+        i = j + 1;
     }
     out
 }
@@ -177,8 +203,7 @@ pub fn report(
         total += v.len();
         let n = ticks(rule, from, to).len();
         text.push_str(&format!(
-            "\n{label} (rule {rule:?}): {} of {n} ticks not accounted for:\n",
-            v.len()
+            "\n{label} (rule {rule:?}, {n} ticks in the window):\n"
         ));
         for line in v {
             text.push_str(&format!("  {line}\n"));
@@ -188,7 +213,7 @@ pub fn report(
         return String::new();
     }
     format!(
-        "ticks in [{}, {}] not accounted for ({total} violations):{text}",
+        "ticks in [{}, {}] not accounted for ({total} findings):{text}",
         from.to_rfc3339(),
         to.to_rfc3339()
     )
@@ -239,6 +264,14 @@ mod tests {
             line(9, 10),
         ];
         let v = violations("* * * * * *", at(0), at(8), &runs, &lines);
+        let gone = violations("* * * * * *", at(9), at(11), &[], &[]);
+        assert_eq!(
+            gone,
+            [
+                "2026-01-01T00:00:09+00:00 to 2026-01-01T00:00:11+00:00 (3 ticks): no row at all: \
+              the tick vanished"
+            ],
+        );
         let expected = [
             "00:00:01+00:00: run 2 succeeded but the command wrote 0 line(s)",
             "00:00:02+00:00: run 3 missed but the command ran",

@@ -378,9 +378,15 @@ impl Server {
         );
     }
 
-    /// Stops the server gracefully (SIGTERM) and waits for it to exit.
+    /// Stops the server gracefully and waits for it to exit: SIGTERM, except for PostgreSQL,
+    /// whose SIGTERM ("smart" shutdown) waits for every client to leave; SIGINT is its "fast"
+    /// shutdown (`pg_ctl -m fast`, what `scripts/services stop` uses): clients are disconnected.
     pub async fn stop(&mut self) {
-        self.signal(Signal::SIGTERM).await;
+        let signal = match self.kind {
+            Kind::Postgres => Signal::SIGINT,
+            _ => Signal::SIGTERM,
+        };
+        self.signal(signal).await;
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit.

@@ -109,6 +109,7 @@ impl Rig {
             if readable {
                 let report = accounted::report(from, to, &jobs);
                 if report.is_empty() {
+                    cost(from, to, &jobs);
                     return;
                 }
                 if tokio::time::Instant::now() > deadline {
@@ -133,6 +134,29 @@ impl Rig {
         drop(self.executors);
         drop(self.monitor);
         self.c.shutdown().await;
+    }
+}
+
+/// Prints what the fault cost (the README's figures come from these lines): the statuses of
+/// the window's ticks, and the longest run of ticks in a row that did not succeed.
+fn cost(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    jobs: &[(String, &str, Vec<run::Model>, Vec<String>)],
+) {
+    for (label, _, runs, _) in jobs {
+        let mut window: Vec<_> = runs
+            .iter()
+            .filter(|r| r.trigger == "schedule" && r.scheduled_at >= from && r.scheduled_at <= to)
+            .collect();
+        window.sort_by_key(|r| r.scheduled_at);
+        let statuses = gocron_tests::tally(window.iter().map(|r| r.status.as_str()));
+        let (mut gap, mut longest) = (0, 0);
+        for r in &window {
+            gap = if r.status == "succeeded" { 0 } else { gap + 1 };
+            longest = longest.max(gap);
+        }
+        eprintln!("{label}: {statuses:?}; at most {longest} ticks in a row did not succeed");
     }
 }
 
