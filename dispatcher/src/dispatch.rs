@@ -271,7 +271,7 @@ impl Dispatcher {
                 job_id = job.id,
                 job = %job.name,
                 through = %through,
-                "more ticks were missed than are handled (catchup_secs, catchup_max): the older ones are neither recorded nor run"
+                "more ticks were missed than are handled (catchup_secs, catchup_max): the older ones are not run (the monitor records them missed)"
             );
         }
         missed.into()

@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.dispatcher.time_zone,
         config.dispatcher.max_late,
     );
-    let ticks = TaskTracker::new();
+    let ticks = Ticks::new(config.dispatcher.max_ticks_in_flight);
     tracing::info!(dispatcher = %name, "dispatcher ready");
 
     loop {
@@ -121,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                                 .jobs()
                                 .map(|(spec, schedule)| (spec.clone(), schedule.clone()))
                                 .collect();
-                            ticks.spawn(catch_up(dispatcher.clone(), lock.clone(), jobs, config.dispatcher.max_late, ticks.clone()));
+                            ticks.tracker.spawn(catch_up(dispatcher.clone(), lock.clone(), jobs, config.dispatcher.max_late, ticks.clone()));
                         }
                     }
                     None => break,
@@ -141,6 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                             let _ = etcd.delete(key, None).await;
                         }
                     });
+                    // (Left in etcd when shed: it is served at the request's next read.)
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
@@ -149,9 +150,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
 
-    ticks.close();
-    if tokio::time::timeout(DRAIN, ticks.wait()).await.is_err() {
-        tracing::warn!(pending = ticks.len(), "hand-overs still under way at exit");
+    ticks.tracker.close();
+    if tokio::time::timeout(DRAIN, ticks.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = ticks.tracker.len(),
+            "hand-overs still under way at exit"
+        );
     }
     watches.cancel();
     registration.revoke().await;
@@ -167,7 +174,7 @@ async fn catch_up(
     lock: Fences,
     jobs: Vec<(Arc<JobSpec>, Arc<Schedule>)>,
     max_late: Duration,
-    ticks: TaskTracker,
+    ticks: Ticks,
 ) {
     for chunk in jobs.chunks(1000) {
         let ids: Vec<i64> = chunk.iter().map(|(spec, _)| spec.id).collect();
@@ -191,6 +198,69 @@ async fn catch_up(
     }
 }
 
+/// The tasks firing ticks, at most `max` at once: a dispatcher whose ticks cannot finish (the
+/// database or Redis down, executors hanging) stays bounded, and leaves the ticks past the cap
+/// to the other dispatchers (a tick nobody fires is missed, and handled by the misfire policy).
+#[derive(Clone)]
+struct Ticks {
+    tracker: TaskTracker,
+    slots: Arc<tokio::sync::Semaphore>,
+    shed: Arc<std::sync::Mutex<Shed>>,
+}
+
+/// Ticks not fired because of the cap, logged at most once every 10 s.
+#[derive(Default)]
+struct Shed {
+    /// Since the last log line.
+    count: u64,
+    /// Since the start.
+    total: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Ticks {
+    fn new(max: usize) -> Ticks {
+        Ticks {
+            tracker: TaskTracker::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            shed: Arc::default(),
+        }
+    }
+
+    /// Runs `fire` in a task of its own if a slot is free; sheds it otherwise.
+    fn spawn<F>(&self, fire: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                self.tracker.spawn(async move {
+                    let _slot = slot;
+                    fire.await
+                });
+            }
+            Err(_) => {
+                let mut shed = self.shed.lock().unwrap_or_else(|p| p.into_inner());
+                shed.count += 1;
+                shed.total += 1;
+                if shed
+                    .logged
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(
+                        in_flight = self.tracker.len(),
+                        shed = shed.count,
+                        "max_ticks_in_flight reached: ticks left to the other dispatchers (ticks nobody fires are missed)"
+                    );
+                    shed.logged = Some(std::time::Instant::now());
+                    shed.count = 0;
+                }
+            }
+        }
+    }
+}
+
 /// The (job id, instant) of the run-now request an etcd event brings, if any.
 fn run_now_request(keys: &EtcdKeys, event: MirrorEvent) -> Option<(i64, DateTime<Utc>)> {
     // A request read by a (re)read of the prefix is served like a new one: the tick lock makes
@@ -203,8 +273,36 @@ fn run_now_request(keys: &EtcdKeys, event: MirrorEvent) -> Option<(i64, DateTime
 }
 
 /// Hands every tick due now to its own task.
-fn fire_due(scheduler: &mut Scheduler, dispatcher: &Dispatcher, ticks: &TaskTracker) {
+fn fire_due(scheduler: &mut Scheduler, dispatcher: &Dispatcher, ticks: &Ticks) {
     for tick in scheduler.due(Utc::now()) {
         ticks.spawn(dispatcher.clone().fire(tick));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ticks;
+
+    #[tokio::test]
+    async fn ticks_past_the_cap_are_shed_and_slots_come_back() {
+        let ticks = Ticks::new(2);
+        let (release, hold) = tokio::sync::watch::channel(false);
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..3 {
+            let (mut hold, fired) = (hold.clone(), fired.clone());
+            ticks.spawn(async move {
+                fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = hold.wait_for(|go| *go).await;
+            });
+        }
+        // Two in flight, the third shed.
+        assert_eq!(ticks.tracker.len(), 2);
+        assert_eq!(ticks.shed.lock().unwrap().total, 1);
+        release.send(true).unwrap();
+        ticks.tracker.close();
+        ticks.tracker.wait().await;
+        assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Their slots are free again.
+        assert_eq!(ticks.slots.available_permits(), 2);
     }
 }

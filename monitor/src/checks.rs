@@ -31,7 +31,12 @@ use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rule::Schedule;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
+use gocron_shared::live::HANDOFF_LIMIT;
+use gocron_shared::lock::Fences;
+use gocron_shared::runs::RunLog;
+
 use crate::alarms::{AlarmStore, Finding, status};
+use crate::ledger::Ledger;
 
 /// Rows read per query of the run scan.
 const BATCH: u64 = 1000;
@@ -103,6 +108,22 @@ pub struct Checker {
     recorded: HashSet<String>,
     /// `Some` when the next pass is the first after downtime.
     start_summary: Option<i64>,
+    /// Every tick accounted for: a row for each, `missed` if nobody wrote one.
+    ledger: Ledger,
+    /// Runs seen in flight for over [`HANDOFF_LIMIT`]: (job, run), to look for in Redis.
+    orphans: Vec<(i64, i64)>,
+    runs: RunLog,
+    fences: Fences,
+}
+
+/// What the checks need besides the alarm store.
+pub struct Seams {
+    /// Redis: runs in flight, scheduling marks, the ledger's marks.
+    pub fences: Fences,
+    /// The run writer (`missed` and `lost` rows).
+    pub runs: RunLog,
+    /// The tick ledger.
+    pub ledger: Ledger,
 }
 
 /// What one pass did, for logs and tests.
@@ -138,8 +159,13 @@ impl Checker {
         machines: MachineGroups,
         default_tz: Tz,
         host: String,
+        seams: Seams,
     ) -> Checker {
         Checker {
+            ledger: seams.ledger,
+            orphans: Vec::new(),
+            runs: seams.runs,
+            fences: seams.fences,
             store,
             config,
             machines,
@@ -271,6 +297,18 @@ impl Checker {
         let found = self.find(&jobs, live, now).await;
         self.jobs = jobs;
         let findings = found?;
+        self.settle_orphans().await;
+        let db = self.store.db().clone();
+        let settled = self
+            .ledger
+            .settle(&db, &self.runs, &self.fences, &self.last_tick, now)
+            .await?;
+        if settled.recorded > 0 {
+            tracing::warn!(
+                ticks = settled.recorded,
+                "ticks without a run row recorded missed"
+            );
+        }
 
         let mut report = CheckReport::default();
         match self.start_summary.take() {
@@ -330,7 +368,8 @@ impl Checker {
                 .all(self.store.db())
                 .await?;
             for row in rows {
-                self.job_changed(row.id, Some(row), now);
+                // Its runs exist: it was published before.
+                self.job_changed(row.id, Some(row), true, now);
             }
         }
         Ok(())
@@ -338,7 +377,13 @@ impl Checker {
 
     /// Takes in a job row as the publisher looked at it (`None`: deleted). Unchanged rows (a
     /// reconcile sends every row) cost one comparison.
-    pub fn job_changed(&mut self, id: i64, row: Option<job::Model>, now: DateTime<Utc>) {
+    pub fn job_changed(
+        &mut self,
+        id: i64,
+        row: Option<job::Model>,
+        resume: bool,
+        now: DateTime<Utc>,
+    ) {
         if let (Some(new), Some(old)) = (&row, self.jobs.get(&id))
             && new == old
         {
@@ -357,6 +402,7 @@ impl Checker {
             self.jobs.remove(&id);
             self.schedules.remove(&id);
             self.live_since.remove(&id);
+            self.ledger.job(id, None, false, now);
             return;
         };
         if let Some(error) = &row.last_error {
@@ -374,9 +420,11 @@ impl Checker {
             Some((schedule, spec)) => {
                 let shape = format!("{}|{}", spec.rule, spec.time_zone);
                 if self.live_since.get(&id).is_none_or(|(s, _)| *s != shape) {
-                    self.live_since.insert(id, (shape, now));
+                    self.live_since.insert(id, (shape.clone(), now));
                 }
                 self.generation += 1;
+                self.ledger
+                    .job(id, Some((schedule.clone(), shape)), resume, now);
                 self.schedules.insert(id, (schedule, self.generation));
                 self.looks
                     .push(Reverse((now.timestamp_millis(), id, self.generation)));
@@ -384,6 +432,7 @@ impl Checker {
             None => {
                 self.schedules.remove(&id);
                 self.live_since.remove(&id);
+                self.ledger.job(id, None, false, now);
             }
         }
         self.jobs.insert(id, row);
@@ -600,6 +649,7 @@ impl Checker {
         if row.trigger == "schedule" {
             let t = self.last_tick.entry(row.job_id).or_insert(row.scheduled_at);
             *t = (*t).max(row.scheduled_at);
+            self.ledger.saw(row.job_id, row.scheduled_at);
         }
         let Ok(status) = row.status.parse::<RunStatus>() else {
             self.open.remove(&row.id);
@@ -608,10 +658,14 @@ impl Checker {
         let job = Some(row.job_id);
         match status {
             RunStatus::Dispatched | RunStatus::Running => {
-                self.open.entry(row.id).or_insert(Open {
+                let open = self.open.entry(row.id).or_insert(Open {
                     since: now,
                     gap: false,
                 });
+                let limit = chrono::Duration::from_std(HANDOFF_LIMIT).unwrap_or_default();
+                if now - open.since > limit && now - row.scheduled_at > limit {
+                    self.orphans.push((row.job_id, row.id));
+                }
                 if let Some(detail) = self.overdue(row, jobs.get(&row.job_id), now) {
                     findings.push(self.finding(
                         format!("run_overdue:run={}", row.id),
@@ -659,8 +713,13 @@ impl Checker {
                     ));
                 }
             }
+            // Keyed by the tick, like the alarm of a tick overdue: one alarm per tick.
             RunStatus::Missed => findings.push(self.finding(
-                format!("tick_missed:run={}", row.id),
+                format!(
+                    "tick_missed:job={}:tick={}",
+                    row.job_id,
+                    row.scheduled_at.timestamp_millis()
+                ),
                 AlarmKind::TickMissed,
                 jobs,
                 job,
@@ -673,6 +732,42 @@ impl Checker {
             RunStatus::Killed => {}
         }
         self.open.remove(&row.id);
+    }
+
+    /// Runs in flight for over [`HANDOFF_LIMIT`] that nobody holds in Redis (the hand-off was
+    /// never entered: Redis was down, or the dispatcher died between the row and the entry)
+    /// become `lost`: nothing else would ever end them. A run held there is the lost-run
+    /// sweep's to judge.
+    async fn settle_orphans(&mut self) {
+        let orphans = std::mem::take(&mut self.orphans);
+        let mut held: HashMap<i64, HashSet<i64>> = HashMap::new();
+        for (job_id, run_id) in orphans {
+            let runs = match held.entry(job_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match self.fences.in_flight(job_id).await {
+                        Ok(runs) => e.insert(runs.iter().map(|r| r.run_id).collect()),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot read runs in flight; orphans looked at later");
+                            return;
+                        }
+                    }
+                }
+            };
+            if runs.contains(&run_id) {
+                continue;
+            }
+            let why = format!(
+                "no dispatcher or executor holds the run after {} s: its hand-off was never \
+                 entered in Redis (Redis unavailable, or the dispatcher died at the hand-off)",
+                HANDOFF_LIMIT.as_secs()
+            );
+            match self.runs.lost(run_id, why).await {
+                Ok(true) => tracing::warn!(run_id, job_id, "a run nobody held is recorded lost"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(run_id, error = %e, "cannot record an orphaned run lost"),
+            }
+        }
     }
 
     /// Why an open run is overdue, if it is.

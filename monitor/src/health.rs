@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use gocron_shared::config::{Config, host_name};
 use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, MirrorEvent, Resync};
+use gocron_shared::runs::RunLog;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use gocron_shared::alarm::Channel;
 
 use crate::alarms::{AlarmStore, Sender};
-use crate::checks::{Checker, Live};
+use crate::checks::{Checker, Live, Seams};
+use crate::ledger::Ledger;
 use crate::sync::JobUpdate;
 
 /// How long handing back cut deliveries may take at shutdown.
@@ -31,12 +34,20 @@ const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Tells monitors of one process apart in `claimed_by` (tests run two in one process).
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
+/// How long after its instant a tick without a row counts as missed (see [`crate::ledger`]):
+/// twice the etcd lease TTL (a dispatcher or executor that died is known dead) plus
+/// `grace_secs`.
+pub fn settle(config: &Config) -> std::time::Duration {
+    std::time::Duration::from_secs(2 * config.etcd.lease_ttl) + config.alarm.grace
+}
+
 /// Runs the checks and the sender until `shutdown`.
 pub async fn run(
     config: &Config,
     db: DatabaseConnection,
     etcd: etcd_client::Client,
     keys: &EtcdKeys,
+    fences: Fences,
     mut jobs: mpsc::UnboundedReceiver<JobUpdate>,
     shutdown: CancellationToken,
 ) {
@@ -47,6 +58,7 @@ pub async fn run(
         std::process::id(),
         INSTANCE.fetch_add(1, Ordering::Relaxed)
     );
+    let db_for_runs = db.clone();
     let store = AlarmStore::new(db, alarm.clone());
     let mut wakes = Vec::new();
     let mut send_tasks = Vec::new();
@@ -74,6 +86,11 @@ pub async fn run(
         config.machines.clone(),
         config.dispatcher.time_zone,
         host,
+        Seams {
+            fences,
+            runs: RunLog::spawn(db_for_runs),
+            ledger: Ledger::new(settle(config), config.dispatcher.catchup, alarm.grace),
+        },
     );
     let mut executors = registry::live_executors(etcd.clone(), keys, shutdown.child_token());
     let mut dispatchers = registry::mirror(etcd, keys.dispatchers(), shutdown.child_token());
@@ -113,7 +130,9 @@ pub async fn run(
                 }
             }
             update = jobs.recv() => match update {
-                Some(JobUpdate::Row(id, row)) => checker.job_changed(id, row, Utc::now()),
+                Some(JobUpdate::Row(id, row, resume)) => {
+                    checker.job_changed(id, row, resume, Utc::now())
+                }
                 Some(JobUpdate::Reconciled) => jobs_known = true,
                 None => break,
             },
@@ -121,8 +140,8 @@ pub async fn run(
             _ = tick.tick(), if jobs_known => {
                 // Every job change sent so far is taken in before the pass.
                 while let Ok(update) = jobs.try_recv() {
-                    if let JobUpdate::Row(id, row) = update {
-                        checker.job_changed(id, row, Utc::now());
+                    if let JobUpdate::Row(id, row, resume) = update {
+                        checker.job_changed(id, row, resume, Utc::now());
                     }
                 }
                 let pass = tokio::select! {

@@ -22,11 +22,13 @@
 //! - [`lost`]: runs in flight whose holder is gone become `lost`.
 //! - [`checks`]: the health checks, each pass's findings recorded as alarms.
 //! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
+//! - [`ledger`]: every tick of every job ends with a row (`missed` when nobody wrote one).
 //! - [`health`]: the checks and sender loops and their etcd views.
 
 pub mod alarms;
 pub mod checks;
 pub mod health;
+pub mod ledger;
 pub mod lost;
 pub mod sync;
 
@@ -76,8 +78,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let health_stop = shutdown.child_token();
     let health = tokio::spawn({
         let (config, db, etcd, keys) = (config.clone(), db.clone(), etcd.clone(), keys.clone());
-        let stop = health_stop.clone();
-        async move { health::run(&config, db, etcd, &keys, job_updates, stop).await }
+        let (fences, stop) = (fences.clone(), health_stop.clone());
+        async move { health::run(&config, db, etcd, &keys, fences, job_updates, stop).await }
     });
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());

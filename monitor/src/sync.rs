@@ -61,8 +61,8 @@ const TXN_BYTES: usize = 1024 * 1024;
 )]
 pub enum JobUpdate {
     /// A job row as looked at (`None`: deleted), after its verdict: `last_error` is what the
-    /// monitor decided.
-    Row(i64, Option<job::Model>),
+    /// monitor decided; and whether etcd already held the job with this rule (and zone) before.
+    Row(i64, Option<job::Model>, bool),
     /// The whole table has just been compared: every row was sent (the first time, the checks
     /// know every job from now on).
     Reconciled,
@@ -440,8 +440,13 @@ impl Publisher {
             }
         }
         if let Some(updates) = &self.updates {
+            // Whether etcd already had this rule for the job: the ledger then resumes its ticks.
+            let resume = desired.as_ref().is_some_and(|spec| {
+                self.published.get(&id).and_then(|p| p.timing)
+                    == Some(timing(&spec.rule, &spec.time_zone))
+            });
             // The checks may be gone (stopping): nothing to do then.
-            let _ = updates.send(JobUpdate::Row(id, row));
+            let _ = updates.send(JobUpdate::Row(id, row, resume));
         }
         match desired {
             Some(spec) => {

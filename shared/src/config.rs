@@ -96,6 +96,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// `max_connections`: the pool size of each daemon.
     pub max_connections: u32,
+    /// `statement_timeout_secs`: the longest a statement may run on MySQL/MariaDB and
+    /// PostgreSQL before the server cancels it (`None`: no limit). Not for migrations.
+    pub statement_timeout: Option<Duration>,
 }
 
 /// `[redis]`: the tick locks.
@@ -163,6 +166,9 @@ pub struct DispatcherConfig {
     pub catchup: Duration,
     /// `catchup_max`: the most missed ticks recorded or run for one job at once.
     pub catchup_max: usize,
+    /// `max_ticks_in_flight`: ticks being fired at once; past it, new ticks are left to the
+    /// other dispatchers (and are missed if none fires them).
+    pub max_ticks_in_flight: usize,
 }
 
 /// `[monitor]`: one monitor daemon.
@@ -176,7 +182,10 @@ pub struct MonitorConfig {
 
 /// The keys each section accepts; anything else is a typo.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("database", &["url", "max_connections"]),
+    (
+        "database",
+        &["url", "max_connections", "statement_timeout_secs"],
+    ),
     ("redis", &["url", "prefix"]),
     ("etcd", &["endpoints", "prefix", "lease_ttl"]),
     (
@@ -205,6 +214,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "max_late_ms",
             "catchup_secs",
             "catchup_max",
+            "max_ticks_in_flight",
         ],
     ),
     ("monitor", &["poll_ms", "reconcile_secs"]),
@@ -418,6 +428,15 @@ impl Raw {
         let database = DatabaseConfig {
             url: self.string("database", "url", "sqlite://var/gocron.db?mode=rwc"),
             max_connections: self.positive("database", "max_connections", 10)? as u32,
+            statement_timeout: match self.parsed::<u64>(
+                "database",
+                "statement_timeout_secs",
+                30,
+                "a whole number of seconds (0: no limit)",
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         };
         if !["sqlite:", "mysql:", "mariadb:", "postgres:", "postgresql:"]
             .iter()
@@ -520,6 +539,8 @@ impl Raw {
             max_late: Duration::from_millis(self.positive("dispatcher", "max_late_ms", 5000)?),
             catchup: Duration::from_secs(self.positive("dispatcher", "catchup_secs", 86_400)?),
             catchup_max: self.positive("dispatcher", "catchup_max", 100)? as usize,
+            max_ticks_in_flight: self.positive("dispatcher", "max_ticks_in_flight", 10_000)?
+                as usize,
         };
 
         let monitor = MonitorConfig {

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, DbErr,
+};
 use sea_orm_migration::MigratorTrait;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,23 @@ pub async fn connect(
     config: &DatabaseConfig,
     cancel: &CancellationToken,
 ) -> Result<DatabaseConnection, Cancelled> {
+    connect_limited(
+        config,
+        config.statement_timeout,
+        config.max_connections,
+        cancel,
+    )
+    .await
+}
+
+/// Connects with at most `connections` connections, each of whose statements the server cancels
+/// after `timeout` (MySQL/MariaDB, PostgreSQL; `None`: no limit).
+async fn connect_limited(
+    config: &DatabaseConfig,
+    timeout: Option<Duration>,
+    connections: u32,
+    cancel: &CancellationToken,
+) -> Result<DatabaseConnection, Cancelled> {
     if let Some(path) = sqlite_path(&config.url)
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
@@ -27,8 +46,29 @@ pub async fn connect(
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the SQLite folder");
     }
     let mut options = ConnectOptions::new(config.url.clone());
+    if let Some(timeout) = timeout {
+        let ms = timeout.as_millis().to_string();
+        options.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", ms.as_str())]));
+        let secs = timeout.as_secs_f64();
+        let ms = timeout.as_millis();
+        options.after_connect(move |db| {
+            Box::pin(async move {
+                if db.get_database_backend() == DbBackend::MySql {
+                    // MariaDB's variable, or else MySQL's (which limits reads only).
+                    let maria = format!("SET SESSION max_statement_time = {secs}");
+                    if db.execute_unprepared(&maria).await.is_err() {
+                        let mysql = format!("SET SESSION max_execution_time = {ms}");
+                        if let Err(e) = db.execute_unprepared(&mysql).await {
+                            tracing::warn!(error = %e, "cannot limit statement time on this MySQL server");
+                        }
+                    }
+                }
+                Ok(())
+            })
+        });
+    }
     options
-        .max_connections(config.max_connections)
+        .max_connections(connections)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false)
@@ -51,14 +91,19 @@ pub async fn connect_and_migrate(
     config: &DatabaseConfig,
     cancel: &CancellationToken,
 ) -> Result<DatabaseConnection, Cancelled> {
-    let db = connect(config, cancel).await?;
+    // Migrations may rewrite a big table: on a connection of their own, without the limit.
+    let unlimited = connect_limited(config, None, 1, cancel).await?;
     let mut backoff = Backoff::new("database migration");
     loop {
-        match migrate(&db).await {
-            Ok(()) => return Ok(db),
+        match migrate(&unlimited).await {
+            Ok(()) => break,
             Err(e) => backoff.wait(&e, cancel).await?,
         }
     }
+    if let Err(e) = unlimited.close().await {
+        tracing::debug!(error = %e, "closing the migration connection");
+    }
+    connect(config, cancel).await
 }
 
 /// Applies pending migrations. Safe to call from several daemons at once: a racing loser gets

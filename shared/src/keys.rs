@@ -124,6 +124,12 @@ impl RedisKeys {
         format!("{}:through:{job_id}", self.prefix)
     }
 
+    /// The monitor's tick ledger: job id → how far its ticks are accounted for (Unix ms; every
+    /// tick of the job's current rule up to it has a row).
+    pub fn accounted(&self) -> String {
+        format!("{}:accounted", self.prefix)
+    }
+
     /// The hash of a job's runs in flight.
     pub fn live(&self, job_id: i64) -> String {
         format!("{}:live:{job_id}", self.prefix)

@@ -259,6 +259,37 @@ impl Fences {
         Ok(())
     }
 
+    /// How far each of `job_ids`'s ticks are accounted for (the monitor's ledger), in order.
+    pub async fn accounted(&self, job_ids: &[i64]) -> redis::RedisResult<Vec<Option<i64>>> {
+        let mut conn = self.conn.clone();
+        let mut marks = Vec::with_capacity(job_ids.len());
+        for chunk in job_ids.chunks(1000) {
+            let mut get = redis::cmd("HMGET");
+            get.arg(self.keys.accounted()).arg(chunk);
+            let got: Vec<Option<i64>> = get.query_async(&mut conn).await?;
+            marks.extend(got);
+        }
+        Ok(marks)
+    }
+
+    /// Records how far jobs' ticks are accounted for: `(job id, Some(ms))` sets the mark,
+    /// `(job id, None)` forgets it (the job is gone).
+    pub async fn set_accounted(&self, marks: &[(i64, Option<i64>)]) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        for chunk in marks.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (id, mark) in chunk {
+                match mark {
+                    Some(ms) => pipe.cmd("HSET").arg(self.keys.accounted()).arg(id).arg(ms),
+                    None => pipe.cmd("HDEL").arg(self.keys.accounted()).arg(id),
+                }
+                .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
     /// Enters run `run_id` in job `job_id`'s live hash, held by `holder`.
     pub async fn hold(&self, job_id: i64, run_id: i64, holder: &Holder) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();

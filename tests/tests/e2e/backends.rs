@@ -221,3 +221,32 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
         c.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_running_past_statement_timeout_secs_is_cancelled_by_the_server() {
+    use sea_orm::ConnectionTrait;
+    for (backend, sleep) in [
+        (Backend::MariaDb, "SELECT SLEEP(5)"),
+        (Backend::Postgres, "SELECT pg_sleep(5)"),
+    ] {
+        let c = Cluster::new(backend, &[]).await;
+        let mut config = c.database();
+        config.statement_timeout = Some(Duration::from_secs(1));
+        let db = gocron_shared::db::connect(&config, &tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("connect");
+        let started = std::time::Instant::now();
+        let result = db.execute_unprepared(sleep).await;
+        let took = started.elapsed();
+        // MariaDB ends an interrupted SLEEP with 1 rather than an error; either way the server
+        // stopped it at the limit, not after the five seconds asked for.
+        assert!(
+            took < Duration::from_secs(4),
+            "{backend:?}: the statement ran {took:?} ({result:?})"
+        );
+        if backend == Backend::Postgres {
+            assert!(result.is_err(), "PostgreSQL reports the cancel: {result:?}");
+        }
+        c.shutdown().await;
+    }
+}

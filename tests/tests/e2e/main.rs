@@ -7,6 +7,7 @@ mod backends;
 mod faults;
 mod hardening;
 mod jobs;
+mod ledger;
 mod lock;
 mod misfire;
 mod pipeline;
