@@ -109,7 +109,7 @@ impl Rig {
             if readable {
                 let report = accounted::report(from, to, &jobs);
                 if report.is_empty() {
-                    cost(from, to, &jobs);
+                    cost(from, to, &jobs, Utc::now() - to);
                     return;
                 }
                 if tokio::time::Instant::now() > deadline {
@@ -138,12 +138,15 @@ impl Rig {
 }
 
 /// Prints what the fault cost (the README's figures come from these lines): the statuses of
-/// the window's ticks, and the longest run of ticks in a row that did not succeed.
+/// the window's ticks, the longest run of ticks in a row that did not succeed, and how long after
+/// the window's end every tick was accounted for.
 fn cost(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     jobs: &[(String, &str, Vec<run::Model>, Vec<String>)],
+    settled: chrono::Duration,
 ) {
+    let test = std::thread::current().name().unwrap_or("").to_owned();
     for (label, _, runs, _) in jobs {
         let mut window: Vec<_> = runs
             .iter()
@@ -156,7 +159,11 @@ fn cost(
             gap = if r.status == "succeeded" { 0 } else { gap + 1 };
             longest = longest.max(gap);
         }
-        eprintln!("{label}: {statuses:?}; at most {longest} ticks in a row did not succeed");
+        eprintln!(
+            "{test}: {label}: {statuses:?}; at most {longest} ticks in a row did not succeed; \
+             settled {:.1} s after the window",
+            settled.num_milliseconds() as f64 / 1000.0
+        );
     }
 }
 
