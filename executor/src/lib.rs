@@ -3,12 +3,15 @@
 //!
 //! Modules:
 //! - [`service`]: the RPC handler: refuse when busy, claim the run row, start the run, answer.
-//! - [`runner`]: running one shell or HTTP job, keeping the tail of its output, recording it.
+//! - [`runner`]: running one shell or HTTP job, keeping the tail of its output.
+//! - [`spool`]: recording each outcome: retried until recorded, spooled to `data_dir` while the
+//!   database refuses it, replayed after a restart.
 //!
 //! [`run`] is the whole daemon; `main` only parses flags and handles signals.
 
 pub mod runner;
 pub mod service;
+pub mod spool;
 
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use tracing::Instrument as _;
 use crate::runner::RunAs;
 
 use crate::service::Service;
+use crate::spool::{Outcomes, Spool};
 
 /// How long a connecting peer may take over its TLS handshake, and then again to send its first
 /// request (a dispatcher sends one as soon as it is connected).
@@ -66,6 +70,7 @@ pub async fn run_until(
     hurry: CancellationToken,
 ) -> anyhow::Result<()> {
     let run_as = RunAs::resolve(&config.executor.run_as)?;
+    let spool = Spool::open(&config.executor.data_dir)?;
     let tls = rpc::Tls::load(&config.rpc)?;
     let listener = TcpListener::bind(config.executor.listen)
         .await
@@ -99,14 +104,26 @@ pub async fn run_until(
         return Ok(());
     };
 
+    let run_log = RunLog::spawn(db);
+    let outcomes = Outcomes::new(
+        spool,
+        run_log.clone(),
+        fences.clone(),
+        config.executor.max_unrecorded,
+    );
+    // The spool of a previous process is replayed at once; the task lives as long as runs may
+    // still spool, so it stops only after the drain.
+    let stop_replay = CancellationToken::new();
+    let replay = tokio::spawn(outcomes.clone().replay(stop_replay.clone()));
     let runs = TaskTracker::new();
     let stop_runs = CancellationToken::new();
     let service = Service::new(
         config.rpc.secret.clone(),
         &config.executor,
         &info,
-        RunLog::spawn(db),
+        run_log,
         fences,
+        outcomes.clone(),
         runs.clone(),
         stop_runs.clone(),
         run_as,
@@ -124,9 +141,13 @@ pub async fn run_until(
             config.etcd.lease_ttl,
             &own,
         ) => alive,
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => {
+            stop_replay.cancel();
+            return Ok(());
+        }
     };
     let Ok(alive) = alive else {
+        stop_replay.cancel();
         return Ok(());
     };
     let value = serde_json::to_string(&info)?;
@@ -139,6 +160,7 @@ pub async fn run_until(
     )
     .await
     else {
+        stop_replay.cancel();
         alive.revoke().await;
         return Ok(());
     };
@@ -228,6 +250,15 @@ pub async fn run_until(
     stop_connections.cancel();
     connections.close();
     connections.wait().await;
+    stop_replay.cancel();
+    let _ = replay.await;
+    if outcomes.spooled() > 0 {
+        tracing::warn!(
+            outcomes = outcomes.spooled(),
+            data_dir = %config.executor.data_dir.display(),
+            "outcomes the database refused stay in the spool; the executor replays them when it starts again (with the same data_dir)"
+        );
+    }
     alive.revoke().await;
     tracing::info!(executor = %info, "executor stopped");
     Ok(())

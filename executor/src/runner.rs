@@ -1,5 +1,5 @@
 //! Running one job: a shell command in its own process group, or an HTTP GET; keeping the tail of
-//! its output; recording the outcome in `cron_run`.
+//! its output (the outcome is recorded by [`crate::spool`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt as _;
@@ -7,9 +7,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone as _, Utc};
+use chrono::{SecondsFormat, TimeZone as _, Utc};
 use gocron_shared::config::ExecutorConfig;
-use gocron_shared::daemon::Backoff;
 use gocron_shared::job::{JobKind, RunStatus, TimeoutPolicy};
 use gocron_shared::rpc::RunRequest;
 use gocron_shared::runs::{Outcome, RunLog};
@@ -163,7 +162,7 @@ impl Runner {
         true
     }
 
-    /// Runs `request` to its end; the outcome is not recorded yet (see [`Runner::record`]).
+    /// Runs `request` to its end; the outcome is not recorded yet (see [`crate::spool`]).
     pub async fn execute(&self, request: &RunRequest) -> Outcome {
         let registered = Registered {
             kills: &self.kills,
@@ -489,49 +488,6 @@ impl Runner {
                 tracing::warn!(run_id, error = %e, "cannot flag the run's overrun");
             }
         });
-    }
-
-    /// Writes the final status; retried with backoff, because a lost outcome is a lost run.
-    /// Whether the row is final now (written here, or already final).
-    pub async fn record(
-        &self,
-        run_id: i64,
-        executor: &str,
-        started_at: DateTime<Utc>,
-        outcome: Outcome,
-    ) -> bool {
-        let mut backoff = Backoff::new("database (recording a run)");
-        let never = CancellationToken::new();
-        let mut outcome = outcome;
-        for attempt in 0..12 {
-            if attempt == 11 {
-                // The last try: without the output, in case it is what the database refuses.
-                outcome.output = "[gocron: the output could not be recorded]".to_owned();
-            }
-            match self
-                .runs
-                .finish(run_id, executor, started_at, outcome.clone())
-                .await
-            {
-                Ok(true) => return true,
-                Ok(false) => {
-                    tracing::warn!(
-                        run_id,
-                        "the run row was already final; outcome not recorded"
-                    );
-                    return true;
-                }
-                Err(e) => {
-                    let _ = backoff.wait(&e, &never).await;
-                }
-            }
-        }
-        tracing::error!(
-            run_id,
-            ?outcome,
-            "could not record the run's outcome; its row stays 'running'"
-        );
-        false
     }
 }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runner::{RunAs, Runner};
+use crate::spool::{Finished, Outcomes};
 
 /// The executor's RPC service; cheap to clone (one per connection).
 #[derive(Clone)]
@@ -38,11 +39,13 @@ struct Inner {
     stopping: AtomicBool,
     tasks: TaskTracker,
     runner: Runner,
+    outcomes: Outcomes,
 }
 
 impl Service {
-    /// A service that claims runs with `fences`, records them in `runs` and runs them on
-    /// `tasks` (as `run_as`, if set), at most `config.max_concurrent` at once.
+    /// A service that claims runs with `fences`, records them in `runs` (their outcomes
+    /// through `outcomes`) and runs them on `tasks` (as `run_as`, if set), at most
+    /// `config.max_concurrent` at once.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         secret: Secret,
@@ -50,6 +53,7 @@ impl Service {
         info: &ExecutorInfo,
         runs: RunLog,
         fences: Fences,
+        outcomes: Outcomes,
         tasks: TaskTracker,
         stop_all: CancellationToken,
         run_as: Option<RunAs>,
@@ -67,6 +71,7 @@ impl Service {
                 max: config.max_concurrent,
                 stopping: AtomicBool::new(false),
                 tasks,
+                outcomes,
             }),
         }
     }
@@ -104,6 +109,11 @@ impl ExecutorRpc for Service {
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }
+        // Outcomes waiting for the database take memory and disk: past the cap, the run goes
+        // to an executor whose outcomes get through.
+        if let Some(refused) = inner.outcomes.full() {
+            return Err(refused);
+        }
         let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
             return Err(Refused::Busy {
                 running: inner.max - inner.slots.available_permits(),
@@ -113,12 +123,13 @@ impl ExecutorRpc for Service {
         // The claim and the start happen in a task of their own: tarpc aborts a handler whose
         // deadline passed, and a run claimed must never be left without its start.
         let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
-        let (runs, fences, label, holder, runner) = (
+        let (runs, fences, label, holder, runner, outcomes) = (
             inner.runs.clone(),
             inner.fences.clone(),
             inner.label.clone(),
             inner.holder.clone(),
             inner.runner.clone(),
+            inner.outcomes.clone(),
         );
         inner.tasks.spawn(async move {
             let claimed = claim(&fences, &label, &holder, &request).await;
@@ -139,6 +150,9 @@ impl ExecutorRpc for Service {
             // The slot is free once the job is, whatever the database's backlog.
             let job = async {
                 let outcome = runner.execute(&request).await;
+                // Counted as waiting before its slot is free: the cap on outcomes waiting is
+                // what bounds the memory of a slow database, not the slots.
+                let waiting = outcomes.wait();
                 drop(permit);
                 // Ended: the job no longer holds up its next tick, while the outcome waits for
                 // the database (until then a death of this process still makes the run lost).
@@ -146,23 +160,24 @@ impl ExecutorRpc for Service {
                 if let Err(e) = fences.hold(request.job.id, request.run_id, &ended).await {
                     tracing::warn!(run_id = request.run_id, error = %e, "cannot mark the run ended in the job's live runs");
                 }
-                outcome
+                (outcome, waiting)
             };
-            let (started, outcome) =
+            let (started, (outcome, waiting)) =
                 tokio::join!(runs.start(request.run_id, &label, started_at), job);
             if let Err(e) = started {
                 tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
             }
-            if runner
-                .record(request.run_id, &label, started_at, outcome)
-                .await
-            {
-                // Out of the live runs only once the outcome is safe: an unrecorded run stays
-                // live while this process lives, and becomes `lost` if it dies.
-                if let Err(e) = fences.release(request.job.id, request.run_id).await {
-                    tracing::warn!(run_id = request.run_id, error = %e, "cannot drop the run from the job's live runs");
-                }
-            }
+            // Out of the live runs only once the outcome is safe: an unrecorded run stays live
+            // while this process lives, and becomes `lost` if it dies (its spooled outcome then
+            // replaces `lost` when the executor starts again).
+            let finished = Finished {
+                run_id: request.run_id,
+                job_id: request.job.id,
+                executor: label,
+                started_at,
+                outcome,
+            };
+            outcomes.record(finished, waiting).await;
         });
         claimed_rx
             .await

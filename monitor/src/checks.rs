@@ -63,6 +63,65 @@ pub struct Live {
     pub dispatchers: Option<usize>,
 }
 
+/// What the checks keep of a job row: what alarms show and the timeout check reads, and a
+/// fingerprint of the whole row to tell a change; a fraction of the row's size, so that a
+/// million jobs fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    fingerprint: u64,
+    name: Box<str>,
+    rule: Box<str>,
+    command: Box<str>,
+    machine: Box<str>,
+    alarm_emails: Box<str>,
+    alarm_mobiles: Box<str>,
+    timeout_secs: i32,
+    timeout_policy: Box<str>,
+}
+
+/// Feeds formatted text to a hasher, without building the text.
+struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+
+impl std::fmt::Write for HashWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        std::hash::Hasher::write(self.0, s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A fingerprint of every column of a row (its `Debug` form, so a column added later counts).
+fn fingerprint(row: &job::Model) -> u64 {
+    use std::fmt::Write as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let _ = write!(HashWriter(&mut h), "{row:?}");
+    std::hash::Hasher::finish(&h)
+}
+
+impl JobRecord {
+    fn new(row: &job::Model) -> JobRecord {
+        JobRecord {
+            fingerprint: fingerprint(row),
+            name: row.name.as_str().into(),
+            rule: row.rule.as_str().into(),
+            command: row.command.as_str().into(),
+            machine: row.machine.trim().into(),
+            alarm_emails: row.alarm_emails.as_str().into(),
+            alarm_mobiles: row.alarm_mobiles.as_str().into(),
+            timeout_secs: row.timeout_secs,
+            timeout_policy: row.timeout_policy.as_str().into(),
+        }
+    }
+
+    fn facts(&self, id: i64) -> JobFacts {
+        JobFacts {
+            id,
+            name: self.name.to_string(),
+            rule: self.rule.to_string(),
+            command: self.command.to_string(),
+        }
+    }
+}
+
 /// A run not yet final, or an id not yet seen.
 #[derive(Debug, Clone, Copy)]
 struct Open {
@@ -85,7 +144,7 @@ pub struct Checker {
     last_tick: HashMap<i64, DateTime<Utc>>,
     /// Every job row, as the publisher last looked at it (kept up to date by
     /// [`Checker::job_changed`], never read whole per pass).
-    jobs: HashMap<i64, job::Model>,
+    jobs: HashMap<i64, JobRecord>,
     /// The schedule of each enabled, valid job, and the generation of its row.
     schedules: HashMap<i64, (Schedule, u64)>,
     generation: u64,
@@ -96,8 +155,8 @@ pub struct Checker {
     invalid: BTreeMap<i64, String>,
     /// The enabled, valid jobs of each machine group (trimmed; empty: any executor).
     targets: BTreeMap<String, BTreeSet<i64>>,
-    /// Since when this monitor has seen each job scheduled as it is (rule and zone).
-    live_since: HashMap<i64, (String, DateTime<Utc>)>,
+    /// Since when this monitor has seen each job scheduled as it is (a hash of rule and zone).
+    live_since: HashMap<i64, (u64, DateTime<Utc>)>,
     /// Lasting conditions seen, and since when.
     seen: HashMap<String, DateTime<Utc>>,
     /// Episodes of open conditions known: condition → `open:` value.
@@ -333,7 +392,7 @@ impl Checker {
 
     async fn find(
         &mut self,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         live: &Live,
         now: DateTime<Utc>,
     ) -> Result<Vec<Finding>, DbErr> {
@@ -385,17 +444,17 @@ impl Checker {
         now: DateTime<Utc>,
     ) {
         if let (Some(new), Some(old)) = (&row, self.jobs.get(&id))
-            && new == old
+            && fingerprint(new) == old.fingerprint
         {
             return;
         }
         self.invalid.remove(&id);
         if let Some(old) = self.jobs.get(&id)
-            && let Some(ids) = self.targets.get_mut(old.machine.trim())
+            && let Some(ids) = self.targets.get_mut(&*old.machine)
         {
             ids.remove(&id);
             if ids.is_empty() {
-                self.targets.remove(old.machine.trim());
+                self.targets.remove(&*old.machine);
             }
         }
         let Some(row) = row else {
@@ -418,9 +477,13 @@ impl Checker {
             .flatten();
         match spec.and_then(|spec| Some((spec.schedule(self.default_tz).ok()?, spec))) {
             Some((schedule, spec)) => {
-                let shape = format!("{}|{}", spec.rule, spec.time_zone);
+                let shape = {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(&(&spec.rule, &spec.time_zone), &mut h);
+                    std::hash::Hasher::finish(&h)
+                };
                 if self.live_since.get(&id).is_none_or(|(s, _)| *s != shape) {
-                    self.live_since.insert(id, (shape.clone(), now));
+                    self.live_since.insert(id, (shape, now));
                 }
                 self.generation += 1;
                 self.ledger
@@ -435,7 +498,7 @@ impl Checker {
                 self.ledger.job(id, None, false, now);
             }
         }
-        self.jobs.insert(id, row);
+        self.jobs.insert(id, JobRecord::new(&row));
     }
 
     async fn save_marks(&mut self, now: DateTime<Utc>) -> Result<(), DbErr> {
@@ -530,7 +593,7 @@ impl Checker {
         Ok(recorded + rows.len())
     }
 
-    fn job_facts(jobs: &HashMap<i64, job::Model>, id: i64) -> Option<JobFacts> {
+    fn job_facts(jobs: &HashMap<i64, JobRecord>, id: i64) -> Option<JobFacts> {
         Some(jobs.get(&id).map_or_else(
             || JobFacts {
                 id,
@@ -538,7 +601,7 @@ impl Checker {
                 rule: String::new(),
                 command: String::new(),
             },
-            JobFacts::from,
+            |job| job.facts(id),
         ))
     }
 
@@ -546,7 +609,7 @@ impl Checker {
         &self,
         key: String,
         kind: AlarmKind,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         job_id: Option<i64>,
         run: Option<&run::Model>,
         detail: String,
@@ -566,14 +629,18 @@ impl Checker {
                 detail,
                 Utc::now(),
             ),
-            emails: job_row.map(|j| j.alarm_emails.clone()).unwrap_or_default(),
-            mobiles: job_row.map(|j| j.alarm_mobiles.clone()).unwrap_or_default(),
+            emails: job_row
+                .map(|j| j.alarm_emails.to_string())
+                .unwrap_or_default(),
+            mobiles: job_row
+                .map(|j| j.alarm_mobiles.to_string())
+                .unwrap_or_default(),
         }
     }
 
     async fn scan_runs(
         &mut self,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         now: DateTime<Utc>,
         findings: &mut Vec<Finding>,
     ) -> Result<(), DbErr> {
@@ -642,7 +709,7 @@ impl Checker {
     fn examine(
         &mut self,
         row: &run::Model,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         now: DateTime<Utc>,
         findings: &mut Vec<Finding>,
     ) {
@@ -666,7 +733,7 @@ impl Checker {
                 if now - open.since > limit && now - row.scheduled_at > limit {
                     self.orphans.push((row.job_id, row.id));
                 }
-                if let Some(detail) = self.overdue(row, jobs.get(&row.job_id), now) {
+                if let Some(detail) = self.overdue(row, row.job_id, jobs.get(&row.job_id), now) {
                     findings.push(self.finding(
                         format!("run_overdue:run={}", row.id),
                         AlarmKind::RunOverdue,
@@ -774,7 +841,8 @@ impl Checker {
     fn overdue(
         &self,
         row: &run::Model,
-        job: Option<&job::Model>,
+        job_id: i64,
+        job: Option<&JobRecord>,
         now: DateTime<Utc>,
     ) -> Option<String> {
         let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
@@ -799,7 +867,7 @@ impl Checker {
             row.scheduled_at + chrono::Duration::seconds(i64::from(job.timeout_secs))
         } else {
             self.schedules
-                .get(&job.id)?
+                .get(&job_id)?
                 .0
                 .next_after(row.scheduled_at)?
         };
@@ -815,7 +883,7 @@ impl Checker {
     /// at, each then put back for when its following tick would be overdue.
     fn check_jobs(
         &mut self,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         now: DateTime<Utc>,
         findings: &mut Vec<Finding>,
     ) {
@@ -869,7 +937,7 @@ impl Checker {
     /// Lasting conditions: invalid rows, groups without executor, no dispatcher.
     async fn check_lasting(
         &mut self,
-        jobs: &HashMap<i64, job::Model>,
+        jobs: &HashMap<i64, JobRecord>,
         live: &Live,
         now: DateTime<Utc>,
         findings: &mut Vec<Finding>,

@@ -37,8 +37,9 @@ use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, 
 pub const MAX_BACKFILL: chrono::TimeDelta = chrono::TimeDelta::hours(6);
 /// The most ticks of one job walked in one look; the rest waits for the next pass.
 const MAX_TICKS_PER_LOOK: usize = 1000;
-/// The most jobs looked at in one pass.
-const MAX_LOOKS_PER_PASS: usize = 5000;
+/// The most jobs looked at in one pass (a look at a job whose rows the scan showed is a few
+/// lookups in memory).
+const MAX_LOOKS_PER_PASS: usize = 20_000;
 /// A job is looked at no more often than this (frequent rules are accounted in batches).
 const LOOK_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
@@ -66,7 +67,7 @@ struct Account {
 struct Opening {
     job_id: i64,
     schedule: Schedule,
-    shape: String,
+    shape: u64,
     /// Whether the job was published with this rule before this monitor looked (it resumes
     /// from the job's mark), or is new (owed from now).
     resume: bool,
@@ -80,8 +81,8 @@ pub struct Ledger {
     grace: chrono::TimeDelta,
     /// Accounts by (job, serial): a job has its current one and, for a while, retired ones.
     accounts: BTreeMap<(i64, u64), Account>,
-    /// The current account of each job, and the rule's shape (rule and zone).
-    current: HashMap<i64, (u64, String)>,
+    /// The current account of each job, and the rule's shape (a hash of rule and zone).
+    current: HashMap<i64, (u64, u64)>,
     serial: u64,
     openings: Vec<Opening>,
     /// When to look at an account again (unix ms), earliest first.
@@ -124,7 +125,7 @@ impl Ledger {
     pub fn job(
         &mut self,
         job_id: i64,
-        scheduled: Option<(Schedule, String)>,
+        scheduled: Option<(Schedule, u64)>,
         resume: bool,
         now: DateTime<Utc>,
     ) {

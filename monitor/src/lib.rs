@@ -24,12 +24,14 @@
 //! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
 //! - [`ledger`]: every tick of every job ends with a row (`missed` when nobody wrote one).
 //! - [`health`]: the checks and sender loops and their etcd views.
+//! - [`retention`]: old final runs and alarms deleted in small batches (`keep_days`, ...).
 
 pub mod alarms;
 pub mod checks;
 pub mod health;
 pub mod ledger;
 pub mod lost;
+pub mod retention;
 pub mod sync;
 
 use std::time::Duration;
@@ -81,6 +83,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let (fences, stop) = (fences.clone(), health_stop.clone());
         async move { health::run(&config, db, etcd, &keys, fences, job_updates, stop).await }
     });
+    let retention = tokio::spawn(retention::run(
+        db.clone(),
+        retention::Keep::from_config(&config.monitor),
+        config.monitor.retention_interval,
+        health_stop.clone(),
+    ));
     let mut published = registry::mirror(etcd.clone(), keys.jobs(), shutdown.child_token());
     let mut instances = registry::live_instances(etcd.clone(), &keys, shutdown.child_token());
     let sweeper = Sweeper {
@@ -139,6 +147,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health_stop.cancel();
     if let Err(e) = health.await {
         tracing::error!(error = %e, "the alarm checks ended abnormally");
+    }
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "the retention task ended abnormally");
     }
     tracing::info!("monitor stopped");
     Ok(())

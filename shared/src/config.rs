@@ -147,6 +147,11 @@ pub struct ExecutorConfig {
     pub pass_env: Vec<String>,
     /// `max_connections`: RPC connections open at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// `data_dir`: the executor's own folder (its outcome spool); default `var/executor/<name>`.
+    pub data_dir: PathBuf,
+    /// `max_unrecorded`: outcomes waiting for the database (in memory or spooled) past which
+    /// the executor answers busy.
+    pub max_unrecorded: usize,
 }
 
 /// `[dispatcher]`: one dispatcher daemon.
@@ -178,6 +183,15 @@ pub struct MonitorConfig {
     pub poll_interval: Duration,
     /// `reconcile_secs`: how often the whole job table is compared with etcd, in pages.
     pub reconcile_interval: Duration,
+    /// `keep_days`: final runs scheduled longer ago than this many days are deleted.
+    pub keep_days: u64,
+    /// `keep_runs`: per job, final runs beyond the newest this many are deleted.
+    pub keep_runs: u64,
+    /// `alarm_keep_days`: alarms done with (sent, given up, summarised, ...) are deleted after
+    /// this many days.
+    pub alarm_keep_days: u64,
+    /// `retention_secs`: how often old rows are looked for (and once soon after start).
+    pub retention_interval: Duration,
 }
 
 /// The keys each section accepts; anything else is a typo.
@@ -202,6 +216,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "run_as",
             "pass_env",
             "max_connections",
+            "data_dir",
+            "max_unrecorded",
         ],
     ),
     (
@@ -217,7 +233,17 @@ const KNOWN: &[(&str, &[&str])] = &[
             "max_ticks_in_flight",
         ],
     ),
-    ("monitor", &["poll_ms", "reconcile_secs"]),
+    (
+        "monitor",
+        &[
+            "poll_ms",
+            "reconcile_secs",
+            "keep_days",
+            "keep_runs",
+            "alarm_keep_days",
+            "retention_secs",
+        ],
+    ),
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
@@ -505,14 +531,19 @@ impl Raw {
             }
             None => listen,
         };
+        let name = self.string(
+            "executor",
+            "name",
+            &format!("{}-{}", host_name(), advertise.port()),
+        );
+        let data_dir = match self.get("executor", "data_dir") {
+            Some(v) => PathBuf::from(&v.text),
+            None => Path::new("var/executor").join(&name),
+        };
         let executor = ExecutorConfig {
             listen,
             advertise,
-            name: self.string(
-                "executor",
-                "name",
-                &format!("{}-{}", host_name(), advertise.port()),
-            ),
+            name,
             max_concurrent: self.positive("executor", "max_concurrent", 64)? as usize,
             output_kib: self.positive("executor", "output_kib", 64)? as usize,
             shell: self.string("executor", "shell", "/bin/sh"),
@@ -521,6 +552,8 @@ impl Raw {
             run_as: self.string("executor", "run_as", ""),
             pass_env: self.pass_env()?,
             max_connections: self.positive("executor", "max_connections", 256)? as usize,
+            data_dir,
+            max_unrecorded: self.positive("executor", "max_unrecorded", 1000)? as usize,
         };
 
         let dispatcher = DispatcherConfig {
@@ -548,6 +581,14 @@ impl Raw {
             reconcile_interval: Duration::from_secs(self.positive(
                 "monitor",
                 "reconcile_secs",
+                300,
+            )?),
+            keep_days: self.positive("monitor", "keep_days", 30)?,
+            keep_runs: self.positive("monitor", "keep_runs", 1000)?,
+            alarm_keep_days: self.positive("monitor", "alarm_keep_days", 90)?,
+            retention_interval: Duration::from_secs(self.positive(
+                "monitor",
+                "retention_secs",
                 300,
             )?),
         };
@@ -982,6 +1023,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not an environment variable name"), "{err}");
+    }
+
+    #[test]
+    fn an_executor_has_a_data_dir_of_its_own_and_a_cap_on_unrecorded_outcomes() {
+        let c = Config::from_ini("[executor]\nname = exec-1\n", "c.ini", env(&[])).unwrap();
+        assert_eq!(c.executor.data_dir, Path::new("var/executor/exec-1"));
+        assert_eq!(c.executor.max_unrecorded, 1000);
+        assert_eq!(
+            (
+                c.monitor.keep_days,
+                c.monitor.keep_runs,
+                c.monitor.alarm_keep_days
+            ),
+            (30, 1000, 90)
+        );
+        assert_eq!(c.monitor.retention_interval, Duration::from_secs(300));
+        let c = Config::from_ini(
+            "[executor]\ndata_dir = /srv/gocron\nmax_unrecorded = 5\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.data_dir, Path::new("/srv/gocron"));
+        assert_eq!(c.executor.max_unrecorded, 5);
+        let err = Config::from_ini("[executor]\nmax_unrecorded = 0\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[executor] max_unrecorded"), "{err}");
     }
 
     #[test]

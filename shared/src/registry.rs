@@ -264,9 +264,14 @@ impl<K: std::hash::Hash + Eq> Resync<K> {
     }
 }
 
-/// Keys read per page when a prefix is (re)read: about 1 MB of jobs a response, far below
-/// etcd's and the client's message limits whatever the number of keys.
-pub const PAGE_KEYS: i64 = 2000;
+/// Keys read per page when a prefix is (re)read at first: about 5 MB of typical jobs a
+/// response. Few pages matter: etcd 3.4 walks every key left in the range for each page (to
+/// count them), so a prefix's read costs about keys² / page. A page over the client's message
+/// limit (jobs with big definitions) is asked for again at half the size.
+pub const PAGE_KEYS: i64 = 16_384;
+
+/// The smallest page asked for.
+const MIN_PAGE_KEYS: i64 = 16;
 
 /// The client's limit on one decoded response, a second line behind paging (a single value can
 /// still be large; etcd's own default request limit is 1.5 MiB).
@@ -295,6 +300,8 @@ pub struct PagedRead {
     revision: i64,
     keys_only: bool,
     done: bool,
+    /// Keys per page: [`PAGE_KEYS`], halved when a page is too large.
+    limit: i64,
 }
 
 impl PagedRead {
@@ -309,7 +316,20 @@ impl PagedRead {
             revision: 0,
             keys_only,
             done: false,
+            limit: PAGE_KEYS,
         }
+    }
+
+    /// The same read with the client's decode limit at `bytes` instead of
+    /// [`MAX_MESSAGE_BYTES`] (pages over it are asked for again, smaller).
+    pub fn with_message_limit(mut self, bytes: usize) -> PagedRead {
+        self.kv = self.kv.max_decoding_message_size(bytes);
+        self
+    }
+
+    /// The number of keys the next page asks for.
+    pub fn page_keys(&self) -> i64 {
+        self.limit
     }
 
     /// The revision the pages are read at (0 before the first page).
@@ -323,20 +343,34 @@ impl PagedRead {
         if self.done {
             return Ok(None);
         }
-        let mut options = GetOptions::new()
-            .with_range(self.end.clone())
-            .with_limit(PAGE_KEYS);
-        if self.revision > 0 {
-            options = options.with_revision(self.revision);
-        }
-        if self.keys_only {
-            options = options.with_keys_only();
-        }
-        let get = self.kv.get(self.from.clone(), Some(options));
-        let mut response = tokio::time::timeout(REQUEST_TIMEOUT, get)
-            .await
-            .map_err(|_| "reading the prefix timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        let mut response = loop {
+            let mut options = GetOptions::new()
+                .with_range(self.end.clone())
+                .with_limit(self.limit);
+            if self.revision > 0 {
+                options = options.with_revision(self.revision);
+            }
+            if self.keys_only {
+                options = options.with_keys_only();
+            }
+            let get = self.kv.get(self.from.clone(), Some(options));
+            match tokio::time::timeout(REQUEST_TIMEOUT, get)
+                .await
+                .map_err(|_| "reading the prefix timed out".to_owned())?
+            {
+                Ok(response) => break response,
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange && self.limit > MIN_PAGE_KEYS =>
+                {
+                    self.limit /= 2;
+                    tracing::debug!(
+                        limit = self.limit,
+                        "an etcd page was too large; asking for smaller ones"
+                    );
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         if self.revision == 0 {
             self.revision = response.header().map_or(0, |h| h.revision());
         }

@@ -127,6 +127,17 @@ pub enum Refused {
     /// Occurs when the executor cannot reach Redis to claim the run: offer it elsewhere.
     #[error("cannot claim the run: {0}")]
     Unavailable(String),
+    /// Occurs when `max_unrecorded` outcomes of finished runs are waiting for the database (in
+    /// the executor's memory or its spool): offer the run to the next executor.
+    #[error(
+        "busy: {waiting} outcomes of finished runs are waiting for the database (max_unrecorded {max})"
+    )]
+    Unrecorded {
+        /// Outcomes waiting now.
+        waiting: usize,
+        /// `[executor] max_unrecorded`.
+        max: usize,
+    },
 }
 
 /// How many calls one connection may have in flight: a whole second of a 1000-job burst.

@@ -42,8 +42,8 @@ const MAX_BATCH: usize = 4096;
 /// The statuses of a run in flight.
 const IN_FLIGHT: [&str; 2] = ["dispatched", "running"];
 
-/// How a run ended, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a run ended, as recorded (and as an executor spools it while the database is away).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// `succeeded` or `failed`.
     pub status: RunStatus,

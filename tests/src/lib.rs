@@ -284,7 +284,13 @@ impl Cluster {
             .overrides
             .iter()
             .cloned()
-            .chain([("GOCRON__EXECUTOR__NAME".to_owned(), name.to_owned())])
+            .chain([
+                ("GOCRON__EXECUTOR__NAME".to_owned(), name.to_owned()),
+                (
+                    "GOCRON__EXECUTOR__DATA_DIR".to_owned(),
+                    self.data_dir_text(name),
+                ),
+            ])
             .chain(own);
         let config = Config::from_ini(&self.ini, "test conf.ini", env).expect("test configuration");
         self.spawn("executor", name, config, gocron_executor::run);
@@ -318,6 +324,7 @@ impl Cluster {
             .arg(&ini)
             .envs(self.overrides.iter().cloned())
             .env("GOCRON__EXECUTOR__NAME", name)
+            .env("GOCRON__EXECUTOR__DATA_DIR", self.data_dir_text(name))
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -343,6 +350,12 @@ impl Cluster {
         if section != "MONITOR" {
             env.push((format!("GOCRON__{section}__NAME"), name.to_owned()));
         }
+        if section == "EXECUTOR" {
+            env.push((
+                "GOCRON__EXECUTOR__DATA_DIR".to_owned(),
+                self.data_dir_text(name),
+            ));
+        }
         let mut process = Process {
             name: name.to_owned(),
             binary: binary.to_owned(),
@@ -353,6 +366,16 @@ impl Cluster {
         };
         process.start();
         process
+    }
+
+    /// The `[executor] data_dir` of executor `name`: its own, in the cluster's temporary
+    /// folder, the same each time an executor of that name starts.
+    pub fn executor_data_dir(&self, name: &str) -> PathBuf {
+        self.path("executors").join(name)
+    }
+
+    fn data_dir_text(&self, name: &str) -> String {
+        self.executor_data_dir(name).display().to_string()
     }
 
     /// A connection to the cluster's Redis fences, as an operator tool would have.

@@ -190,3 +190,38 @@ async fn changes_are_published_on_mariadb() {
 async fn changes_are_published_on_postgres() {
     changes_are_published(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_read_whose_pages_are_too_large_asks_for_smaller_ones() {
+    use gocron_shared::registry::{PAGE_KEYS, PagedRead};
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let mut etcd = c.etcd().await;
+    let prefix = format!("/gocron-test/{}/big/", c.id);
+    // 200 values of 20 KiB: 4 MB in all, over the 1 MiB limit this read is given.
+    let value = "x".repeat(20 * 1024);
+    for i in 0..200 {
+        etcd.put(format!("{prefix}{i:04}"), value.as_str(), None)
+            .await
+            .expect("etcd put");
+    }
+    let mut read = PagedRead::new(&etcd, &prefix, false).with_message_limit(1024 * 1024);
+    let mut keys = Vec::new();
+    while let Some(page) = read.next_page().await.expect("the read adapts, not fails") {
+        assert!(page.iter().all(|(_, v)| v.len() == value.len()));
+        keys.extend(page.into_iter().map(|(k, _)| k));
+    }
+    let expected: Vec<String> = (0..200).map(|i| format!("{prefix}{i:04}")).collect();
+    assert_eq!(keys, expected, "every key once, in order");
+    assert!(
+        read.page_keys() < PAGE_KEYS && read.page_keys() * 20 * 1024 < 1024 * 1024,
+        "pages shrank to fit: {} keys",
+        read.page_keys()
+    );
+    etcd.delete(
+        prefix.as_str(),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("etcd delete");
+    c.shutdown().await;
+}
