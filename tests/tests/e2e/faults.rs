@@ -113,12 +113,38 @@ impl Rig {
                     return;
                 }
                 if tokio::time::Instant::now() > deadline {
+                    self.print_logs();
                     panic!("{SETTLE:?} after the window: {report}");
                 }
             } else if tokio::time::Instant::now() > deadline {
                 panic!("the database did not answer {SETTLE:?} after the window");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Prints the warnings and errors the daemons logged (their log files go with the
+    /// cluster's temporary folder).
+    fn print_logs(&self) {
+        let all = self
+            .dispatchers
+            .iter()
+            .chain(&self.executors)
+            .chain([&self.monitor]);
+        for p in all {
+            let log = p.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            eprintln!(
+                "----- {}: {} warnings and errors, the last 40:",
+                p.name,
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
         }
     }
 
