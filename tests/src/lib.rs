@@ -4,9 +4,14 @@
 //! `GOCRON_TEST_MYSQL` and `GOCRON_TEST_POSTGRES`. Each [`Cluster`] gets its own etcd prefix,
 //! Redis prefix and database (a SQLite file in a temporary folder, or a fresh MariaDB/PostgreSQL
 //! database), so tests run side by side without seeing each other. [`alarm`] has the SMTP server
-//! and SMS gateway stand-ins of the alarm tests.
+//! and SMS gateway stand-ins of the alarm tests. [`servers`] starts private servers that fault
+//! tests stop, kill and restart ([`Cluster::with_servers`] uses them), [`Process`] runs a daemon
+//! as a process of its own that a test can SIGKILL, and [`accounted`] checks that every tick of a
+//! job was accounted for.
 
+pub mod accounted;
 pub mod alarm;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -77,16 +82,46 @@ pub struct Cluster {
     overrides: Vec<(String, String)>,
     daemons: Vec<Daemon>,
     drop_database: Option<(String, String)>,
+    etcd_url: String,
+    redis_url: String,
+}
+
+/// Servers a [`Cluster`] uses instead of the shared ones of `GOCRON_TEST_*`: any left `None`
+/// is the shared one.
+#[derive(Debug, Clone, Default)]
+pub struct Servers {
+    /// An etcd endpoint, e.g. `http://127.0.0.1:2379`.
+    pub etcd: Option<String>,
+    /// A Redis URL.
+    pub redis: Option<String>,
+    /// The admin URL (no database name) of the MariaDB or PostgreSQL server the cluster's own
+    /// database is created on; ignored for SQLite.
+    pub database: Option<String>,
 }
 
 impl Cluster {
     /// A cluster on `backend` whose conf.ini has `machines` as its `[machine]` section.
     pub async fn new(backend: Backend, machines: &[(&str, &str)]) -> Cluster {
+        Cluster::with_servers(backend, machines, Servers::default()).await
+    }
+
+    /// [`Cluster::new`], on `servers` where they are given (e.g. private ones of
+    /// [`servers::Server`]).
+    pub async fn with_servers(
+        backend: Backend,
+        machines: &[(&str, &str)],
+        servers: Servers,
+    ) -> Cluster {
         log_init();
         let id = format!("{:08x}", rand::random::<u32>());
         let dir = tempfile::tempdir().expect("temporary folder");
-        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
-        let redis = server("GOCRON_TEST_REDIS", "redis://127.0.0.1:63790");
+        let etcd = servers
+            .etcd
+            .unwrap_or_else(|| server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790"));
+        let redis = servers
+            .redis
+            .unwrap_or_else(|| server("GOCRON_TEST_REDIS", "redis://127.0.0.1:63790"));
+        let database = servers.database;
         check_etcd(&etcd).await;
         check_redis(&redis).await;
 
@@ -99,7 +134,9 @@ impl Cluster {
                 None,
             ),
             Backend::MariaDb => {
-                let admin = server("GOCRON_TEST_MYSQL", "mysql://gocron:gocron@127.0.0.1:33060");
+                let admin = database.clone().unwrap_or_else(|| {
+                    server("GOCRON_TEST_MYSQL", "mysql://gocron:gocron@127.0.0.1:33060")
+                });
                 let name = format!("gocron_t_{id}");
                 create_database(&admin, "MariaDB", "GOCRON_TEST_MYSQL", &name).await;
                 (
@@ -108,10 +145,12 @@ impl Cluster {
                 )
             }
             Backend::Postgres => {
-                let admin = server(
-                    "GOCRON_TEST_POSTGRES",
-                    "postgres://gocron:gocron@127.0.0.1:54320",
-                );
+                let admin = database.clone().unwrap_or_else(|| {
+                    server(
+                        "GOCRON_TEST_POSTGRES",
+                        "postgres://gocron:gocron@127.0.0.1:54320",
+                    )
+                });
                 let name = format!("gocron_t_{id}");
                 create_database(
                     &format!("{}/postgres", admin.trim_end_matches('/')),
@@ -154,6 +193,8 @@ impl Cluster {
             overrides: Vec::new(),
             daemons: Vec::new(),
             drop_database,
+            etcd_url: etcd,
+            redis_url: redis,
         }
     }
 
@@ -294,6 +335,39 @@ impl Cluster {
         child
     }
 
+    /// Starts daemon `name` as a process of its own: `binary` is one of the `gocron-test-*`
+    /// binaries (the real daemons' `main`, whose paths only integration tests know), `section`
+    /// the conf.ini section whose `name` it gets (`EXECUTOR`, `DISPATCHER`; `MONITOR` has none).
+    /// It reads the cluster's conf.ini and the settings [`Cluster::set`] made so far, and logs to
+    /// `{name}.log` in the cluster's folder. Does not wait for anything: for an executor, see
+    /// [`Cluster::wait_registered`].
+    pub fn start_process(&mut self, section: &str, name: &str, binary: &Path) -> Process {
+        let ini = self.path("cluster.ini");
+        if !ini.exists() {
+            std::fs::write(&ini, &self.ini).expect("writing the cluster's conf.ini");
+        }
+        let mut env = self.overrides.clone();
+        if section != "MONITOR" {
+            env.push((format!("GOCRON__{section}__NAME"), name.to_owned()));
+        }
+        if section == "EXECUTOR" {
+            env.push((
+                "GOCRON__EXECUTOR__DATA_DIR".to_owned(),
+                self.data_dir_text(name),
+            ));
+        }
+        let mut process = Process {
+            name: name.to_owned(),
+            binary: binary.to_owned(),
+            ini,
+            env,
+            log: self.path(&format!("{name}.log")),
+            child: None,
+        };
+        process.start();
+        process
+    }
+
     /// The `[executor] data_dir` of executor `name`: its own, in the cluster's temporary
     /// folder, the same each time an executor of that name starts.
     pub fn executor_data_dir(&self, name: &str) -> PathBuf {
@@ -317,17 +391,22 @@ impl Cluster {
         .expect("redis")
     }
 
+    /// The cluster's Redis URL and key prefix.
+    pub fn redis(&self) -> (String, String) {
+        (self.redis_url.clone(), format!("gct-{}", self.id))
+    }
+
     /// A client of the cluster's etcd.
     pub async fn etcd(&self) -> etcd_client::Client {
-        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
-        etcd_client::Client::connect([etcd], None)
+        etcd_client::Client::connect([self.etcd_url.clone()], None)
             .await
             .expect("etcd")
     }
 
-    async fn wait_registered(&self, name: &str) {
+    /// Waits until executor `name` is registered in etcd.
+    pub async fn wait_registered(&self, name: &str) {
         let key = format!("/gocron-test/{}/executors/{name}", self.id);
-        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
+        let etcd = self.etcd_url.clone();
         wait_until(
             &format!("executor {name} registered"),
             Duration::from_secs(20),
@@ -346,8 +425,7 @@ impl Cluster {
     /// The address executor `name` registered in etcd.
     pub async fn executor_address(&self, name: &str) -> std::net::SocketAddr {
         let key = format!("/gocron-test/{}/executors/{name}", self.id);
-        let etcd = server("GOCRON_TEST_ETCD", "http://127.0.0.1:23790");
-        let mut client = etcd_client::Client::connect([etcd], None)
+        let mut client = etcd_client::Client::connect([self.etcd_url.clone()], None)
             .await
             .expect("etcd");
         let found = client.get(key, None).await.expect("etcd get");
@@ -499,6 +577,71 @@ impl Drop for Cluster {
         // A failed test leaves its daemons behind: stop them rather than let them tick on.
         for d in &self.daemons {
             d.stop.cancel();
+        }
+    }
+}
+
+/// A daemon running as a process of its own (see [`Cluster::start_process`]), which a test can
+/// kill with SIGKILL and start again with the same configuration. Killed when dropped.
+pub struct Process {
+    /// The daemon's name.
+    pub name: String,
+    binary: PathBuf,
+    ini: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Process {
+    /// Starts it (again), appending to its log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = std::process::Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.ini)
+            .envs(self.env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaping");
+    }
+
+    /// Whether it is running (started and not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
         }
     }
 }

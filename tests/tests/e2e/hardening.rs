@@ -75,34 +75,43 @@ async fn a_database_error_is_not_taken_for_an_already_final_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_megabytes_of_output_leave_a_bounded_tail_of_whole_characters() {
-    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
-    c.start_executor("exec-a").await;
-    c.start_dispatcher("disp-0");
-    c.start_monitor();
-    // 14,285,714 lines of "€€\n" (7 bytes), then "END\n": 100,000,002 bytes of valid UTF-8,
-    // whose last 64 KiB begin inside a "€".
-    let job = c
-        .insert_job(
-            "flood",
-            "* * * * * *",
-            "yes '€€' | head -n 14285714; echo END",
-        )
-        .await;
-    let runs = c.wait_for_finished(job, 1, Duration::from_secs(60)).await;
-    let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
-    assert_eq!(r.status, "succeeded", "{:?}", r.error);
-    let output = r.output.as_deref().unwrap();
-    let note = "[... 99934467 earlier bytes dropped ...]\n";
-    assert!(
-        output.starts_with(note),
-        "{:?}",
-        &output[..output.len().min(80)]
-    );
-    let kept = &output[note.len()..];
-    assert!(kept.len() <= 64 * 1024, "{} bytes kept", kept.len());
-    assert!(kept.ends_with("€€\nEND\n"));
-    assert!(!kept.contains('\u{FFFD}'), "a character was cut");
-    c.shutdown().await;
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        let mut c = Cluster::new(backend, &[]).await;
+        c.start_executor("exec-a").await;
+        c.start_dispatcher("disp-0");
+        c.start_monitor();
+        // 14,285,714 lines of "€€\n" (7 bytes), then "END\n": 100,000,002 bytes of valid UTF-8,
+        // whose last 64 KiB begin inside a "€".
+        let job = c
+            .insert_job(
+                "flood",
+                "* * * * * *",
+                "yes '€€' | head -n 14285714; echo END",
+            )
+            .await;
+        let runs = c.wait_for_finished(job, 1, Duration::from_secs(60)).await;
+        let r = runs.iter().find(|r| r.finished_at.is_some()).unwrap();
+        assert_eq!(r.status, "succeeded", "{backend:?}: {:?}", r.error);
+        let output = r.output.as_deref().unwrap();
+        let note = "[... 99934467 earlier bytes dropped ...]\n";
+        assert!(
+            output.starts_with(note),
+            "{backend:?}: {:?}",
+            &output[..output.len().min(80)]
+        );
+        let kept = &output[note.len()..];
+        assert!(
+            kept.len() <= 64 * 1024,
+            "{backend:?}: {} bytes kept",
+            kept.len()
+        );
+        assert!(kept.ends_with("€€\nEND\n"), "{backend:?}");
+        assert!(
+            !kept.contains('\u{FFFD}'),
+            "{backend:?}: a character was cut"
+        );
+        c.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod alarms;
 mod backends;
+mod faults;
 mod hardening;
 mod jobs;
 mod ledger;
@@ -21,3 +22,7 @@ mod stop;
 /// The real executor as a process of its own (`gocron-test-executor`), for tests that signal or
 /// kill it.
 const EXECUTOR_PROCESS: &str = env!("CARGO_BIN_EXE_gocron-test-executor");
+/// The real dispatcher as a process of its own (`gocron-test-dispatcher`).
+const DISPATCHER_PROCESS: &str = env!("CARGO_BIN_EXE_gocron-test-dispatcher");
+/// The real monitor as a process of its own (`gocron-test-monitor`).
+const MONITOR_PROCESS: &str = env!("CARGO_BIN_EXE_gocron-test-monitor");
