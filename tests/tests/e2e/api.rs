@@ -527,3 +527,64 @@ async fn the_api_writes_and_audits_on_mariadb_and_postgres() {
         c.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_database_does_not_answer() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // A connection that never reaches a database.
+    let state = gocron_web::AppState::new(sea_orm::DatabaseConnection::default(), &c.base_config());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(gocron_web::serve(listener, state, stop.clone()));
+    let api = Api {
+        base: format!("http://{address}"),
+        http: reqwest::Client::new(),
+    };
+    let (status, answer) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        error(&answer).contains("the database does not answer"),
+        "{answer}"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the API stops on its token")
+        .unwrap()
+        .unwrap();
+    c.shutdown().await;
+}
+
+/// Not a pass/fail test (timings depend on the machine): `cargo test -p gocron-tests --test e2e
+/// api::pages_at_100k -- --ignored --nocapture` prints how long pages take at 100,000 jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn pages_at_100k_jobs() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+         INSERT INTO cron_job (name, rule, command, enabled) \
+         SELECT 'job-' || i, '@daily', 'true', i % 2 FROM n",
+        vec![],
+    )
+    .await;
+    let api = Api::start(&mut c).await;
+    for query in [
+        "per_page=100",
+        "per_page=100&page=999",
+        "per_page=500&page=199",
+        "q=job-9999&per_page=100",
+        "enabled=false&per_page=100&page=400",
+    ] {
+        let started = std::time::Instant::now();
+        let answer = api.get(&format!("/api/v1/jobs?{query}")).await;
+        println!(
+            "GET /api/v1/jobs?{query}: {} jobs of {} in {:?}",
+            answer["jobs"].as_array().unwrap().len(),
+            answer["total"],
+            started.elapsed()
+        );
+    }
+    c.shutdown().await;
+}
