@@ -17,6 +17,9 @@
 //! and tells people by mail and SMS when something is wrong: once, deduplicated across monitors,
 //! quiet-period- and cap-limited.
 //!
+//! With `[http] listen` set, it also serves the HTTP API (the `gocron-web` crate) on its
+//! database, stopping it with the rest on shutdown.
+//!
 //! Modules:
 //! - [`sync`]: change log (or, now and then, the whole table) → verdicts → etcd.
 //! - [`lost`]: runs in flight whose holder is gone become `lost`.
@@ -36,6 +39,7 @@ pub mod sync;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono_tz::Tz;
 use gocron_shared::config::Config;
 use gocron_shared::keys::EtcdKeys;
@@ -49,8 +53,42 @@ use crate::sync::Publisher;
 
 /// Runs the monitor until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], telling `http_bound` the address the HTTP API listens on once it does (so that a
+/// caller who asked for port 0 learns the port).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    http_bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
         return Ok(());
+    };
+    let http = match config.http.listen {
+        None => None,
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on [http] listen = {listen}"))?;
+            let address = listener.local_addr()?;
+            if config.http.admin_token.is_none() && config.http.viewer_token.is_none() {
+                tracing::warn!(
+                    "[http] admin_token and viewer_token are empty: the API answers 401 to every call but /healthz"
+                );
+            }
+            tracing::info!(%address, "HTTP API listening");
+            if let Some(bound) = http_bound {
+                let _ = bound.send(address);
+            }
+            let state = gocron_web::AppState::new(db.clone(), &config);
+            // A child of `shutdown`: the early returns below happen only once it is cancelled,
+            // so the server is never left running.
+            let stop = shutdown.child_token();
+            let task = tokio::spawn(gocron_web::serve(listener, state, stop.clone()));
+            Some((stop, task))
+        }
     };
     let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
         return Ok(());
@@ -150,6 +188,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     if let Err(e) = retention.await {
         tracing::error!(error = %e, "the retention task ended abnormally");
+    }
+    if let Some((stop, task)) = http {
+        // The loop may also end because a watch ended: stop the API with the rest.
+        stop.cancel();
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP API failed"),
+            Err(e) => tracing::error!(error = %e, "the HTTP API ended abnormally"),
+        }
     }
     tracing::info!("monitor stopped");
     Ok(())

@@ -69,6 +69,19 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// `[alarm]`: read by the monitor.
     pub alarm: crate::alarm::config::AlarmConfig,
+    /// `[http]`: the monitor's HTTP API.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the HTTP API the monitor serves (see the `gocron-web` crate).
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `listen`: the address the API binds (port 0: any free port); `None` (empty): no API.
+    pub listen: Option<SocketAddr>,
+    /// `admin_token`: the bearer token with full rights; `None`: nobody has them.
+    pub admin_token: Option<crate::rpc::Secret>,
+    /// `viewer_token`: the bearer token with read rights; `None`: nobody has them.
+    pub viewer_token: Option<crate::rpc::Secret>,
 }
 
 /// `[rpc]`: how dispatchers and executors trust each other.
@@ -244,6 +257,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "retention_secs",
         ],
     ),
+    ("http", &["listen", "admin_token", "viewer_token"]),
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
@@ -273,6 +287,9 @@ const KNOWN: &[(&str, &[&str])] = &[
 
 /// The shortest `[rpc] secret` accepted.
 pub const MIN_SECRET_CHARS: usize = 16;
+
+/// The shortest `[http] admin_token` or `viewer_token` accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// The environment variable prefix for overrides: `GOCRON__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "GOCRON__";
@@ -629,6 +646,7 @@ impl Raw {
         };
 
         let alarm = self.alarm()?;
+        let http = self.http()?;
 
         Ok(Config {
             database,
@@ -640,6 +658,46 @@ impl Raw {
             monitor,
             rpc,
             alarm,
+            http,
+        })
+    }
+
+    /// `[http]`: tokens are long, and two different ones (a token names its role).
+    fn http(&self) -> Result<HttpConfig, ConfigError> {
+        let listen = match self.get("http", "listen") {
+            None => None,
+            Some(_) => Some(self.parsed(
+                "http",
+                "listen",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+                "an ip:port address",
+            )?),
+        };
+        let token = |key: &str| match self.get("http", key) {
+            None => Ok(None),
+            Some(v) if v.text.chars().count() < MIN_TOKEN_CHARS => Err(self.invalid(
+                "http",
+                key,
+                format!(
+                    "at least {MIN_TOKEN_CHARS} characters when set (e.g. `openssl rand -hex 32`)"
+                ),
+            )),
+            Some(v) => Ok(Some(crate::rpc::Secret::new(v.text.clone()))),
+        };
+        let (admin_token, viewer_token) = (token("admin_token")?, token("viewer_token")?);
+        if let (Some(admin), Some(viewer)) = (&admin_token, &viewer_token)
+            && admin.matches(viewer)
+        {
+            return Err(self.invalid(
+                "http",
+                "viewer_token",
+                "must differ from admin_token (a token says which role calls)",
+            ));
+        }
+        Ok(HttpConfig {
+            listen,
+            admin_token,
+            viewer_token,
         })
     }
 
@@ -1051,6 +1109,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[executor] max_unrecorded"), "{err}");
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_its_tokens_are_long() {
+        let c = Config::from_ini("", "c.ini", env(&[])).unwrap();
+        assert!(c.http.listen.is_none() && c.http.admin_token.is_none());
+        let c = Config::from_ini(
+            "[http]\nlisten = 127.0.0.1:0\nadmin_token = 0123456789abcdef\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.unwrap().to_string(), "127.0.0.1:0");
+        assert!(c.http.admin_token.is_some() && c.http.viewer_token.is_none());
+        for key in ["admin_token", "viewer_token"] {
+            let err = Config::from_ini(&format!("[http]\n{key} = short\n"), "c.ini", env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("[http] {key}: at least 16 characters")),
+                "{err}"
+            );
+        }
+        let err = Config::from_ini(
+            "[http]\nadmin_token = 0123456789abcdef\nviewer_token = 0123456789abcdef\n",
+            "c.ini",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[http] viewer_token: must differ"), "{err}");
+        let err = Config::from_ini("[http]\nlisten = 8080\n", "c.ini", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[http] listen: \"8080\" is not an ip:port"),
+            "{err}"
+        );
     }
 
     #[test]

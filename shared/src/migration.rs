@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateTables),
             Box::new(PoliciesAndAlarms),
             Box::new(JobChanges),
+            Box::new(Audit),
         ]
     }
 
@@ -492,6 +493,72 @@ impl MigrationTrait for JobChanges {
                 .await?;
         }
         db.execute_unprepared("DROP TABLE IF EXISTS cron_job_change")
+            .await?;
+        Ok(())
+    }
+}
+
+/// `cron_audit`: one row per change made through the HTTP API, written in the same transaction
+/// as the change. `before` and `after` are quoted: `BEFORE` is a reserved word on MySQL/MariaDB.
+struct Audit;
+
+impl MigrationName for Audit {
+    fn name(&self) -> &str {
+        "m0004_audit"
+    }
+}
+
+const SQLITE_0004: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TIMESTAMP NOT NULL,
+        actor VARCHAR(255) NOT NULL,
+        action VARCHAR(64) NOT NULL,
+        job_id BIGINT NULL,
+        "before" TEXT NULL,
+        "after" TEXT NULL
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_audit_job ON cron_audit (job_id)",
+];
+
+const MYSQL_0004: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS cron_audit (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        at DATETIME(3) NOT NULL,
+        actor VARCHAR(255) NOT NULL,
+        action VARCHAR(64) NOT NULL,
+        job_id BIGINT NULL,
+        `before` MEDIUMTEXT NULL,
+        `after` MEDIUMTEXT NULL,
+        KEY cron_audit_job (job_id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#];
+
+const POSTGRES_0004: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS cron_audit (
+        id BIGSERIAL PRIMARY KEY,
+        at TIMESTAMPTZ(3) NOT NULL,
+        actor VARCHAR(255) NOT NULL,
+        action VARCHAR(64) NOT NULL,
+        job_id BIGINT NULL,
+        "before" TEXT NULL,
+        "after" TEXT NULL
+    )"#,
+    "CREATE INDEX IF NOT EXISTS cron_audit_job ON cron_audit (job_id)",
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Audit {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        for statement in by_backend(backend, [SQLITE_0004, MYSQL_0004, POSTGRES_0004])? {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_audit")
             .await?;
         Ok(())
     }

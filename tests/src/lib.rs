@@ -253,6 +253,25 @@ impl Cluster {
         self.spawn("monitor", name, config, gocron_monitor::run);
     }
 
+    /// Starts a monitor named `name` serving the HTTP API on a free port of 127.0.0.1 (with the
+    /// `[http]` tokens [`Cluster::set`] gave); returns its address once it listens.
+    pub async fn start_monitor_http(&mut self, name: &str) -> std::net::SocketAddr {
+        let config = self.config("HTTP", &[("LISTEN", "127.0.0.1:0")]);
+        let (bound, address) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gocron_monitor::run_with(config, stop.clone(), Some(bound)));
+        self.daemons.push(Daemon {
+            kind: "monitor",
+            name: name.into(),
+            stop,
+            task,
+        });
+        tokio::time::timeout(Duration::from_secs(30), address)
+            .await
+            .expect("the monitor's HTTP API did not listen within 30 s")
+            .expect("the monitor ended before its HTTP API listened")
+    }
+
     /// Every row of `cron_alarm`, in id order.
     pub async fn alarms(&self) -> Vec<gocron_shared::entity::alarm::Model> {
         use gocron_shared::entity::alarm;

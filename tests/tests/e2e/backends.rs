@@ -38,6 +38,7 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
         // Undo the harness's own migration, so that the daemons race on an empty schema...
         let c = Cluster::new(backend, &[]).await;
         for table in [
+            "cron_audit",
             "cron_alarm_state",
             "cron_alarm",
             "cron_run",
@@ -82,6 +83,7 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
             "{backend:?}"
         );
         c.sql("SELECT COUNT(*) FROM cron_alarm", vec![]).await;
+        c.sql("SELECT COUNT(*) FROM cron_audit", vec![]).await;
         c.shutdown().await;
     }
 }

@@ -3,6 +3,7 @@
 //! needs no server but a Python with croniter (`GOCRON_TEST_PYTHON`, also from `scripts/test`).
 
 mod alarms;
+mod api;
 mod backends;
 mod faults;
 mod hardening;

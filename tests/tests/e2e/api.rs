@@ -1,0 +1,590 @@
+//! The HTTP API served by the monitor: tokens and roles, every endpoint, validation, audit,
+//! paging and filters, against a real cluster.
+
+use std::time::Duration;
+
+use gocron_tests::{Backend, Cluster, wait_until};
+use sea_orm::EntityTrait as _;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+
+/// A client of one monitor's API.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// Sets the tokens on `c` and starts a monitor serving the API.
+    async fn start(c: &mut Cluster) -> Api {
+        c.set("HTTP", "ADMIN_TOKEN", ADMIN);
+        c.set("HTTP", "VIEWER_TOKEN", VIEWER);
+        let address = c.start_monitor_http("monitor").await;
+        Api {
+            base: format!("http://{address}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `method path` with `token` and a JSON `body`: the status and the JSON answer (null when
+    /// there is none).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("HTTP body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{path}: {status} answer is not JSON ({e}): {text}"))
+        };
+        (status, value)
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, Some(ADMIN), body).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, value) = self.call("GET", path, Some(VIEWER), None).await;
+        assert_eq!(status, 200, "GET {path}: {value}");
+        value
+    }
+}
+
+/// The error text of an error answer.
+fn error(answer: &Value) -> &str {
+    answer["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error answer: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_created_and_changed_through_the_api_run_and_every_change_is_audited() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let api = Api::start(&mut c).await;
+
+    // Health needs no token; everything else needs a known one; viewers only read.
+    assert_eq!(
+        api.call("GET", "/healthz", None, None).await,
+        (200, json!({"status": "ok"}))
+    );
+    for token in [None, Some("not-a-token-0123456789")] {
+        let (status, answer) = api.call("GET", "/api/v1/jobs", token, None).await;
+        assert_eq!(status, 401, "{answer}");
+        assert!(error(&answer).contains("Bearer"), "{answer}");
+    }
+    let job = json!({"name": "api-job", "rule": "* * * * * *", "command": "echo first"});
+    let (status, answer) = api
+        .call("POST", "/api/v1/jobs", Some(VIEWER), Some(job.clone()))
+        .await;
+    assert_eq!((status, error(&answer)), (403, "this token may only read"));
+
+    // Rows that would not be scheduled are refused with last_error's words.
+    for (bad, words) in [
+        (json!({"rule": "nope"}), "invalid rule \"nope\""),
+        (
+            json!({"machine": "ghost"}),
+            "unknown machine group \"ghost\"",
+        ),
+        (json!({"time_zone": "Mars/Base"}), "unknown time_zone"),
+        (
+            json!({"kind": "ftp"}),
+            "kind \"ftp\" is not one of: shell, http",
+        ),
+    ] {
+        let mut body = job.clone();
+        for (k, v) in bad.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = api.admin("POST", "/api/v1/jobs", Some(body)).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(
+            error(&answer).contains(words),
+            "{answer} should say {words}"
+        );
+    }
+    let (status, answer) = api
+        .admin(
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"name": "x", "rule": "@daily"})),
+        )
+        .await;
+    assert_eq!((status, error(&answer)), (422, "command is required"));
+    let (status, answer) = api
+        .admin(
+            "POST",
+            "/api/v1/jobs",
+            Some(json!({"name": "x", "rule": "@daily", "command": "true", "colour": 1})),
+        )
+        .await;
+    assert_eq!(status, 422, "an unknown column is refused: {answer}");
+    assert!(error(&answer).contains("colour"), "{answer}");
+
+    // Created: a row like one from SQL, published by the monitor, and it runs.
+    let (status, created) = api.admin("POST", "/api/v1/jobs", Some(job.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    assert_eq!(
+        (&created["name"], &created["enabled"], &created["machine"]),
+        (&json!("api-job"), &json!(true), &json!(""))
+    );
+    assert!(created["next_fire_at"].is_string(), "{created}");
+    let row = c.job_by_name("api-job").await;
+    assert_eq!(
+        (row.id, row.command.as_str(), row.enabled),
+        (id, "echo first", 1)
+    );
+    let runs = c.wait_for_finished(id, 1, Duration::from_secs(30)).await;
+    assert_eq!(runs[0].output.as_deref(), Some("first\n"), "{runs:#?}");
+
+    // Changed: a bad change is refused and changes nothing; a good one changes what runs.
+    let (status, answer) = api
+        .admin(
+            "PATCH",
+            &format!("/api/v1/jobs/{id}"),
+            Some(json!({"rule": "61 * * * *"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(c.job_by_name("api-job").await.rule, "* * * * * *");
+    let (status, changed) = api
+        .admin(
+            "PATCH",
+            &format!("/api/v1/jobs/{id}"),
+            Some(json!({"command": "echo second", "machine": "local"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (&changed["command"], &changed["rule"]),
+        (&json!("echo second"), &json!("* * * * * *"))
+    );
+    let second = wait_until(
+        "a run of the changed command",
+        Duration::from_secs(30),
+        || async {
+            c.runs(id)
+                .await
+                .into_iter()
+                .find(|r| r.output.as_deref() == Some("second\n"))
+        },
+    )
+    .await;
+
+    // Reads: the job, its runs (newest first, without output), one run (every column).
+    let shown = api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(
+        (&shown["id"], &shown["command"]),
+        (&json!(id), &json!("echo second"))
+    );
+    let page = api
+        .get(&format!(
+            "/api/v1/jobs/{id}/runs?status=succeeded&per_page=500"
+        ))
+        .await;
+    let listed = page["runs"].as_array().unwrap();
+    assert!(!listed.is_empty() && page["total"].as_u64().unwrap() >= listed.len() as u64);
+    let ticks: Vec<&str> = listed
+        .iter()
+        .map(|r| r["scheduled_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {ticks:?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["status"] == "succeeded" && r["job_id"] == id && r.get("output").is_none())
+    );
+    let run = api.get(&format!("/api/v1/runs/{}", second.id)).await;
+    assert_eq!(
+        (&run["output"], &run["status"], &run["trigger"]),
+        (&json!("second\n"), &json!("succeeded"), &json!("schedule"))
+    );
+    assert!(
+        run["executor"].as_str().unwrap().starts_with("exec-a@"),
+        "{run}"
+    );
+    for key in [
+        "scheduled_at",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "error",
+        "overrun_at",
+    ] {
+        assert!(run.get(key).is_some(), "{key} missing from {run}");
+    }
+    let (status, answer) = api
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{id}/runs?status=happy"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // Unknown ids are 404, as JSON.
+    for (method, path) in [
+        ("GET", "/api/v1/jobs/999999"),
+        ("PATCH", "/api/v1/jobs/999999"),
+        ("DELETE", "/api/v1/jobs/999999"),
+        ("GET", "/api/v1/jobs/999999/runs"),
+        ("GET", "/api/v1/runs/999999"),
+        ("GET", "/api/v1/nothing"),
+    ] {
+        let body = (method == "PATCH").then(|| json!({"name": "y"}));
+        let (status, answer) = api.admin(method, path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+        error(&answer);
+    }
+
+    // Deleted: gone from the table and the API, and it stops running.
+    let (status, answer) = api
+        .admin("DELETE", &format!("/api/v1/jobs/{id}"), None)
+        .await;
+    assert_eq!((status, answer), (204, Value::Null));
+    let (status, _) = api.admin("GET", &format!("/api/v1/jobs/{id}"), None).await;
+    assert_eq!(status, 404);
+
+    // Audit: one row per change that was made (the refused ones made none), newest first.
+    let audit = api.get("/api/v1/audit").await;
+    assert_eq!(audit["total"], 3, "{audit}");
+    let records = audit["audit"].as_array().unwrap();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["job.delete", "job.update", "job.create"]);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["actor"] == "admin" && r["job_id"] == id)
+    );
+    let (delete, update, create) = (&records[0], &records[1], &records[2]);
+    assert_eq!(
+        (&create["before"], &create["after"]["command"]),
+        (&Value::Null, &json!("echo first"))
+    );
+    assert_eq!(
+        (
+            &update["before"]["command"],
+            &update["after"]["command"],
+            &update["after"]["machine"]
+        ),
+        (&json!("echo first"), &json!("echo second"), &json!("local"))
+    );
+    assert_eq!(
+        (&delete["before"]["command"], &delete["after"]),
+        (&json!("echo second"), &Value::Null)
+    );
+    let by_job = api
+        .get(&format!("/api/v1/audit?job_id={id}&per_page=1&page=2"))
+        .await;
+    assert_eq!(
+        (
+            by_job["total"].as_u64(),
+            by_job["audit"][0]["action"].as_str()
+        ),
+        (Some(3), Some("job.update"))
+    );
+    let stored = gocron_shared::entity::audit::Entity::find()
+        .all(&c.db)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_routes_that_exist_and_need_a_token() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    let api = Api::start(&mut c).await;
+    let (status, spec) = api.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3."),
+        "{spec}"
+    );
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            operations += 1;
+            let public = operation["security"] == json!([]);
+            let path = path.replace("{id}", "1");
+            let body = ["post", "patch"]
+                .contains(&method.as_str())
+                .then(|| json!({}));
+            let (status, answer) = api.call(&method.to_uppercase(), &path, None, body).await;
+            let expected = if public { 200 } else { 401 };
+            assert_eq!(status, expected, "{method} {path}: {answer}");
+        }
+    }
+    assert_eq!(operations, 10);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_lists_filter_and_page_with_the_right_total() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("g1", "127.0.0.1")]).await;
+    // 510 rows in one statement: every third for g1, every fourth disabled, every tenth named
+    // with a literal `_x` (a LIKE wildcard, which the search must escape), every fiftieth with a
+    // rule the monitor marks in last_error.
+    let rows: Vec<String> = (1..=510)
+        .map(|i| {
+            format!(
+                "('job-{i:03}{}', '{}', 'true', '{}', {})",
+                if i % 10 == 0 { "_x" } else { "" },
+                if i % 50 == 0 { "nope" } else { "@daily" },
+                if i % 3 == 0 { "g1" } else { "" },
+                i32::from(i % 4 != 0)
+            )
+        })
+        .collect();
+    c.sql(
+        &format!(
+            "INSERT INTO cron_job (name, rule, command, machine, enabled) VALUES {}",
+            rows.join(", ")
+        ),
+        vec![],
+    )
+    .await;
+    let api = Api::start(&mut c).await;
+    let all: Vec<i64> = (1..=510).collect();
+    let count = |f: &dyn Fn(i64) -> bool| all.iter().filter(|i| f(**i)).count() as u64;
+
+    // Every page in id order, then the cap of 500.
+    let mut seen = Vec::new();
+    for page in 1..=8 {
+        let answer = api
+            .get(&format!("/api/v1/jobs?per_page=70&page={page}"))
+            .await;
+        assert_eq!(answer["total"], 510);
+        seen.extend(
+            answer["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_i64().unwrap()),
+        );
+    }
+    assert_eq!(seen, all);
+    let answer = api.get("/api/v1/jobs?per_page=100000").await;
+    assert_eq!(answer["jobs"].as_array().unwrap().len(), 500);
+
+    // Filters, alone and together, with their totals.
+    let total = |answer: &Value| answer["total"].as_u64().unwrap();
+    // `0_` literally: only the `_x` names; `_` as a wildcard would match `job-001` too.
+    let answer = api.get("/api/v1/jobs?q=0_").await;
+    assert_eq!(total(&answer), count(&|i| i % 10 == 0));
+    assert!(
+        answer["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["name"].as_str().unwrap().ends_with("_x"))
+    );
+    let answer = api
+        .get("/api/v1/jobs?machine=g1&enabled=false&per_page=5&page=2")
+        .await;
+    assert_eq!(total(&answer), count(&|i| i % 3 == 0 && i % 4 == 0));
+    let ids: Vec<i64> = answer["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [72, 84, 96, 108, 120]);
+    assert!(
+        answer["jobs"][0]["next_fire_at"].is_null(),
+        "a disabled job does not fire"
+    );
+    let answer = api.get("/api/v1/jobs?enabled=true&q=job-00").await;
+    assert_eq!(total(&answer), count(&|i| i < 10 && i % 4 != 0));
+    assert!(answer["jobs"][0]["next_fire_at"].is_string(), "{answer}");
+
+    // has_error follows the monitor's verdicts in last_error.
+    let bad = count(&|i| i % 50 == 0);
+    wait_until(
+        "the monitor's verdicts",
+        Duration::from_secs(30),
+        || async {
+            let answer = api.get("/api/v1/jobs?has_error=true").await;
+            (total(&answer) == bad).then_some(())
+        },
+    )
+    .await;
+    let answer = api.get("/api/v1/jobs?has_error=false&per_page=1").await;
+    assert_eq!(total(&answer), 510 - bad);
+    let answer = api.get("/api/v1/jobs?has_error=true").await;
+    assert!(
+        answer["jobs"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid rule \"nope\"")
+    );
+
+    // Malformed queries are 400, as JSON.
+    for query in ["page=0", "enabled=maybe", "colour=red", "per_page=-1"] {
+        let (status, answer) = api
+            .call("GET", &format!("/api/v1/jobs?{query}"), Some(VIEWER), None)
+            .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        error(&answer);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_writes_and_audits_on_mariadb_and_postgres() {
+    for backend in [Backend::MariaDb, Backend::Postgres] {
+        let mut c = Cluster::new(backend, &[]).await;
+        let api = Api::start(&mut c).await;
+        assert_eq!(api.call("GET", "/healthz", None, None).await.0, 200);
+        let (status, created) = api
+            .admin("POST", "/api/v1/jobs", Some(json!({"name": "Nightly_Backup", "rule": "@daily", "command": "true", "enabled": 0})))
+            .await;
+        assert_eq!(status, 201, "{backend:?}: {created}");
+        let id = created["id"].as_i64().unwrap();
+        let (status, changed) = api
+            .admin(
+                "PATCH",
+                &format!("/api/v1/jobs/{id}"),
+                Some(json!({"enabled": true, "timeout_secs": 30})),
+            )
+            .await;
+        assert_eq!(status, 200, "{backend:?}: {changed}");
+        assert_eq!(
+            (&changed["enabled"], &changed["timeout_secs"]),
+            (&json!(true), &json!(30))
+        );
+        assert!(
+            changed["next_fire_at"].is_string(),
+            "{backend:?}: {changed}"
+        );
+        let found = api.get("/api/v1/jobs?q=backup").await;
+        assert_eq!(found["total"], 1, "{backend:?}: the search ignores case");
+        let found = api.get("/api/v1/jobs?q=h_l").await;
+        assert_eq!(found["total"], 0, "{backend:?}: _ is not a wildcard");
+        let (status, answer) = api
+            .admin(
+                "PATCH",
+                &format!("/api/v1/jobs/{id}"),
+                Some(json!({"rule": "@nope"})),
+            )
+            .await;
+        assert_eq!(status, 422, "{backend:?}: {answer}");
+        let (status, _) = api
+            .admin("DELETE", &format!("/api/v1/jobs/{id}"), None)
+            .await;
+        assert_eq!(status, 204, "{backend:?}");
+        let stored = gocron_shared::entity::audit::Entity::find()
+            .all(&c.db)
+            .await
+            .unwrap();
+        let actions: Vec<(&str, bool, bool)> = stored
+            .iter()
+            .map(|r| (r.action.as_str(), r.before.is_some(), r.after.is_some()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("job.create", false, true),
+                ("job.update", true, true),
+                ("job.delete", true, false)
+            ],
+            "{backend:?}"
+        );
+        let update: Value = serde_json::from_str(stored[1].before.as_deref().unwrap()).unwrap();
+        assert_eq!(update["enabled"], false, "{backend:?}");
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_database_does_not_answer() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    // A connection that never reaches a database.
+    let state = gocron_web::AppState::new(sea_orm::DatabaseConnection::default(), &c.base_config());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(gocron_web::serve(listener, state, stop.clone()));
+    let api = Api {
+        base: format!("http://{address}"),
+        http: reqwest::Client::new(),
+    };
+    let (status, answer) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        error(&answer).contains("the database does not answer"),
+        "{answer}"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the API stops on its token")
+        .unwrap()
+        .unwrap();
+    c.shutdown().await;
+}
+
+/// Not a pass/fail test (timings depend on the machine): `cargo test -p gocron-tests --test e2e
+/// api::pages_at_100k -- --ignored --nocapture` prints how long pages take at 100,000 jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn pages_at_100k_jobs() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+         INSERT INTO cron_job (name, rule, command, enabled) \
+         SELECT 'job-' || i, '@daily', 'true', i % 2 FROM n",
+        vec![],
+    )
+    .await;
+    let api = Api::start(&mut c).await;
+    for query in [
+        "per_page=100",
+        "per_page=100&page=999",
+        "per_page=500&page=199",
+        "q=job-9999&per_page=100",
+        "enabled=false&per_page=100&page=400",
+    ] {
+        let started = std::time::Instant::now();
+        let answer = api.get(&format!("/api/v1/jobs?{query}")).await;
+        println!(
+            "GET /api/v1/jobs?{query}: {} jobs of {} in {:?}",
+            answer["jobs"].as_array().unwrap().len(),
+            answer["total"],
+            started.elapsed()
+        );
+    }
+    c.shutdown().await;
+}

@@ -1,0 +1,79 @@
+//! The API's one error type: each variant is a status code, and every error leaves as JSON
+//! `{"error": "..."}`.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Occurs when a request cannot be answered as asked; the status code says why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Occurs when the request has no token, or one that is not configured (401).
+    #[error("a valid token is required: Authorization: Bearer <token>")]
+    Unauthorized,
+    /// Occurs when a viewer asks for a change (403).
+    #[error("this token may only read")]
+    Forbidden,
+    /// Occurs when the job, run or route does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Occurs when the request is malformed: a bad parameter or body (400, or the status the
+    /// extractor chose).
+    #[error("{message}")]
+    BadRequest {
+        /// 400, 415 or 422 as the extractor found.
+        status: StatusCode,
+        /// What is wrong.
+        message: String,
+    },
+    /// Occurs when a job would not be scheduled: the words `last_error` would hold (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Occurs when the database does not answer (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Occurs when a database statement fails (500); the details are logged, not returned.
+    #[error("database error")]
+    Database(#[from] sea_orm::DbErr),
+}
+
+impl ApiError {
+    /// A 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// The status code it is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest { status, .. } => *status,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Database(e) = &self {
+            tracing::error!(error = %e, "HTTP API: database statement failed");
+        }
+        let body = Json(serde_json::json!({"error": self.to_string()}));
+        let mut response = (self.status(), body).into_response();
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,487 @@
+//! `cron_job` through the API. Every write is validated as the monitor validates rows (a bad
+//! row is a 422 with the words `last_error` would hold) and audited in its own transaction.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, DurationRound as _, Utc};
+use gocron_shared::entity::job;
+use gocron_shared::job::validate;
+use sea_orm::sea_query::{Expr, ExprTrait as _, Func, LikeExpr};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, Condition, DatabaseTransaction, EntityTrait as _,
+    PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    TransactionTrait as _,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::audit;
+use crate::auth::{Admin, Reader};
+use crate::error::ApiError;
+use crate::extract::{Body, Id, Query, paging};
+
+/// A `cron_job` row as the API shows it (and as `cron_audit` records it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRow {
+    /// `id`.
+    pub id: i64,
+    /// `name`.
+    pub name: String,
+    /// `rule`.
+    pub rule: String,
+    /// `command`.
+    pub command: String,
+    /// `kind`.
+    pub kind: String,
+    /// `machine`.
+    pub machine: String,
+    /// `timeout_secs`.
+    pub timeout_secs: i32,
+    /// `timeout_policy`.
+    pub timeout_policy: String,
+    /// `time_zone`.
+    pub time_zone: String,
+    /// `enabled` (the column holds 1 or 0).
+    pub enabled: bool,
+    /// `alarm_emails`.
+    pub alarm_emails: String,
+    /// `alarm_mobiles`.
+    pub alarm_mobiles: String,
+    /// `misfire`.
+    pub misfire: String,
+    /// `created_at`.
+    pub created_at: DateTime<Utc>,
+    /// `updated_at`.
+    pub updated_at: DateTime<Utc>,
+    /// `last_error`: the monitor's verdict; null when the row is fine.
+    pub last_error: Option<String>,
+    /// `done_at`: when a one-shot job ran.
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+impl From<&job::Model> for JobRow {
+    fn from(m: &job::Model) -> JobRow {
+        JobRow {
+            id: m.id,
+            name: m.name.clone(),
+            rule: m.rule.clone(),
+            command: m.command.clone(),
+            kind: m.kind.clone(),
+            machine: m.machine.clone(),
+            timeout_secs: m.timeout_secs,
+            timeout_policy: m.timeout_policy.clone(),
+            time_zone: m.time_zone.clone(),
+            enabled: m.enabled != 0,
+            alarm_emails: m.alarm_emails.clone(),
+            alarm_mobiles: m.alarm_mobiles.clone(),
+            misfire: m.misfire.clone(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            last_error: m.last_error.clone(),
+            done_at: m.done_at,
+        }
+    }
+}
+
+/// A job as the API returns it: its columns and when it fires next.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    /// The columns.
+    #[serde(flatten)]
+    pub row: JobRow,
+    /// The next tick after now, by shared's rule engine; null when the job is disabled, done,
+    /// invalid, or never fires again.
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+impl JobView {
+    /// The view of `m`, its next tick computed in `state`'s default zone.
+    pub fn of(m: &job::Model, state: &AppState, now: DateTime<Utc>) -> JobView {
+        let next_fire_at = (m.enabled != 0 && m.done_at.is_none())
+            .then(|| validate(m, state.machines(), state.default_tz()).ok())
+            .flatten()
+            .and_then(|spec| spec.schedule(state.default_tz()).ok())
+            .and_then(|schedule| schedule.next_after(now));
+        JobView {
+            row: JobRow::from(m),
+            next_fire_at,
+        }
+    }
+}
+
+/// `enabled` in a request: `true`/`false`, or the column's `1`/`0`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Enabled {
+    /// `true` or `false`.
+    Bool(bool),
+    /// `1` or `0` (any other number is refused).
+    Int(i64),
+}
+
+impl Enabled {
+    fn column(self) -> Result<i32, ApiError> {
+        match self {
+            Enabled::Bool(b) => Ok(i32::from(b)),
+            Enabled::Int(n @ (0 | 1)) => Ok(n as i32),
+            Enabled::Int(n) => Err(ApiError::Invalid(format!(
+                "enabled {n} must be true, false, 1 or 0"
+            ))),
+        }
+    }
+}
+
+/// The writable columns of a job: all of them for `POST` (`name`, `rule` and `command`
+/// required, the rest defaulting as in the table), the ones to change for `PATCH`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    /// `name`.
+    pub name: Option<String>,
+    /// `rule`.
+    pub rule: Option<String>,
+    /// `command`.
+    pub command: Option<String>,
+    /// `kind` (default `shell`).
+    pub kind: Option<String>,
+    /// `machine` (default empty: any executor).
+    pub machine: Option<String>,
+    /// `timeout_secs` (default 0).
+    pub timeout_secs: Option<i32>,
+    /// `timeout_policy` (default `abandon`).
+    pub timeout_policy: Option<String>,
+    /// `time_zone` (default empty: `[dispatcher] time_zone`).
+    pub time_zone: Option<String>,
+    /// `enabled` (default true).
+    pub enabled: Option<Enabled>,
+    /// `alarm_emails` (default empty).
+    pub alarm_emails: Option<String>,
+    /// `alarm_mobiles` (default empty).
+    pub alarm_mobiles: Option<String>,
+    /// `misfire` (default `skip`).
+    pub misfire: Option<String>,
+}
+
+impl JobInput {
+    /// Writes the given columns into `row` (to validate it) and `active` (to store just them).
+    fn apply(self, row: &mut job::Model, active: &mut job::ActiveModel) -> Result<(), ApiError> {
+        macro_rules! put {
+            ($($field:ident),+) => {$(
+                if let Some(value) = self.$field {
+                    row.$field = value.clone();
+                    active.$field = Set(value);
+                }
+            )+};
+        }
+        put!(
+            name,
+            rule,
+            command,
+            kind,
+            machine,
+            timeout_secs,
+            timeout_policy,
+            time_zone,
+            alarm_emails,
+            alarm_mobiles,
+            misfire
+        );
+        if let Some(enabled) = self.enabled {
+            row.enabled = enabled.column()?;
+            active.enabled = Set(row.enabled);
+        }
+        Ok(())
+    }
+}
+
+/// The query of `GET /jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Jobs whose name contains this (case-insensitive).
+    pub q: Option<String>,
+    /// Jobs of this machine group (`""`: the jobs for any executor).
+    pub machine: Option<String>,
+    /// Enabled (`true`) or disabled (`false`) jobs.
+    pub enabled: Option<bool>,
+    /// Jobs with (`true`) or without (`false`) a `last_error`.
+    pub has_error: Option<bool>,
+    /// The page, from 1.
+    pub page: Option<u64>,
+    /// Jobs a page (default 50, at most 500).
+    pub per_page: Option<u64>,
+}
+
+/// A page of jobs and how many match in all.
+#[derive(Debug, Serialize)]
+pub struct JobPage {
+    /// The page, in id order.
+    pub jobs: Vec<JobView>,
+    /// Jobs matching the filters, on every page.
+    pub total: u64,
+}
+
+/// The `LIKE` pattern matching texts that contain `text`, its wildcards escaped with `\`.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `GET /api/v1/jobs`: one page (LIMIT/OFFSET on the primary key) and a COUNT.
+pub async fn list(
+    State(state): State<AppState>,
+    _: Reader,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let (offset, limit) = paging(query.page, query.per_page)?;
+    let mut filter = Condition::all();
+    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+        filter = filter.add(
+            Expr::expr(Func::lower(Expr::col(job::Column::Name)))
+                .like(LikeExpr::new(contains_pattern(q)).escape('\\')),
+        );
+    }
+    if let Some(machine) = &query.machine {
+        filter = filter.add(job::Column::Machine.eq(machine.trim()));
+    }
+    if let Some(enabled) = query.enabled {
+        filter = filter.add(if enabled {
+            job::Column::Enabled.ne(0)
+        } else {
+            job::Column::Enabled.eq(0)
+        });
+    }
+    if let Some(has_error) = query.has_error {
+        filter = filter.add(if has_error {
+            job::Column::LastError.is_not_null()
+        } else {
+            job::Column::LastError.is_null()
+        });
+    }
+    let select = job::Entity::find().filter(filter);
+    let total = select.clone().count(state.db()).await?;
+    let rows = select
+        .order_by_asc(job::Column::Id)
+        .offset(offset)
+        .limit(limit)
+        .all(state.db())
+        .await?;
+    let now = Utc::now();
+    Ok(Json(JobPage {
+        jobs: rows.iter().map(|m| JobView::of(m, &state, now)).collect(),
+        total,
+    }))
+}
+
+/// Whether `row` would be scheduled; the error is `last_error`'s words.
+fn check(state: &AppState, row: &job::Model) -> Result<(), ApiError> {
+    validate(row, state.machines(), state.default_tz())
+        .map(|_| ())
+        .map_err(|e| ApiError::Invalid(e.to_string()))
+}
+
+/// Now, at the millisecond precision the tables keep.
+fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.duration_trunc(chrono::Duration::milliseconds(1))
+        .unwrap_or(now)
+}
+
+/// `POST /api/v1/jobs`: inserts the row (201 with it); the monitor publishes it as any row.
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(role): Admin,
+    Body(input): Body<JobInput>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    for (field, given) in [
+        ("name", input.name.is_some()),
+        ("rule", input.rule.is_some()),
+        ("command", input.command.is_some()),
+    ] {
+        if !given {
+            return Err(ApiError::Invalid(format!("{field} is required")));
+        }
+    }
+    let now = now_ms();
+    // The table's defaults, then what was given.
+    let mut row = job::Model {
+        id: 0,
+        name: String::new(),
+        rule: String::new(),
+        command: String::new(),
+        kind: "shell".into(),
+        machine: String::new(),
+        timeout_secs: 0,
+        timeout_policy: "abandon".into(),
+        time_zone: String::new(),
+        enabled: 1,
+        alarm_emails: String::new(),
+        alarm_mobiles: String::new(),
+        created_at: now,
+        updated_at: now,
+        last_error: None,
+        misfire: "skip".into(),
+        done_at: None,
+    };
+    let mut active = job::ActiveModel {
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    input.apply(&mut row, &mut active)?;
+    // Every column the API writes is set, so the row does not depend on backend defaults.
+    active.kind = Set(row.kind.clone());
+    active.machine = Set(row.machine.clone());
+    active.timeout_secs = Set(row.timeout_secs);
+    active.timeout_policy = Set(row.timeout_policy.clone());
+    active.time_zone = Set(row.time_zone.clone());
+    active.enabled = Set(row.enabled);
+    active.alarm_emails = Set(row.alarm_emails.clone());
+    active.alarm_mobiles = Set(row.alarm_mobiles.clone());
+    active.misfire = Set(row.misfire.clone());
+    check(&state, &row)?;
+    let txn = state.db().begin().await?;
+    let id = job::Entity::insert(active).exec(&txn).await?.last_insert_id;
+    let stored = find(&txn, id).await?;
+    audit::record(
+        &txn,
+        role,
+        "job.create",
+        Some(id),
+        None,
+        Some(&JobRow::from(&stored)),
+    )
+    .await?;
+    txn.commit().await?;
+    tracing::info!(
+        job_id = id,
+        actor = role.as_str(),
+        "job created through the API"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(JobView::of(&stored, &state, Utc::now())),
+    ))
+}
+
+/// Job `id` read in `txn`, locked for update where the backend can (not SQLite, whose writers
+/// are serialized anyway).
+async fn find(txn: &DatabaseTransaction, id: i64) -> Result<job::Model, ApiError> {
+    job::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| no_job(id))
+}
+
+fn no_job(id: i64) -> ApiError {
+    ApiError::NotFound(format!("no job {id}"))
+}
+
+/// `GET /api/v1/jobs/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    _: Reader,
+    Id(id): Id,
+) -> Result<Json<JobView>, ApiError> {
+    let row = job::Entity::find_by_id(id)
+        .one(state.db())
+        .await?
+        .ok_or_else(|| no_job(id))?;
+    Ok(Json(JobView::of(&row, &state, Utc::now())))
+}
+
+/// `PATCH /api/v1/jobs/{id}`: writes only the given columns (and `updated_at`), if the row
+/// they make is valid.
+pub async fn update(
+    State(state): State<AppState>,
+    Admin(role): Admin,
+    Id(id): Id,
+    Body(input): Body<JobInput>,
+) -> Result<Json<JobView>, ApiError> {
+    let txn = state.db().begin().await?;
+    let before = find(&txn, id).await?;
+    let mut row = before.clone();
+    let mut active = job::ActiveModel {
+        id: sea_orm::ActiveValue::Unchanged(id),
+        ..Default::default()
+    };
+    input.apply(&mut row, &mut active)?;
+    check(&state, &row)?;
+    active.updated_at = Set(now_ms());
+    job::Entity::update(active).exec(&txn).await?;
+    let after = find(&txn, id).await?;
+    audit::record(
+        &txn,
+        role,
+        "job.update",
+        Some(id),
+        Some(&JobRow::from(&before)),
+        Some(&JobRow::from(&after)),
+    )
+    .await?;
+    txn.commit().await?;
+    tracing::info!(
+        job_id = id,
+        actor = role.as_str(),
+        "job changed through the API"
+    );
+    Ok(Json(JobView::of(&after, &state, Utc::now())))
+}
+
+/// `DELETE /api/v1/jobs/{id}`: 204; its runs stay.
+pub async fn delete(
+    State(state): State<AppState>,
+    Admin(role): Admin,
+    Id(id): Id,
+) -> Result<StatusCode, ApiError> {
+    let txn = state.db().begin().await?;
+    let before = find(&txn, id).await?;
+    job::Entity::delete_many()
+        .filter(job::Column::Id.eq(id))
+        .exec(&txn)
+        .await?;
+    audit::record(
+        &txn,
+        role,
+        "job.delete",
+        Some(id),
+        Some(&JobRow::from(&before)),
+        None,
+    )
+    .await?;
+    txn.commit().await?;
+    tracing::info!(
+        job_id = id,
+        actor = role.as_str(),
+        "job deleted through the API"
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(contains_pattern("Back_up 100%"), "%back\\_up 100\\%%");
+        assert_eq!(contains_pattern("a\\b"), "%a\\\\b%");
+    }
+
+    #[test]
+    fn enabled_takes_booleans_and_the_column_values() {
+        let parse = |s: &str| serde_json::from_str::<Enabled>(s).unwrap().column();
+        assert_eq!(parse("true").unwrap(), 1);
+        assert_eq!(parse("0").unwrap(), 0);
+        assert!(parse("2").is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! gocron's HTTP API, served by the monitor when `[http] listen` is set.
+//!
+//! The table stays the source of truth: a job created or changed here is a `cron_job` row
+//! written like one from plain SQL, which the monitor then validates and publishes as usual.
+//! What this layer adds is a checked, authenticated and audited way to write it: the same
+//! validation the monitor applies (a bad row is refused with the words `last_error` would hold),
+//! bearer tokens with two roles, and one `cron_audit` row per change, in the change's
+//! transaction.
+//!
+//! Modules:
+//! - [`auth`]: bearer tokens → the caller's role (admin, viewer).
+//! - [`error`]: every error becomes a JSON `{"error": ...}` response here, and only here.
+//! - [`extract`]: the request extractors whose rejections are [`error::ApiError`]s.
+//! - [`jobs`]: `cron_job` through the API: list (filtered, paged), create, read, change, delete.
+//! - [`runs`]: a job's runs and one run.
+//! - [`audit`]: records changes and lists them.
+//! - [`openapi`]: the OpenAPI document of the routes below.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod openapi;
+pub mod runs;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono_tz::Tz;
+use gocron_shared::config::Config;
+use gocron_shared::machine::MachineGroups;
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Tokens;
+use crate::error::ApiError;
+
+/// How long requests in flight may go on after shutdown is asked before they are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every handler sees: the database, what validation needs, and the tokens.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    machines: MachineGroups,
+    default_tz: Tz,
+    tokens: Tokens,
+}
+
+impl AppState {
+    /// The state of an API on `db`, validating jobs as the monitor of `config` does.
+    pub fn new(db: DatabaseConnection, config: &Config) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                db,
+                machines: config.machines.clone(),
+                default_tz: config.dispatcher.time_zone,
+                tokens: Tokens::new(&config.http),
+            }),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    /// The `[machine]` groups a job's `machine` must name.
+    pub fn machines(&self) -> &MachineGroups {
+        &self.inner.machines
+    }
+
+    /// The zone of jobs whose `time_zone` is empty (`[dispatcher] time_zone`).
+    pub fn default_tz(&self) -> Tz {
+        self.inner.default_tz
+    }
+
+    /// The configured tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+}
+
+/// Every route of the API (the OpenAPI document in [`openapi`] describes the same).
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route(
+            "/jobs/{id}",
+            get(jobs::show).patch(jobs::update).delete(jobs::delete),
+        )
+        .route("/jobs/{id}/runs", get(runs::of_job))
+        .route("/runs/{id}", get(runs::show))
+        .route("/audit", get(audit::list))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown`; requests in flight then get
+/// [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("HTTP requests still in flight after the shutdown grace were dropped");
+            Ok(())
+        }
+    }
+}
+
+/// `GET /healthz`: 200 when the database answers, 503 otherwise; needs no token.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.db().ping().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            ApiError::Unavailable(format!("the database does not answer: {e}")).into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// Logs each request's method, path (never its headers: they carry the token) and outcome.
+async fn log_request(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "http request"
+    );
+    response
+}

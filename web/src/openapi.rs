@@ -1,0 +1,231 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3 document of [`crate::router`]'s routes, written by
+//! hand (the e2e tests call every operation it lists, so a route it names must exist).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// Every operation: (method, path), as the document lists them.
+pub const OPERATIONS: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/api/v1/jobs"),
+    ("post", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs/{id}"),
+    ("patch", "/api/v1/jobs/{id}"),
+    ("delete", "/api/v1/jobs/{id}"),
+    ("get", "/api/v1/jobs/{id}/runs"),
+    ("get", "/api/v1/runs/{id}"),
+    ("get", "/api/v1/audit"),
+    ("get", "/api/v1/openapi.json"),
+];
+
+/// The handler: the document needs no token (it describes, it holds no data).
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+fn query(name: &str, ty: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false,
+           "schema": {"type": ty}, "description": description})
+}
+
+fn paging() -> [Value; 2] {
+    [
+        query("page", "integer", "The page, from 1 (default 1)."),
+        query(
+            "per_page",
+            "integer",
+            "Rows a page (default 50, at most 500).",
+        ),
+    ]
+}
+
+fn id() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}})
+}
+
+fn body(schema: &str) -> Value {
+    json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    let mut r = body(schema);
+    r["description"] = json!(description);
+    r
+}
+
+/// The document.
+pub fn spec() -> Value {
+    let auth = || {
+        json!({
+            "400": error("A malformed parameter or body."),
+            "401": error("No token, or an unknown one."),
+        })
+    };
+    let write = || {
+        let mut r = auth();
+        r["403"] = error("The viewer token may only read.");
+        r["404"] = error("No such job.");
+        r["422"] = error("The job would not be scheduled: the words `last_error` would hold.");
+        r
+    };
+    let with = |mut base: Value, extra: Value| {
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            base[k] = v.clone();
+        }
+        base
+    };
+    let [page, per_page] = paging();
+    let string = json!({"type": "string"});
+    let stamp = json!({"type": "string", "format": "date-time"});
+    let nullable_stamp = json!({"type": ["string", "null"], "format": "date-time"});
+    let job_columns = json!({
+        "name": string, "rule": string, "command": string,
+        "kind": {"type": "string", "enum": ["shell", "http"]},
+        "machine": string, "timeout_secs": {"type": "integer", "minimum": 0},
+        "timeout_policy": {"type": "string", "enum": ["abandon", "kill", "sync"]},
+        "time_zone": string, "enabled": {"type": "boolean"},
+        "alarm_emails": string, "alarm_mobiles": string,
+        "misfire": {"type": "string", "enum": ["skip", "once", "all"]},
+    });
+    let mut job = job_columns.clone();
+    for (k, v) in [
+        ("id", json!({"type": "integer"})),
+        ("created_at", stamp.clone()),
+        ("updated_at", stamp.clone()),
+        ("last_error", json!({"type": ["string", "null"]})),
+        ("done_at", nullable_stamp.clone()),
+        ("next_fire_at", nullable_stamp.clone()),
+    ] {
+        job[k] = v;
+    }
+    let run_columns = json!({
+        "id": {"type": "integer"}, "job_id": {"type": "integer"}, "scheduled_at": stamp,
+        "status": {"type": "string", "enum": ["dispatched", "running", "succeeded", "failed",
+            "no_executor", "timeout", "killed", "lost", "skipped", "missed"]},
+        "executor": string, "started_at": nullable_stamp, "finished_at": nullable_stamp,
+        "exit_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+        "trigger": {"type": "string", "enum": ["schedule", "manual"]},
+        "overrun_at": nullable_stamp,
+    });
+    let mut run = run_columns.clone();
+    run["output"] = json!({"type": ["string", "null"]});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gocron HTTP API",
+            "version": gocron_shared::VERSION,
+            "description": "Served by the monitor on [http] listen. Every route but /healthz and \
+                this document needs `Authorization: Bearer <token>`: admin_token may change jobs, \
+                viewer_token may only read. Errors are {\"error\": \"...\"}.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": string}},
+                "Job": {"type": "object", "properties": job},
+                "JobInput": {"type": "object", "additionalProperties": false,
+                    "description": "POST: name, rule and command are required, the rest default as \
+                        in the table. PATCH: only the given columns change. enabled also takes 1 or 0.",
+                    "properties": job_columns},
+                "JobPage": {"type": "object", "properties": {
+                    "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                    "total": {"type": "integer"}}},
+                "Run": {"type": "object", "properties": run},
+                "RunSummary": {"type": "object", "description": "A run without its output.",
+                    "properties": run_columns},
+                "RunPage": {"type": "object", "properties": {
+                    "runs": {"type": "array", "items": {"$ref": "#/components/schemas/RunSummary"}},
+                    "total": {"type": "integer"}}},
+                "Audit": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "at": stamp, "actor": string,
+                    "action": {"type": "string", "enum": ["job.create", "job.update", "job.delete"]},
+                    "job_id": {"type": ["integer", "null"]},
+                    "before": {"description": "The job before the change; null for a creation."},
+                    "after": {"description": "The job after the change; null for a deletion."}}},
+                "AuditPage": {"type": "object", "properties": {
+                    "audit": {"type": "array", "items": {"$ref": "#/components/schemas/Audit"}},
+                    "total": {"type": "integer"}}},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": {
+                "summary": "Whether the monitor's database answers.", "security": [],
+                "responses": {
+                    "200": {"description": "{\"status\": \"ok\"}"},
+                    "503": error("The database does not answer."),
+                }}},
+            "/api/v1/jobs": {
+                "get": {"summary": "A page of jobs, in id order, with the total matching.",
+                    "parameters": [
+                        query("q", "string", "Name contains (case-insensitive)."),
+                        query("machine", "string", "Machine group (empty: any executor)."),
+                        query("enabled", "boolean", "Enabled or disabled jobs."),
+                        query("has_error", "boolean", "Jobs with or without a last_error."),
+                        page, per_page],
+                    "responses": with(auth(), json!({"200": ok("The page.", "JobPage")}))},
+                "post": {"summary": "Creates a job (a cron_job row; the monitor publishes it).",
+                    "requestBody": with(body("JobInput"), json!({"required": true})),
+                    "responses": with(write(), json!({"201": ok("The job.", "Job")}))}},
+            "/api/v1/jobs/{id}": {
+                "parameters": [id()],
+                "get": {"summary": "One job.",
+                    "responses": with(auth(), json!({"200": ok("The job.", "Job"),
+                        "404": error("No such job.")}))},
+                "patch": {"summary": "Changes the given columns of a job.",
+                    "requestBody": with(body("JobInput"), json!({"required": true})),
+                    "responses": with(write(), json!({"200": ok("The job.", "Job")}))},
+                "delete": {"summary": "Deletes a job (its runs stay).",
+                    "responses": with(write(), json!({"204": {"description": "Deleted."}}))}},
+            "/api/v1/jobs/{id}/runs": {
+                "parameters": [id()],
+                "get": {"summary": "A page of a job's runs, newest tick first, without output.",
+                    "parameters": [query("status", "string", "Runs with this status."),
+                        page, per_page],
+                    "responses": with(auth(), json!({"200": ok("The page.", "RunPage"),
+                        "404": error("No such job.")}))}},
+            "/api/v1/runs/{id}": {
+                "parameters": [id()],
+                "get": {"summary": "One run, every cron_run column.",
+                    "responses": with(auth(), json!({"200": ok("The run.", "Run"),
+                        "404": error("No such run.")}))}},
+            "/api/v1/audit": {
+                "get": {"summary": "A page of the audit log, newest first.",
+                    "parameters": [query("job_id", "integer", "Records about this job."),
+                        page, per_page],
+                    "responses": with(auth(), json!({"200": ok("The page.", "AuditPage")}))}},
+            "/api/v1/openapi.json": {
+                "get": {"summary": "This document.", "security": [],
+                    "responses": {"200": {"description": "The OpenAPI document."}}}},
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_exactly_the_operations() {
+        let spec = spec();
+        let mut listed: Vec<(String, String)> = Vec::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    listed.push((method.clone(), path.clone()));
+                }
+            }
+        }
+        let mut expected: Vec<(String, String)> = OPERATIONS
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+}
