@@ -138,11 +138,20 @@ pub async fn run(
             },
             // Before every job is known, episodes of invalid rows would look ended.
             _ = tick.tick(), if jobs_known => {
-                // Every job change sent so far is taken in before the pass.
+                // Every job change sent so far is taken in before the pass (a million at a
+                // monitor's start: a shutdown meanwhile is not kept waiting for them all).
+                let mut taken = 0u32;
                 while let Ok(update) = jobs.try_recv() {
                     if let JobUpdate::Row(id, row, resume) = update {
                         checker.job_changed(id, row, resume, Utc::now());
                     }
+                    taken += 1;
+                    if taken % 10_000 == 0 && shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    break;
                 }
                 let pass = tokio::select! {
                     _ = shutdown.cancelled() => break,

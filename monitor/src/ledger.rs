@@ -84,7 +84,8 @@ pub struct Ledger {
     /// The current account of each job, and the rule's shape (a hash of rule and zone).
     current: HashMap<i64, (u64, u64)>,
     serial: u64,
-    openings: Vec<Opening>,
+    /// The rules to open accounts for, by job (the latest one taken in wins).
+    openings: HashMap<i64, Opening>,
     /// When to look at an account again (unix ms), earliest first.
     due: BinaryHeap<Reverse<(i64, i64, u64)>>,
     /// Instants of the scheduled rows seen per job, after its accounts' marks.
@@ -113,7 +114,7 @@ impl Ledger {
             accounts: BTreeMap::new(),
             current: HashMap::new(),
             serial: 0,
-            openings: Vec::new(),
+            openings: HashMap::new(),
             due: BinaryHeap::new(),
             seen: HashMap::new(),
         }
@@ -134,7 +135,7 @@ impl Ledger {
         {
             return;
         }
-        self.openings.retain(|o| o.job_id != job_id);
+        self.openings.remove(&job_id);
         if let Some((serial, _)) = self.current.remove(&job_id)
             && let Some(account) = self.accounts.get_mut(&(job_id, serial))
         {
@@ -144,13 +145,16 @@ impl Ledger {
                 .push(Reverse((now.timestamp_millis(), job_id, serial)));
         }
         if let Some((schedule, shape)) = scheduled {
-            self.openings.push(Opening {
+            self.openings.insert(
                 job_id,
-                schedule,
-                shape,
-                resume,
-                at: now,
-            });
+                Opening {
+                    job_id,
+                    schedule,
+                    shape,
+                    resume,
+                    at: now,
+                },
+            );
         }
     }
 
@@ -183,7 +187,7 @@ impl Ledger {
         }
         let resuming: Vec<i64> = self
             .openings
-            .iter()
+            .values()
             .filter(|o| o.resume)
             .map(|o| o.job_id)
             .collect();
@@ -197,7 +201,7 @@ impl Ledger {
             .collect();
         let mut writes = Vec::new();
         let mut too_old = 0usize;
-        for o in std::mem::take(&mut self.openings) {
+        for o in std::mem::take(&mut self.openings).into_values() {
             let fresh = o.at + self.grace;
             let through = match marks
                 .get(&o.job_id)
