@@ -120,6 +120,18 @@ impl Dispatcher {
         {
             self.mark_done(&job).await;
         }
+        let label = match &outcome {
+            Handover::Lost => "lost_race",
+            Handover::Started(_) | Handover::InHand(_) => "fired",
+            Handover::NoExecutor(_) => "no_executor",
+            Handover::Missed(_) => "missed",
+            Handover::Skipped(_) => "skipped",
+            Handover::Failed(_) => "failed",
+        };
+        gocron_shared::metrics::metrics()
+            .ticks
+            .with_label_values(&[label])
+            .inc();
         match &outcome {
             Handover::Lost => {
                 tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")

@@ -36,6 +36,14 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let name = config.dispatcher.name.clone();
     let tls = gocron_shared::rpc::Tls::load(&config.rpc)?;
+    // `/metrics`, served until this function returns (through a drain, for an executor).
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    if let Some(listen) = config.metrics.listen {
+        gocron_shared::metrics::serve(listen, metrics_stop.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+    }
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {
         return Ok(());
     };

@@ -72,6 +72,14 @@ pub async fn run_until(
     let run_as = RunAs::resolve(&config.executor.run_as)?;
     let spool = Spool::open(&config.executor.data_dir)?;
     let tls = rpc::Tls::load(&config.rpc)?;
+    // `/metrics`, served until this function returns (through a drain, for an executor).
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    if let Some(listen) = config.metrics.listen {
+        gocron_shared::metrics::serve(listen, metrics_stop.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+    }
     let listener = TcpListener::bind(config.executor.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.executor.listen))?;

@@ -154,10 +154,18 @@ impl ExecutorRpc for Service {
                 "run started"
             );
             let started_at = Utc::now();
+            let m = gocron_shared::metrics::metrics();
+            m.running.inc();
+            if request.trigger == gocron_shared::job::Trigger::Schedule {
+                let lag_ms = started_at.timestamp_millis() - request.scheduled_ms;
+                m.fire_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+            }
             // `running` is written while the job runs, not before: the job waits for nobody.
             // The slot is free once the job is, whatever the database's backlog.
             let job = async {
                 let outcome = runner.execute(&request).await;
+                m.running.dec();
+                m.runs.with_label_values(&[outcome.status.as_str()]).inc();
                 // Counted as waiting before its slot is free: the cap on outcomes waiting is
                 // what bounds the memory of a slow database, not the slots.
                 let waiting = outcomes.wait();

@@ -208,7 +208,13 @@ impl AlarmStore {
                 .exec_with_returning(&self.db)
                 .await
             {
-                Ok(model) => inserted.push(model),
+                Ok(model) => {
+                    gocron_shared::metrics::metrics()
+                        .alarms
+                        .with_label_values(&[model.kind.as_str(), model.channel.as_str()])
+                        .inc();
+                    inserted.push(model);
+                }
                 Err(e) if is_unique_violation(&e) => {}
                 Err(e) => return Err(e),
             }

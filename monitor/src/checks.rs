@@ -356,6 +356,7 @@ impl Checker {
         let found = self.find(&jobs, live, now).await;
         self.jobs = jobs;
         let findings = found?;
+        self.gauge(live);
         self.settle_orphans().await;
         let db = self.store.db().clone();
         let settled = self
@@ -799,6 +800,29 @@ impl Checker {
             RunStatus::Killed => {}
         }
         self.open.remove(&row.id);
+    }
+
+    /// Sets the gauges of jobs by state and of live executors by group.
+    fn gauge(&self, live: &Live) {
+        let m = gocron_shared::metrics::metrics();
+        let valid = self.schedules.len() as i64;
+        let invalid = self.invalid.len() as i64;
+        m.jobs.with_label_values(&["valid"]).set(valid);
+        m.jobs.with_label_values(&["invalid"]).set(invalid);
+        m.jobs
+            .with_label_values(&["disabled"])
+            .set((self.jobs.len() as i64 - valid - invalid).max(0));
+        if let Some(executors) = &live.executors {
+            m.executors_live.reset();
+            for group in self.machines.names().chain(std::iter::once("")) {
+                let n = self
+                    .machines
+                    .select(group, executors)
+                    .map_or(0, |e| e.len());
+                let name = if group.is_empty() { "*" } else { group };
+                m.executors_live.with_label_values(&[name]).set(n as i64);
+            }
+        }
     }
 
     /// Runs in flight for over [`HANDOFF_LIMIT`] that nobody holds in Redis (the hand-off was

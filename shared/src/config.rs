@@ -71,6 +71,16 @@ pub struct Config {
     pub alarm: crate::alarm::config::AlarmConfig,
     /// `[http]`: the monitor's HTTP API.
     pub http: HttpConfig,
+    /// `[metrics]`: where a dispatcher or executor serves `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics of a dispatcher or an executor (the monitor serves its own
+/// on `[http] listen`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// `listen`: the address `/metrics` is served on (port 0: any free port); `None`: not served.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[http]`: the HTTP API the monitor serves (see the `gocron-web` crate).
@@ -258,6 +268,7 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("http", &["listen", "admin_token", "viewer_token"]),
+    ("metrics", &["listen"]),
     (
         "rpc",
         &["secret", "tls_cert", "tls_key", "tls_ca", "tls_server_name"],
@@ -647,6 +658,17 @@ impl Raw {
 
         let alarm = self.alarm()?;
         let http = self.http()?;
+        let metrics = MetricsConfig {
+            listen: match self.get("metrics", "listen") {
+                None => None,
+                Some(_) => Some(self.parsed(
+                    "metrics",
+                    "listen",
+                    SocketAddr::from(([127, 0, 0, 1], 9100)),
+                    "an ip:port address",
+                )?),
+            },
+        };
 
         Ok(Config {
             database,
@@ -659,6 +681,7 @@ impl Raw {
             rpc,
             alarm,
             http,
+            metrics,
         })
     }
 

@@ -9,6 +9,7 @@
 //! Modules:
 //! - [`config`]: `conf/conf.ini`, with `GOCRON__SECTION__KEY` environment overrides and validation.
 //! - [`machine`]: the `[machine]` groups and how a member matches an executor.
+//! - [`metrics`]: the Prometheus metrics each daemon keeps, and `/metrics`.
 //! - [`rule`]: cron rules (crontab 5/6/7 fields, Quartz extras, macros, `@every`, `@at`) and
 //!   next-fire computation in a time zone, with cronie's DST rule.
 //! - [`job`]: the validated job definition that the monitor publishes and dispatchers schedule.
@@ -35,6 +36,7 @@ pub mod keys;
 pub mod live;
 pub mod lock;
 pub mod machine;
+pub mod metrics;
 pub mod migration;
 pub mod registry;
 pub mod rpc;

@@ -91,6 +91,15 @@ impl AppState {
     }
 }
 
+/// `GET /metrics`: the monitor's Prometheus metrics (no token, like `/healthz`).
+async fn metrics() -> impl axum::response::IntoResponse {
+    use gocron_shared::metrics;
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::metrics().render(),
+    )
+}
+
 /// Every route of the API (the OpenAPI document in [`openapi`] describes the same).
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -106,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(log_request))

@@ -10,6 +10,7 @@ mod hardening;
 mod jobs;
 mod ledger;
 mod lock;
+mod metrics;
 mod misfire;
 mod outcomes;
 mod pipeline;

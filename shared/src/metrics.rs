@@ -1,0 +1,190 @@
+//! Prometheus metrics: what each daemon counts, in one registry per process, served in the
+//! Prometheus text format (the `prometheus` crate's encoder) at `/metrics`: by the monitor on
+//! `[http] listen`, by dispatchers and executors on `[metrics] listen` when it is set.
+//!
+//! - `gocron_ticks_total{outcome}` (dispatcher): each tick this dispatcher tried, by how it
+//!   ended: `fired`, `lost_race` (another dispatcher won it), `no_executor`, `missed`,
+//!   `skipped`, `failed` (Redis or the database failed).
+//! - `gocron_fire_lag_seconds` (executor): from a scheduled tick's instant to its command's
+//!   start.
+//! - `gocron_runs_total{status}`, `gocron_runs_running` (executor): runs ended by status, runs
+//!   going now.
+//! - `gocron_alarms_total{kind,channel}` (monitor): alarms recorded.
+//! - `gocron_jobs{state}` (`valid`, `invalid`, `disabled`) and `gocron_executors_live{group}`
+//!   (monitor), as of its last check.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The metrics of this process.
+pub struct Metrics {
+    registry: Registry,
+    /// `gocron_ticks_total{outcome}`.
+    pub ticks: IntCounterVec,
+    /// `gocron_fire_lag_seconds`.
+    pub fire_lag: Histogram,
+    /// `gocron_runs_total{status}`.
+    pub runs: IntCounterVec,
+    /// `gocron_runs_running`.
+    pub running: IntGauge,
+    /// `gocron_alarms_total{kind,channel}`.
+    pub alarms: IntCounterVec,
+    /// `gocron_jobs{state}`.
+    pub jobs: IntGaugeVec,
+    /// `gocron_executors_live{group}`.
+    pub executors_live: IntGaugeVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The metrics of this process.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        // The names and labels are constants: a failure here is a bug caught by the tests.
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let ticks = counter(
+            "gocron_ticks_total",
+            "Ticks this dispatcher tried, by outcome.",
+            &["outcome"],
+        );
+        let runs = counter(
+            "gocron_runs_total",
+            "Runs this executor ended, by status.",
+            &["status"],
+        );
+        let alarms = counter(
+            "gocron_alarms_total",
+            "Alarms this monitor recorded, by kind and channel.",
+            &["kind", "channel"],
+        );
+        let jobs = gauges(
+            "gocron_jobs",
+            "Jobs in the table by state, as of the monitor's last check.",
+            &["state"],
+        );
+        let executors_live = gauges(
+            "gocron_executors_live",
+            "Live executors of each machine group, as of the monitor's last check.",
+            &["group"],
+        );
+        let running = IntGauge::new("gocron_runs_running", "Runs this executor has going now.")
+            .expect("metric");
+        registry
+            .register(Box::new(running.clone()))
+            .expect("register");
+        let fire_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "gocron_fire_lag_seconds",
+                "From a scheduled tick's instant to its command's start.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(fire_lag.clone()))
+            .expect("register");
+        Metrics {
+            registry,
+            ticks,
+            fire_lag,
+            runs,
+            running,
+            alarms,
+            jobs,
+            executors_live,
+        }
+    }
+
+    /// Every metric, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `GET /metrics` on `listen` until `shutdown` (for dispatchers and executors; the
+/// monitor serves it with its API). The address bound, once bound.
+pub async fn serve(
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                metrics().render(),
+            )
+        }),
+    );
+    tracing::info!(address = %bound, "metrics served at /metrics");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics server failed");
+        }
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metrics;
+
+    #[test]
+    fn every_metric_is_rendered_in_the_text_format() {
+        let m = metrics();
+        m.ticks.with_label_values(&["fired"]).inc();
+        m.fire_lag.observe(0.003);
+        m.runs.with_label_values(&["succeeded"]).inc();
+        m.alarms.with_label_values(&["run_failed", "mail"]).inc();
+        m.jobs.with_label_values(&["valid"]).set(3);
+        m.executors_live.with_label_values(&["php"]).set(2);
+        m.running.set(1);
+        let text = m.render();
+        for line in [
+            "gocron_ticks_total{outcome=\"fired\"} ",
+            "gocron_fire_lag_seconds_bucket{le=\"0.005\"} ",
+            "gocron_runs_total{status=\"succeeded\"} ",
+            "gocron_alarms_total{channel=\"mail\",kind=\"run_failed\"} ",
+            "gocron_jobs{state=\"valid\"} 3",
+            "gocron_executors_live{group=\"php\"} 2",
+            "gocron_runs_running 1",
+            "# TYPE gocron_fire_lag_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+    }
+}
