@@ -1,0 +1,480 @@
+//! The whole command line: `next` (offline), and the subcommands that talk to a monitor's HTTP
+//! API (`--server`, `--token`, or `GOCRON_SERVER`, `GOCRON_TOKEN`). Tables for people,
+//! `--json` for scripts. Exit 0 on success, 1 when the server says no or cannot be reached, 2 on
+//! a usage or validation error (the server's 400 and 422 included).
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::next;
+
+/// gocron from the command line.
+#[derive(Parser, Debug)]
+#[command(name = "gocronctl", version = gocron_shared::VERSION)]
+struct Cli {
+    /// The monitor's API, e.g. http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "GOCRON_SERVER")]
+    server: Option<String>,
+    /// A bearer token ([http] admin_token or viewer_token).
+    #[arg(long, global = true, env = "GOCRON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the next fire instants of a rule, one per line, in RFC 3339 with the zone's offset.
+    Next {
+        /// The rule, as in `cron_job.rule` (quote it): `'30 2 * * *'`, `@every 90s`, ...
+        rule: String,
+        /// The IANA time zone to evaluate it in (a job's `time_zone`).
+        #[arg(long, default_value = "UTC", value_parser = next::parse_tz)]
+        tz: Tz,
+        /// Start after this RFC 3339 instant instead of now.
+        #[arg(long, value_parser = next::parse_from)]
+        from: Option<DateTime<Utc>>,
+        /// How many instants to print.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
+    /// List jobs.
+    Jobs {
+        /// Only names containing this.
+        #[arg(long)]
+        q: Option<String>,
+        /// Only this machine group.
+        #[arg(long)]
+        machine: Option<String>,
+        /// Only enabled (true) or disabled (false) jobs.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// The page (from 1).
+        #[arg(long, default_value_t = 1)]
+        page: u64,
+        /// Jobs per page (at most 500).
+        #[arg(long, default_value_t = 50)]
+        per_page: u64,
+    },
+    /// One job: show, add, edit, enable, disable, rm.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
+    /// A job's runs, newest first.
+    Runs {
+        /// The job.
+        #[arg(long)]
+        job: i64,
+        /// Only runs in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// A run's output (the recorded tail).
+    Logs {
+        /// The run.
+        run: i64,
+    },
+    /// Run a job now.
+    Run {
+        /// The job.
+        job: i64,
+    },
+    /// Kill a run in flight.
+    Kill {
+        /// The run.
+        run: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JobAction {
+    /// Every column of a job, and its next fire.
+    Show {
+        /// The job.
+        id: i64,
+    },
+    /// Create a job (validated as the monitor validates rows).
+    Add(JobFields),
+    /// Change some columns of a job.
+    Edit {
+        /// The job.
+        id: i64,
+        #[command(flatten)]
+        fields: JobFields,
+    },
+    /// Enable a job.
+    Enable {
+        /// The job.
+        id: i64,
+    },
+    /// Disable a job.
+    Disable {
+        /// The job.
+        id: i64,
+    },
+    /// Delete a job.
+    Rm {
+        /// The job.
+        id: i64,
+    },
+}
+
+/// The columns `job add` and `job edit` may set.
+#[derive(Args, Debug)]
+struct JobFields {
+    /// `name`.
+    #[arg(long)]
+    name: Option<String>,
+    /// `rule` (quote it).
+    #[arg(long)]
+    rule: Option<String>,
+    /// `command`.
+    #[arg(long)]
+    command: Option<String>,
+    /// `machine` (a `[machine]` group; empty: any executor).
+    #[arg(long)]
+    machine: Option<String>,
+    /// `timeout_secs`.
+    #[arg(long)]
+    timeout_secs: Option<i64>,
+    /// `timeout_policy` (`abandon`, `sync`, `kill`).
+    #[arg(long)]
+    timeout_policy: Option<String>,
+    /// `time_zone`.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// `misfire` (`skip`, `once`, `all`).
+    #[arg(long)]
+    misfire: Option<String>,
+}
+
+impl JobFields {
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                body.insert(key.to_owned(), v);
+            }
+        };
+        put("name", self.name.clone().map(Value::from));
+        put("rule", self.rule.clone().map(Value::from));
+        put("command", self.command.clone().map(Value::from));
+        put("machine", self.machine.clone().map(Value::from));
+        put("timeout_secs", self.timeout_secs.map(Value::from));
+        put("timeout_policy", self.timeout_policy.clone().map(Value::from));
+        put("time_zone", self.time_zone.clone().map(Value::from));
+        put("misfire", self.misfire.clone().map(Value::from));
+        Value::Object(body)
+    }
+}
+
+/// What a command line did: its exit code and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// 0 success, 1 refused or unreachable, 2 usage or validation.
+    pub code: u8,
+    /// Standard output.
+    pub out: String,
+    /// Standard error.
+    pub err: String,
+}
+
+impl Outcome {
+    fn ok(out: String) -> Outcome {
+        Outcome {
+            code: 0,
+            out,
+            err: String::new(),
+        }
+    }
+
+    fn fail(code: u8, err: impl Into<String>) -> Outcome {
+        Outcome {
+            code,
+            out: String::new(),
+            err: format!("gocronctl: {}\n", err.into()),
+        }
+    }
+}
+
+/// Runs the command line `args` (the program's name first).
+pub async fn run(args: impl IntoIterator<Item = String>) -> Outcome {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let text = e.render().to_string();
+            return if code == 0 {
+                Outcome::ok(text)
+            } else {
+                Outcome {
+                    code,
+                    out: String::new(),
+                    err: text,
+                }
+            };
+        }
+    };
+    if let Command::Next {
+        rule,
+        tz,
+        from,
+        count,
+    } = &cli.command
+    {
+        return match next::next_fires(rule, *tz, from.unwrap_or_else(Utc::now), *count) {
+            Ok(fires) => Outcome::ok(fires.iter().map(|t| next::format(t) + "\n").collect()),
+            Err(e) => Outcome::fail(2, e.to_string()),
+        };
+    }
+    let Some(server) = cli.server.clone() else {
+        return Outcome::fail(2, "--server (or GOCRON_SERVER) is needed to talk to the API");
+    };
+    let api = Api {
+        base: server.trim_end_matches('/').to_owned(),
+        token: cli.token.clone(),
+        http: reqwest::Client::new(),
+    };
+    match api_command(&api, &cli.command).await {
+        Ok(value) => Outcome::ok(if cli.json {
+            format!("{value:#}\n")
+        } else {
+            render(&cli.command, &value)
+        }),
+        Err((code, why)) => Outcome::fail(code, why),
+    }
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// `method path` with a JSON `body`: the answer, or (exit code, why).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (u8, String)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .timeout(std::time::Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| (1, format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| (1, format!("reading the answer: {e}")))?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let why = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        let code = if matches!(status.as_u16(), 400 | 422) {
+            2
+        } else {
+            1
+        };
+        Err((code, format!("{}: {why}", status.as_u16())))
+    }
+}
+
+async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)> {
+    use reqwest::Method;
+    match command {
+        Command::Next { .. } => unreachable!("answered offline"),
+        Command::Jobs {
+            q,
+            machine,
+            enabled,
+            page,
+            per_page,
+        } => {
+            let mut query = vec![format!("page={page}"), format!("per_page={per_page}")];
+            if let Some(q) = q {
+                query.push(format!("q={}", encode(q)));
+            }
+            if let Some(m) = machine {
+                query.push(format!("machine={}", encode(m)));
+            }
+            if let Some(e) = enabled {
+                query.push(format!("enabled={e}"));
+            }
+            api.call(Method::GET, &format!("/jobs?{}", query.join("&")), None)
+                .await
+        }
+        Command::Job { action } => match action {
+            JobAction::Show { id } => api.call(Method::GET, &format!("/jobs/{id}"), None).await,
+            JobAction::Add(fields) => api.call(Method::POST, "/jobs", Some(fields.body())).await,
+            JobAction::Edit { id, fields } => {
+                api.call(Method::PATCH, &format!("/jobs/{id}"), Some(fields.body()))
+                    .await
+            }
+            JobAction::Enable { id } | JobAction::Disable { id } => {
+                let on = matches!(action, JobAction::Enable { .. });
+                api.call(
+                    Method::PATCH,
+                    &format!("/jobs/{id}"),
+                    Some(json!({ "enabled": on })),
+                )
+                .await
+            }
+            JobAction::Rm { id } => {
+                api.call(Method::DELETE, &format!("/jobs/{id}"), None)
+                    .await?;
+                Ok(json!({ "deleted": id }))
+            }
+        },
+        Command::Runs { job, status, limit } => {
+            let mut path = format!("/jobs/{job}/runs?per_page={}", (*limit).clamp(1, 500));
+            if let Some(s) = status {
+                path.push_str(&format!("&status={}", encode(s)));
+            }
+            api.call(Method::GET, &path, None).await
+        }
+        Command::Logs { run } => api.call(Method::GET, &format!("/runs/{run}"), None).await,
+        Command::Run { job } => {
+            api.call(Method::POST, &format!("/jobs/{job}/run"), None)
+                .await
+        }
+        Command::Kill { run } => {
+            api.call(Method::POST, &format!("/runs/{run}/kill"), None)
+                .await
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A field of a JSON object as table text.
+fn cell(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.replace(['\n', '\t'], " "),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Rows as aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count().min(60));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut text = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let c: String = c.chars().take(60).collect();
+            if i + 1 == cells.len() {
+                text.push_str(&c);
+            } else {
+                text.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        text.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+/// The answer as people read it.
+fn render(command: &Command, value: &Value) -> String {
+    let empty = Vec::new();
+    match command {
+        Command::Jobs { .. } => {
+            let jobs = value.get("jobs").and_then(Value::as_array).unwrap_or(&empty);
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    ["id", "name", "rule", "machine", "enabled", "next_fire_at", "last_error"]
+                        .iter()
+                        .map(|k| cell(j, k))
+                        .collect()
+                })
+                .collect();
+            let mut out = table(
+                &["ID", "NAME", "RULE", "MACHINE", "ENABLED", "NEXT FIRE", "ERROR"],
+                &rows,
+            );
+            out.push_str(&format!("({} of {})\n", jobs.len(), cell(value, "total")));
+            out
+        }
+        Command::Runs { .. } => {
+            let runs = value.get("runs").and_then(Value::as_array).unwrap_or(&empty);
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|r| {
+                    ["id", "scheduled_at", "status", "executor", "exit_code", "error"]
+                        .iter()
+                        .map(|k| cell(r, k))
+                        .collect()
+                })
+                .collect();
+            table(
+                &["ID", "SCHEDULED", "STATUS", "EXECUTOR", "EXIT", "ERROR"],
+                &rows,
+            )
+        }
+        Command::Logs { .. } => value
+            .get("output")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        Command::Job {
+            action: JobAction::Rm { id },
+        } => format!("job {id} deleted\n"),
+        _ => match value {
+            Value::Object(map) => map
+                .keys()
+                .map(|k| format!("{k}: {}\n", cell(value, k)))
+                .collect(),
+            other => format!("{other}\n"),
+        },
+    }
+}
