@@ -83,11 +83,14 @@ pub async fn run_with(
                 let _ = bound.send(address);
             }
             let state = gocron_web::AppState::new(db.clone(), &config);
+            // Kill reaches executors as the dispatchers do.
+            let tls = gocron_shared::rpc::Tls::load(&config.rpc)
+                .context("cannot load [rpc] TLS for the HTTP API's kill")?;
             // A child of `shutdown`: the early returns below happen only once it is cancelled,
             // so the server is never left running.
             let stop = shutdown.child_token();
-            let task = tokio::spawn(gocron_web::serve(listener, state, stop.clone()));
-            Some((stop, task))
+            let task = tokio::spawn(gocron_web::serve(listener, state.clone(), stop.clone()));
+            Some((stop, task, state, tls))
         }
     };
     let Ok(etcd) = registry::connect(&config.etcd, &shutdown).await else {
@@ -104,6 +107,15 @@ pub async fn run_with(
         return Ok(());
     };
     let keys = EtcdKeys::new(&config.etcd.prefix);
+    if let Some((_, _, state, tls)) = &http {
+        // Until now, run-now, kill and the cluster views answered 503.
+        state.connect_cluster(gocron_web::Cluster {
+            etcd: etcd.clone(),
+            keys: keys.clone(),
+            fences: fences.clone(),
+            tls: tls.clone(),
+        });
+    }
     match fences.index_live_hashes().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -189,7 +201,7 @@ pub async fn run_with(
     if let Err(e) = retention.await {
         tracing::error!(error = %e, "the retention task ended abnormally");
     }
-    if let Some((stop, task)) = http {
+    if let Some((stop, task, ..)) = http {
         // The loop may also end because a watch ended: stop the API with the rest.
         stop.cancel();
         match task.await {

@@ -30,9 +30,19 @@ pub enum ApiError {
     /// Occurs when a job would not be scheduled: the words `last_error` would hold (422).
     #[error("{0}")]
     Invalid(String),
-    /// Occurs when the database does not answer (503).
+    /// Occurs when the request conflicts with the state of the job or run: a disabled job run
+    /// now, a finished run killed (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Occurs when the database, etcd or Redis does not answer (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Occurs when an executor cannot be reached or refuses what it was asked (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// Occurs when no dispatcher took a run-now request in time (504).
+    #[error("{0}")]
+    Timeout(String),
     /// Occurs when a database statement fails (500); the details are logged, not returned.
     #[error("database error")]
     Database(#[from] sea_orm::DbErr),
@@ -55,7 +65,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { status, .. } => *status,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,6 +1,8 @@
 //! `cron_job` through the API. Every write is validated as the monitor validates rows (a bad
 //! row is a 422 with the words `last_error` would hold) and audited in its own transaction.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,9 +11,9 @@ use gocron_shared::entity::job;
 use gocron_shared::job::validate;
 use sea_orm::sea_query::{Expr, ExprTrait as _, Func, LikeExpr};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, Condition, DatabaseTransaction, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction,
+    EntityTrait as _, FromQueryResult, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, Statement, TransactionTrait as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,11 +95,62 @@ pub struct JobView {
     /// The next tick after now, by shared's rule engine; null when the job is disabled, done,
     /// invalid, or never fires again.
     pub next_fire_at: Option<DateTime<Utc>>,
+    /// Its run of the newest tick (null: it has none).
+    pub last_run: Option<LastRun>,
+}
+
+/// A job's run of its newest tick, in a job's view.
+#[derive(Debug, Clone, Serialize, FromQueryResult)]
+pub struct LastRun {
+    /// The run's `id`.
+    pub id: i64,
+    /// The job's `id`.
+    #[serde(skip)]
+    pub job_id: i64,
+    /// `status`.
+    pub status: String,
+    /// `scheduled_at`.
+    pub scheduled_at: DateTime<Utc>,
+}
+
+/// The last run of each of `job_ids` that has one, in one statement for a whole page: the
+/// newest tick by the `(job_id, scheduled_at, trigger)` key, the newest row among that tick's
+/// (a schedule and a manual run may share an instant).
+pub async fn last_runs(
+    db: &impl ConnectionTrait,
+    job_ids: &[i64],
+) -> Result<HashMap<i64, LastRun>, ApiError> {
+    if job_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Integers, so written into the text rather than bound (placeholders differ by backend).
+    let ids = job_ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT id, job_id, status, scheduled_at FROM cron_run WHERE id IN (\
+            SELECT MAX(r.id) FROM cron_run r JOIN (\
+                SELECT job_id, MAX(scheduled_at) AS newest FROM cron_run \
+                WHERE job_id IN ({ids}) GROUP BY job_id\
+            ) m ON r.job_id = m.job_id AND r.scheduled_at = m.newest \
+            GROUP BY r.job_id)"
+    );
+    let rows = LastRun::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.job_id, r)).collect())
 }
 
 impl JobView {
-    /// The view of `m`, its next tick computed in `state`'s default zone.
-    pub fn of(m: &job::Model, state: &AppState, now: DateTime<Utc>) -> JobView {
+    /// The view of `m` with its `last_run`, its next tick computed in `state`'s default zone.
+    pub fn of(
+        m: &job::Model,
+        state: &AppState,
+        now: DateTime<Utc>,
+        last_run: Option<LastRun>,
+    ) -> JobView {
         let next_fire_at = (m.enabled != 0 && m.done_at.is_none())
             .then(|| validate(m, state.machines(), state.default_tz()).ok())
             .flatten()
@@ -106,6 +159,7 @@ impl JobView {
         JobView {
             row: JobRow::from(m),
             next_fire_at,
+            last_run,
         }
     }
 }
@@ -274,9 +328,14 @@ pub async fn list(
         .limit(limit)
         .all(state.db())
         .await?;
+    let ids: Vec<i64> = rows.iter().map(|m| m.id).collect();
+    let mut last = last_runs(state.db(), &ids).await?;
     let now = Utc::now();
     Ok(Json(JobPage {
-        jobs: rows.iter().map(|m| JobView::of(m, &state, now)).collect(),
+        jobs: rows
+            .iter()
+            .map(|m| JobView::of(m, &state, now, last.remove(&m.id)))
+            .collect(),
         total,
     }))
 }
@@ -368,7 +427,7 @@ pub async fn create(
     );
     Ok((
         StatusCode::CREATED,
-        Json(JobView::of(&stored, &state, Utc::now())),
+        Json(JobView::of(&stored, &state, Utc::now(), None)),
     ))
 }
 
@@ -396,7 +455,8 @@ pub async fn show(
         .one(state.db())
         .await?
         .ok_or_else(|| no_job(id))?;
-    Ok(Json(JobView::of(&row, &state, Utc::now())))
+    let last = last_runs(state.db(), &[id]).await?.remove(&id);
+    Ok(Json(JobView::of(&row, &state, Utc::now(), last)))
 }
 
 /// `PATCH /api/v1/jobs/{id}`: writes only the given columns (and `updated_at`), if the row
@@ -434,7 +494,8 @@ pub async fn update(
         actor = role.as_str(),
         "job changed through the API"
     );
-    Ok(Json(JobView::of(&after, &state, Utc::now())))
+    let last = last_runs(state.db(), &[id]).await?.remove(&id);
+    Ok(Json(JobView::of(&after, &state, Utc::now(), last)))
 }
 
 /// `DELETE /api/v1/jobs/{id}`: 204; its runs stay.

@@ -13,28 +13,37 @@
 //! - [`extract`]: the request extractors whose rejections are [`error::ApiError`]s.
 //! - [`jobs`]: `cron_job` through the API: list (filtered, paged), create, read, change, delete.
 //! - [`runs`]: a job's runs and one run.
+//! - [`actions`]: run a job now, kill a run (through [`gocron_shared::control`]).
+//! - [`cluster`]: the executors and dispatchers registered in etcd.
+//! - [`alarms`]: the alarm table, without the bodies.
 //! - [`audit`]: records changes and lists them.
 //! - [`openapi`]: the OpenAPI document of the routes below.
 
+pub mod actions;
+pub mod alarms;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod openapi;
 pub mod runs;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono_tz::Tz;
 use gocron_shared::config::Config;
+use gocron_shared::keys::EtcdKeys;
+use gocron_shared::lock::Fences;
 use gocron_shared::machine::MachineGroups;
+use gocron_shared::rpc::{Secret, Tls};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +64,22 @@ struct Inner {
     machines: MachineGroups,
     default_tz: Tz,
     tokens: Tokens,
+    secret: Secret,
+    cluster: OnceLock<Cluster>,
+}
+
+/// What the operator actions and the cluster views need besides the database: given by the
+/// monitor once it has connected to etcd and Redis (the API serves the rest before that).
+#[derive(Clone)]
+pub struct Cluster {
+    /// etcd: registrations and run-now requests.
+    pub etcd: etcd_client::Client,
+    /// The key layout under `[etcd] prefix`.
+    pub keys: EtcdKeys,
+    /// Redis: the runs in flight.
+    pub fences: Fences,
+    /// `[rpc]` TLS, to reach executors.
+    pub tls: Tls,
 }
 
 impl AppState {
@@ -66,8 +91,27 @@ impl AppState {
                 machines: config.machines.clone(),
                 default_tz: config.dispatcher.time_zone,
                 tokens: Tokens::new(&config.http),
+                secret: config.rpc.secret.clone(),
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Gives the API etcd and Redis (once; a second call changes nothing).
+    pub fn connect_cluster(&self, cluster: Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// etcd and Redis, or a 503 until the monitor has connected to them.
+    pub fn cluster(&self) -> Result<&Cluster, ApiError> {
+        self.inner.cluster.get().ok_or_else(|| {
+            ApiError::Unavailable("the monitor is not connected to etcd and Redis yet".into())
+        })
+    }
+
+    /// `[rpc] secret`, which executors ask of a kill.
+    pub fn secret(&self) -> &Secret {
+        &self.inner.secret
     }
 
     /// The database.
@@ -109,7 +153,12 @@ pub fn router(state: AppState) -> Router {
             get(jobs::show).patch(jobs::update).delete(jobs::delete),
         )
         .route("/jobs/{id}/runs", get(runs::of_job))
+        .route("/jobs/{id}/run", post(actions::run_now))
         .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/kill", post(actions::kill))
+        .route("/executors", get(cluster::executors))
+        .route("/dispatchers", get(cluster::dispatchers))
+        .route("/alarms", get(alarms::list))
         .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found);

@@ -13,7 +13,12 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("patch", "/api/v1/jobs/{id}"),
     ("delete", "/api/v1/jobs/{id}"),
     ("get", "/api/v1/jobs/{id}/runs"),
+    ("post", "/api/v1/jobs/{id}/run"),
     ("get", "/api/v1/runs/{id}"),
+    ("post", "/api/v1/runs/{id}/kill"),
+    ("get", "/api/v1/executors"),
+    ("get", "/api/v1/dispatchers"),
+    ("get", "/api/v1/alarms"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/openapi.json"),
 ];
@@ -102,6 +107,9 @@ pub fn spec() -> Value {
     ] {
         job[k] = v;
     }
+    job["last_run"] = json!({"type": ["object", "null"],
+        "description": "The run of the job's newest tick; null when it has none.",
+        "properties": {"id": {"type": "integer"}, "status": string, "scheduled_at": stamp}});
     let run_columns = json!({
         "id": {"type": "integer"}, "job_id": {"type": "integer"}, "scheduled_at": stamp,
         "status": {"type": "string", "enum": ["dispatched", "running", "succeeded", "failed",
@@ -142,10 +150,42 @@ pub fn spec() -> Value {
                     "total": {"type": "integer"}}},
                 "Audit": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "at": stamp, "actor": string,
-                    "action": {"type": "string", "enum": ["job.create", "job.update", "job.delete"]},
+                    "action": {"type": "string", "enum": ["job.create", "job.update", "job.delete",
+                        "job.run", "run.kill"]},
                     "job_id": {"type": ["integer", "null"]},
-                    "before": {"description": "The job before the change; null for a creation."},
-                    "after": {"description": "The job after the change; null for a deletion."}}},
+                    "before": {"description": "The job before the change; null for a creation, a run or a kill."},
+                    "after": {"description": "The job after the change; null for a deletion; for a run or a kill, {run_id, scheduled_at}."}}},
+                "Taken": {"type": "object", "description": "The run a dispatcher made of a run-now request.",
+                    "properties": {"run_id": {"type": "integer"}, "job_id": {"type": "integer"},
+                        "scheduled_at": stamp, "status": string}},
+                "Killing": {"type": "object", "properties": {
+                    "run_id": {"type": "integer"}, "job_id": {"type": "integer"}}},
+                "ExecutorList": {"type": "object", "properties": {"executors": {"type": "array",
+                    "items": {"type": "object", "properties": {
+                        "name": string, "address": string,
+                        "groups": {"type": "array", "items": string,
+                            "description": "The [machine] groups it is a member of."},
+                        "runs_in_flight": {"type": "integer"},
+                        "since": {"type": "string", "description": "When it started and registered (RFC 3339)."},
+                        "version": string}}}}},
+                "DispatcherList": {"type": "object", "properties": {"dispatchers": {"type": "array",
+                    "items": {"type": "object", "properties": {
+                        "name": string, "since": {"type": ["string", "null"]},
+                        "version": {"type": ["string", "null"]}}}}}},
+                "AlarmPage": {"type": "object", "properties": {
+                    "alarms": {"type": "array", "items": {"type": "object",
+                        "description": "An alarm without its body and recipients.",
+                        "properties": {
+                            "id": {"type": "integer"}, "kind": string,
+                            "channel": {"type": "string", "enum": ["mail", "sms", "none"]},
+                            "job_id": {"type": "integer", "description": "0: about no job."},
+                            "run_id": {"type": ["integer", "null"]},
+                            "status": {"type": "string", "enum": ["pending", "sending", "sent",
+                                "failed", "held", "summarised", "capped", "no_recipient"]},
+                            "subject": string, "attempts": {"type": "integer"},
+                            "error": {"type": ["string", "null"]},
+                            "created_at": stamp, "sent_at": nullable_stamp}}},
+                    "total": {"type": "integer"}}},
                 "AuditPage": {"type": "object", "properties": {
                     "audit": {"type": "array", "items": {"$ref": "#/components/schemas/Audit"}},
                     "total": {"type": "integer"}}},
@@ -188,6 +228,43 @@ pub fn spec() -> Value {
                         page, per_page],
                     "responses": with(auth(), json!({"200": ok("The page.", "RunPage"),
                         "404": error("No such job.")}))}},
+            "/api/v1/jobs/{id}/run": {
+                "parameters": [id()],
+                "post": {"summary": "Runs a job now, through the dispatchers (trigger manual); \
+                    answers once a dispatcher has written the run's row.",
+                    "responses": with(auth(), json!({
+                        "202": ok("The run the request became.", "Taken"),
+                        "403": error("The viewer token may only read."),
+                        "404": error("No such job."),
+                        "409": error("The job is disabled, done, or not published yet."),
+                        "422": error("The job is invalid: the words of its last_error."),
+                        "503": error("etcd does not answer."),
+                        "504": error("No dispatcher took the request within 10 s; it was withdrawn.")}))}},
+            "/api/v1/runs/{id}/kill": {
+                "parameters": [id()],
+                "post": {"summary": "Asks the executor running a run to stop it (it ends killed).",
+                    "responses": with(auth(), json!({
+                        "202": ok("The executor accepted.", "Killing"),
+                        "403": error("The viewer token may only read."),
+                        "404": error("No such run."),
+                        "409": error("The run is not in flight, or is still being handed over."),
+                        "502": error("The executor cannot be reached or refused."),
+                        "503": error("Redis does not answer.")}))}},
+            "/api/v1/executors": {
+                "get": {"summary": "The executors registered in etcd, with their groups and runs in flight.",
+                    "responses": with(auth(), json!({"200": ok("The executors, by name.", "ExecutorList"),
+                        "503": error("etcd or Redis does not answer.")}))}},
+            "/api/v1/dispatchers": {
+                "get": {"summary": "The dispatchers registered in etcd.",
+                    "responses": with(auth(), json!({"200": ok("The dispatchers, by name.", "DispatcherList"),
+                        "503": error("etcd does not answer.")}))}},
+            "/api/v1/alarms": {
+                "get": {"summary": "A page of alarms, newest first, without their bodies.",
+                    "parameters": [query("kind", "string", "Alarms of this kind (run_failed, ...)."),
+                        query("status", "string", "Alarms with this status."),
+                        query("job_id", "integer", "Alarms about this job."),
+                        page, per_page],
+                    "responses": with(auth(), json!({"200": ok("The page.", "AlarmPage")}))}},
             "/api/v1/runs/{id}": {
                 "parameters": [id()],
                 "get": {"summary": "One run, every cron_run column.",

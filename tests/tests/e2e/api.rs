@@ -347,7 +347,7 @@ async fn the_openapi_document_lists_routes_that_exist_and_need_a_token() {
             assert_eq!(status, expected, "{method} {path}: {answer}");
         }
     }
-    assert_eq!(operations, 10);
+    assert_eq!(operations, 15);
     c.shutdown().await;
 }
 
@@ -553,6 +553,304 @@ async fn healthz_is_503_while_the_database_does_not_answer() {
         .expect("the API stops on its token")
         .unwrap()
         .unwrap();
+    c.shutdown().await;
+}
+
+/// Waits until the monitor has published job `id` in etcd (run-now is refused before).
+async fn wait_published(c: &Cluster, id: i64) {
+    let keys = gocron_shared::keys::EtcdKeys::new(&c.base_config().etcd.prefix);
+    let etcd = c.etcd().await;
+    wait_until("the job published", Duration::from_secs(30), || {
+        let (mut etcd, key) = (etcd.clone(), keys.job(id));
+        async move { (!etcd.get(key, None).await.ok()?.kvs().is_empty()).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
+    let mut c = Cluster::new(
+        Backend::Sqlite,
+        &[("local", "127.0.0.1"), ("far", "10.9.9.9")],
+    )
+    .await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let api = Api::start(&mut c).await;
+    // Once a year: every run here is a manual one.
+    let quick = c.insert_job("quick", "0 0 1 1 *", "echo now").await;
+    let long = c
+        .insert_job_with(
+            "long",
+            "0 0 1 1 *",
+            "sleep 60",
+            &[("machine", "local".into())],
+        )
+        .await;
+    let off = c
+        .insert_job_with("off", "0 0 1 1 *", "true", &[("enabled", 0.into())])
+        .await;
+    wait_published(&c, quick).await;
+    wait_published(&c, long).await;
+
+    // Viewers may not; unknown ids are 404; a disabled job is refused with why.
+    for path in [
+        format!("/api/v1/jobs/{quick}/run"),
+        "/api/v1/runs/1/kill".to_owned(),
+    ] {
+        let (status, answer) = api.call("POST", &path, Some(VIEWER), None).await;
+        assert_eq!((status, error(&answer)), (403, "this token may only read"));
+    }
+    let (status, answer) = api.admin("POST", "/api/v1/jobs/999999/run", None).await;
+    assert_eq!((status, error(&answer)), (404, "no job 999999"));
+    let (status, answer) = api.admin("POST", "/api/v1/runs/999999/kill", None).await;
+    assert_eq!((status, error(&answer)), (404, "no run 999999"));
+    let (status, answer) = api
+        .admin("POST", &format!("/api/v1/jobs/{off}/run"), None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(error(&answer).contains("disabled"), "{answer}");
+
+    // Run now: 202 once a dispatcher took it, with the run that ends succeeded.
+    let (status, taken) = api
+        .admin("POST", &format!("/api/v1/jobs/{quick}/run"), None)
+        .await;
+    assert_eq!(status, 202, "{taken}");
+    let run_id = taken["run_id"].as_i64().expect("run_id");
+    let run = wait_until(
+        "the manual run succeeded",
+        Duration::from_secs(30),
+        || async {
+            let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
+            (run["status"] == "succeeded").then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            &run["job_id"],
+            &run["trigger"],
+            &run["output"],
+            &run["scheduled_at"]
+        ),
+        (
+            &json!(quick),
+            &json!("manual"),
+            &json!("now\n"),
+            &taken["scheduled_at"]
+        )
+    );
+
+    // last_run, in a job and in a page of jobs (null for a job that never ran).
+    let shown = api.get(&format!("/api/v1/jobs/{quick}")).await;
+    assert_eq!(
+        shown["last_run"],
+        json!({"id": run_id, "status": "succeeded", "scheduled_at": run["scheduled_at"]})
+    );
+    let page = api.get("/api/v1/jobs").await;
+    let last: Vec<(i64, Value)> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["id"].as_i64().unwrap(), j["last_run"].clone()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (quick, shown["last_run"].clone()),
+            (long, Value::Null),
+            (off, Value::Null)
+        ]
+    );
+    // A finished run cannot be killed.
+    let (status, answer) = api
+        .admin("POST", &format!("/api/v1/runs/{run_id}/kill"), None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(error(&answer).contains("not in flight"), "{answer}");
+
+    // A long run: the executor shows it in flight, and a kill stops it.
+    let (status, taken) = api
+        .admin("POST", &format!("/api/v1/jobs/{long}/run"), None)
+        .await;
+    assert_eq!(status, 202, "{taken}");
+    let long_run = taken["run_id"].as_i64().expect("run_id");
+    let executors = wait_until(
+        "the run in flight on exec-a",
+        Duration::from_secs(30),
+        || async {
+            let list = api.get("/api/v1/executors").await;
+            (list["executors"][0]["runs_in_flight"] == 1).then_some(list)
+        },
+    )
+    .await;
+    let executors = executors["executors"].as_array().unwrap();
+    assert_eq!(executors.len(), 1, "{executors:?}");
+    let exec = &executors[0];
+    assert_eq!(
+        (&exec["name"], &exec["groups"]),
+        (&json!("exec-a"), &json!(["local"]))
+    );
+    assert!(
+        exec["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{exec}"
+    );
+    assert!(
+        exec["since"].as_str().is_some_and(|s| !s.is_empty()),
+        "{exec}"
+    );
+    let dispatchers = api.get("/api/v1/dispatchers").await;
+    assert_eq!(
+        dispatchers["dispatchers"][0]["name"], "disp-0",
+        "{dispatchers}"
+    );
+    assert_eq!(dispatchers["dispatchers"].as_array().unwrap().len(), 1);
+
+    let (status, answer) = api
+        .admin("POST", &format!("/api/v1/runs/{long_run}/kill"), None)
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer, json!({"run_id": long_run, "job_id": long}));
+    let killed = wait_until("the run killed", Duration::from_secs(20), || async {
+        let run = api.get(&format!("/api/v1/runs/{long_run}")).await;
+        (run["status"] == "killed").then_some(run)
+    })
+    .await;
+    assert_eq!(
+        killed["error"],
+        "killed on request of admin (HTTP API): process group stopped"
+    );
+    wait_until("no run in flight", Duration::from_secs(20), || async {
+        let list = api.get("/api/v1/executors").await;
+        (list["executors"][0]["runs_in_flight"] == 0).then_some(())
+    })
+    .await;
+    let (status, answer) = api
+        .admin("POST", &format!("/api/v1/runs/{long_run}/kill"), None)
+        .await;
+    assert_eq!(status, 409, "{answer}");
+
+    // Audited: two runs and a kill, newest first.
+    let audit = api.get("/api/v1/audit").await;
+    let records: Vec<(&str, i64, i64)> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["job_id"].as_i64().unwrap(),
+                r["after"]["run_id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            ("run.kill", long, long_run),
+            ("job.run", long, long_run),
+            ("job.run", quick, run_id)
+        ]
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_is_504_when_no_dispatcher_takes_it() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    let api = Api::start(&mut c).await;
+    let job = c.insert_job("lonely", "0 0 1 1 *", "true").await;
+    wait_published(&c, job).await;
+    let (status, answer) = api
+        .admin("POST", &format!("/api/v1/jobs/{job}/run"), None)
+        .await;
+    assert_eq!(status, 504, "{answer}");
+    assert!(error(&answer).contains("no dispatcher took"), "{answer}");
+    // Withdrawn: nothing waits in etcd for a dispatcher that starts later.
+    let keys = gocron_shared::keys::EtcdKeys::new(&c.base_config().etcd.prefix);
+    let found = c
+        .etcd()
+        .await
+        .get(
+            keys.manual(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.count(), 0);
+    let audit = api.get("/api/v1/audit").await;
+    assert_eq!(audit["total"], 0, "{audit}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_list_shows_a_failing_jobs_alarm_without_its_body() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.set("ALARM", "CHECK_MS", "200");
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let api = Api::start(&mut c).await;
+    let fails = c
+        .insert_job("fails", "* * * * * *", "echo disk full; exit 3")
+        .await;
+    let page = wait_until("a run_failed alarm", Duration::from_secs(30), || async {
+        let page = api
+            .get(&format!("/api/v1/alarms?kind=run_failed&job_id={fails}"))
+            .await;
+        (page["total"].as_u64() >= Some(1)).then_some(page)
+    })
+    .await;
+    let alarm = &page["alarms"][0];
+    // No mail or SMS is configured: recorded for the record only.
+    assert_eq!(
+        (
+            &alarm["kind"],
+            &alarm["job_id"],
+            &alarm["channel"],
+            &alarm["status"]
+        ),
+        (
+            &json!("run_failed"),
+            &json!(fails),
+            &json!("none"),
+            &json!("no_recipient")
+        )
+    );
+    assert!(alarm["run_id"].is_i64(), "{alarm}");
+    assert!(
+        alarm["subject"].as_str().unwrap().contains("run_failed"),
+        "{alarm}"
+    );
+    for key in ["status", "created_at", "sent_at", "error", "attempts"] {
+        assert!(alarm.get(key).is_some(), "{key} missing from {alarm}");
+    }
+    assert!(alarm.get("body").is_none(), "{alarm}");
+    // Newest first; filters narrow; a bad query is 400.
+    let all = api.get("/api/v1/alarms?per_page=500").await;
+    let ids: Vec<i64> = all["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    let status = alarm["status"].as_str().unwrap();
+    let same = api
+        .get(&format!(
+            "/api/v1/alarms?status={status}&job_id={fails}&per_page=1"
+        ))
+        .await;
+    assert!(same["total"].as_u64().unwrap() >= 1, "{same}");
+    let none = api.get("/api/v1/alarms?kind=nothing_like_it").await;
+    assert_eq!(none["total"], 0, "{none}");
+    let none = api
+        .get(&format!("/api/v1/alarms?job_id={}", fails + 1))
+        .await;
+    assert_eq!(none["total"], 0, "{none}");
+    let (status, answer) = api
+        .call("GET", "/api/v1/alarms?page=0", Some(VIEWER), None)
+        .await;
+    assert_eq!(status, 400, "{answer}");
     c.shutdown().await;
 }
 
