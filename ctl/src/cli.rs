@@ -170,7 +170,10 @@ impl JobFields {
         put("command", self.command.clone().map(Value::from));
         put("machine", self.machine.clone().map(Value::from));
         put("timeout_secs", self.timeout_secs.map(Value::from));
-        put("timeout_policy", self.timeout_policy.clone().map(Value::from));
+        put(
+            "timeout_policy",
+            self.timeout_policy.clone().map(Value::from),
+        );
         put("time_zone", self.time_zone.clone().map(Value::from));
         put("misfire", self.misfire.clone().map(Value::from));
         Value::Object(body)
@@ -237,7 +240,10 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> Outcome {
         };
     }
     let Some(server) = cli.server.clone() else {
-        return Outcome::fail(2, "--server (or GOCRON_SERVER) is needed to talk to the API");
+        return Outcome::fail(
+            2,
+            "--server (or GOCRON_SERVER) is needed to talk to the API",
+        );
     };
     let api = Api {
         base: server.trim_end_matches('/').to_owned(),
@@ -428,32 +434,61 @@ fn render(command: &Command, value: &Value) -> String {
     let empty = Vec::new();
     match command {
         Command::Jobs { .. } => {
-            let jobs = value.get("jobs").and_then(Value::as_array).unwrap_or(&empty);
+            let jobs = value
+                .get("jobs")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
             let rows: Vec<Vec<String>> = jobs
                 .iter()
                 .map(|j| {
-                    ["id", "name", "rule", "machine", "enabled", "next_fire_at", "last_error"]
-                        .iter()
-                        .map(|k| cell(j, k))
-                        .collect()
+                    [
+                        "id",
+                        "name",
+                        "rule",
+                        "machine",
+                        "enabled",
+                        "next_fire_at",
+                        "last_error",
+                    ]
+                    .iter()
+                    .map(|k| cell(j, k))
+                    .collect()
                 })
                 .collect();
             let mut out = table(
-                &["ID", "NAME", "RULE", "MACHINE", "ENABLED", "NEXT FIRE", "ERROR"],
+                &[
+                    "ID",
+                    "NAME",
+                    "RULE",
+                    "MACHINE",
+                    "ENABLED",
+                    "NEXT FIRE",
+                    "ERROR",
+                ],
                 &rows,
             );
             out.push_str(&format!("({} of {})\n", jobs.len(), cell(value, "total")));
             out
         }
         Command::Runs { .. } => {
-            let runs = value.get("runs").and_then(Value::as_array).unwrap_or(&empty);
+            let runs = value
+                .get("runs")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
             let rows: Vec<Vec<String>> = runs
                 .iter()
                 .map(|r| {
-                    ["id", "scheduled_at", "status", "executor", "exit_code", "error"]
-                        .iter()
-                        .map(|k| cell(r, k))
-                        .collect()
+                    [
+                        "id",
+                        "scheduled_at",
+                        "status",
+                        "executor",
+                        "exit_code",
+                        "error",
+                    ]
+                    .iter()
+                    .map(|k| cell(r, k))
+                    .collect()
                 })
                 .collect();
             table(

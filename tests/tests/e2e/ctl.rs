@@ -1,0 +1,145 @@
+//! gocronctl against a real cluster's API: jobs added, changed, run, listed and removed, and
+//! its exit codes (0 done, 1 refused or unreachable, 2 usage or validation).
+
+use std::time::Duration;
+
+use gocron_ctl::cli::{Outcome, run};
+use gocron_tests::{Backend, Cluster, wait_until};
+use serde_json::Value;
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+
+/// `gocronctl --server URL --token TOKEN args...`.
+async fn ctl(server: &str, token: &str, args: &[&str]) -> Outcome {
+    let mut line = vec!["gocronctl", "--server", server, "--token", token];
+    line.extend_from_slice(args);
+    run(line.into_iter().map(str::to_owned)).await
+}
+
+/// The same with `--json`, parsed; panics unless it succeeded.
+async fn ctl_json(server: &str, args: &[&str]) -> Value {
+    let mut line = vec!["--json"];
+    line.extend_from_slice(args);
+    let out = ctl(server, ADMIN, &line).await;
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    serde_json::from_str(&out.out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gocronctl_manages_jobs_and_runs_through_the_api() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
+    c.set("HTTP", "ADMIN_TOKEN", ADMIN);
+    c.set("HTTP", "VIEWER_TOKEN", VIEWER);
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let server = format!("http://{}", c.start_monitor_http("monitor").await);
+    let server = server.as_str();
+
+    // Added, then it runs on its own.
+    let job = ctl_json(
+        server,
+        &[
+            "job",
+            "add",
+            "--name",
+            "from-ctl",
+            "--rule",
+            "* * * * * *",
+            "--command",
+            "echo hello from ctl",
+            "--machine",
+            "local",
+        ],
+    )
+    .await;
+    let id = job["id"].as_i64().expect("id");
+    let runs = c.wait_for_finished(id, 1, Duration::from_secs(30)).await;
+    let first = runs
+        .iter()
+        .find(|r| r.finished_at.is_some())
+        .expect("a run");
+    assert_eq!(first.status, "succeeded");
+
+    // The table names it, and its runs; logs print the output.
+    let list = ctl(server, VIEWER, &["jobs", "--q", "from-ctl"]).await;
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(list.out.starts_with("ID"), "{}", list.out);
+    assert!(
+        list.out.contains("from-ctl") && list.out.contains("(1 of 1)"),
+        "{}",
+        list.out
+    );
+    let runs = ctl(server, VIEWER, &["runs", "--job", &id.to_string()]).await;
+    assert!(runs.out.contains("succeeded"), "{runs:?}");
+    let logs = ctl(server, VIEWER, &["logs", &first.id.to_string()]).await;
+    assert_eq!(logs.out, "hello from ctl\n", "{logs:?}");
+
+    // Disabled: no more runs; run now still runs it once, through a dispatcher.
+    let off = ctl_json(server, &["job", "disable", &id.to_string()]).await;
+    assert_eq!(off["enabled"], Value::from(false), "{off}");
+    let edited = ctl_json(
+        server,
+        &["job", "edit", &id.to_string(), "--rule", "@yearly"],
+    )
+    .await;
+    assert_eq!(edited["rule"], "@yearly");
+    ctl_json(server, &["job", "enable", &id.to_string()]).await;
+    let manual = wait_until("run now taken", Duration::from_secs(60), || async {
+        let out = ctl(server, ADMIN, &["--json", "run", &id.to_string()]).await;
+        // 504 (exit 1) while no dispatcher has seen the job published again: retried.
+        (out.code == 0).then(|| serde_json::from_str::<Value>(&out.out).expect("JSON"))
+    })
+    .await;
+    let run_id = manual["run_id"].as_i64().expect("run id");
+    wait_until(
+        "the manual run to succeed",
+        Duration::from_secs(30),
+        || async {
+            c.runs(id)
+                .await
+                .into_iter()
+                .find(|r| r.id == run_id && r.status == "succeeded")
+        },
+    )
+    .await;
+
+    // Exit codes: a viewer's change is refused (1), an invalid rule is a validation error (2)
+    // with the monitor's words, no server is a usage error (2), an unreachable one is 1.
+    let refused = ctl(server, VIEWER, &["job", "disable", &id.to_string()]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.err.contains("403"), "{refused:?}");
+    let invalid = ctl(
+        server,
+        ADMIN,
+        &[
+            "job",
+            "add",
+            "--name",
+            "bad",
+            "--rule",
+            "61 * * * *",
+            "--command",
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(invalid.code, 2, "{invalid:?}");
+    assert!(invalid.err.contains("422"), "{invalid:?}");
+    let no_server = run(["gocronctl", "jobs"].map(str::to_owned)).await;
+    assert_eq!(no_server.code, 2, "{no_server:?}");
+    let unreachable = ctl("http://127.0.0.1:9", ADMIN, &["jobs"]).await;
+    assert_eq!(unreachable.code, 1, "{unreachable:?}");
+    let usage = ctl(server, ADMIN, &["job", "frobnicate"]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+
+    // Removed.
+    let rm = ctl(server, ADMIN, &["job", "rm", &id.to_string()]).await;
+    assert_eq!(
+        (rm.code, rm.out.as_str()),
+        (0, format!("job {id} deleted\n").as_str())
+    );
+    let gone = ctl(server, ADMIN, &["job", "show", &id.to_string()]).await;
+    assert_eq!(gone.code, 1, "{gone:?}");
+    c.shutdown().await;
+}
