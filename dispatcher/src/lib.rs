@@ -107,6 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.dispatcher.max_late,
     );
     let ticks = Ticks::new(config.dispatcher.max_ticks_in_flight);
+    // Run-now requests for jobs not scheduled here (yet): (job, request instant, since when).
+    let mut waiting: Vec<(i64, DateTime<Utc>, std::time::Instant)> = Vec::new();
     tracing::info!(dispatcher = %name, "dispatcher ready");
 
     loop {
@@ -122,7 +124,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 fire_due(&mut scheduler, &dispatcher, &ticks);
                 match event {
                     Some(event) => {
-                        if scheduler.apply(event, Utc::now()) {
+                        let synced = scheduler.apply(event, Utc::now());
+                        // A request that came before its job did is served now.
+                        waiting.retain(|(job_id, requested, since)| {
+                            match scheduler.manual(*job_id, *requested) {
+                                Some(tick) => {
+                                    serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, *job_id, *requested);
+                                    false
+                                }
+                                None if since.elapsed() > MANUAL_WAIT => {
+                                    tracing::warn!(job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
+                                    false
+                                }
+                                None => true,
+                            }
+                        });
+                        if synced {
                             // (Re)started: ticks every dispatcher missed meanwhile get the
                             // misfire policy now, not at each job's next tick.
                             let jobs: Vec<_> = scheduler
@@ -137,19 +154,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             Some(event) = requests.recv() => {
                 if let Some((job_id, requested)) = run_now_request(&keys, event) {
-                    let Some(tick) = scheduler.manual(job_id, requested) else {
-                        tracing::warn!(job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
-                        continue;
-                    };
-                    let (dispatcher, mut etcd, key) =
-                        (dispatcher.clone(), etcd.clone(), keys.manual_request_key(job_id, requested.timestamp_millis()));
-                    ticks.spawn(async move {
-                        if !matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
-                            // Served (here or by another dispatcher): the request is done.
-                            let _ = etcd.delete(key, None).await;
+                    match scheduler.manual(job_id, requested) {
+                        Some(tick) => serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, job_id, requested),
+                        // The job's publication may still be on its way (another watch): the
+                        // request waits for it a while.
+                        None => {
+                            waiting.retain(|(j, r, _)| (*j, *r) != (job_id, requested));
+                            waiting.push((job_id, requested, std::time::Instant::now()));
                         }
-                    });
-                    // (Left in etcd when shed: it is served at the request's next read.)
+                    }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
@@ -267,6 +280,34 @@ impl Ticks {
             }
         }
     }
+}
+
+/// How long a run-now request waits for its job to be scheduled here (its publication may come
+/// after the request, through another watch) before it is ignored.
+const MANUAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Fires the run-now request of `job_id` made at `requested`, and deletes the request once it
+/// is served (here or by another dispatcher).
+fn serve_manual(
+    dispatcher: &Dispatcher,
+    etcd: &etcd_client::Client,
+    keys: &EtcdKeys,
+    ticks: &Ticks,
+    tick: scheduler::Tick,
+    job_id: i64,
+    requested: DateTime<Utc>,
+) {
+    let (dispatcher, mut etcd, key) = (
+        dispatcher.clone(),
+        etcd.clone(),
+        keys.manual_request_key(job_id, requested.timestamp_millis()),
+    );
+    ticks.spawn(async move {
+        if !matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
+            let _ = etcd.delete(key, None).await;
+        }
+    });
+    // (Left in etcd when shed: it is served at the request's next read.)
 }
 
 /// The (job id, instant) of the run-now request an etcd event brings, if any.

@@ -483,3 +483,25 @@ async fn a_draining_executor_keeps_its_runs_live_until_they_end() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_now_request_that_comes_before_its_job_is_served_when_the_job_does() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    // No monitor yet: the row is not published, and the request reaches the dispatcher first.
+    let job = c.insert_job("early", "0 0 1 1 *", "echo early").await;
+    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
+    let requested = control::run_now(&mut c.etcd().await, &keys, job)
+        .await
+        .expect("run-now request");
+    c.start_monitor();
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(30)).await;
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(
+        (runs[0].trigger.as_str(), runs[0].status.as_str()),
+        ("manual", "succeeded")
+    );
+    assert_eq!(runs[0].scheduled_at, requested);
+    c.shutdown().await;
+}
