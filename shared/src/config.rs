@@ -73,6 +73,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[metrics]`: where a dispatcher or executor serves `/metrics`.
     pub metrics: MetricsConfig,
+    /// What the file held that means nothing here (keys of the Go gocron's conf.ini), in
+    /// words; logged at start by [`Config::load`].
+    pub warnings: Vec<String>,
 }
 
 /// `[metrics]`: Prometheus metrics of a dispatcher or an executor (the monitor serves its own
@@ -305,6 +308,19 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 /// The environment variable prefix for overrides: `GOCRON__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "GOCRON__";
 
+/// `text` with every byte but unreserved URL characters percent-encoded (a user name or
+/// password inside a URL).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// One value and where it came from, so that an error can name its origin.
 #[derive(Debug, Clone)]
 struct Value {
@@ -326,7 +342,11 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_ini(&text, &path.display().to_string(), std::env::vars())
+        let config = Config::from_ini(&text, &path.display().to_string(), std::env::vars())?;
+        for warning in &config.warnings {
+            tracing::warn!(config = %path.display(), "{warning}");
+        }
+        Ok(config)
     }
 
     /// Parses INI text (named `origin` in errors) and applies the given `GOCRON__…` overrides.
@@ -337,8 +357,11 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut raw = Raw::parse(text, origin)?;
         raw.apply_env(env);
+        let warnings = raw.translate_go_gocron();
         raw.check_known()?;
-        raw.build()
+        let mut config = raw.build()?;
+        config.warnings = warnings;
+        Ok(config)
     }
 }
 
@@ -375,6 +398,125 @@ impl Raw {
             }
         }
         Ok(raw)
+    }
+
+    /// Takes in the keys of the Go gocron's conf.ini, which people moving here bring: its
+    /// `[database]` (MySQL) and `[redis]` addresses become our `url`s and `[alarm_mail_list]`
+    /// our `[alarm] mail_list`, wherever ours are not set (ours win); the keys that mean
+    /// nothing here are named, in one warning, instead of refused.
+    fn translate_go_gocron(&mut self) -> Vec<String> {
+        let mut ignored = Vec::new();
+        let take = |raw: &mut Raw, section: &str, keys: &[&str]| {
+            keys.iter()
+                .filter_map(|k| {
+                    let v = raw.values.remove(&(section.to_owned(), (*k).to_owned()))?;
+                    Some(((*k).to_owned(), v.text))
+                })
+                .collect::<BTreeMap<String, String>>()
+        };
+        let go_db = take(
+            self,
+            "database",
+            &[
+                "username", "password", "host", "port", "database", "charset",
+            ],
+        );
+        if go_db.contains_key("charset") {
+            ignored.push("[database] charset (gocron always uses utf8mb4)".to_owned());
+        }
+        let has = |raw: &Raw, section: &str, key: &str| {
+            raw.values
+                .contains_key(&(section.to_owned(), key.to_owned()))
+        };
+        let addressed = ["username", "password", "host", "port", "database"]
+            .iter()
+            .any(|k| go_db.contains_key(*k));
+        if addressed {
+            if has(self, "database", "url") {
+                ignored.push(
+                    "[database] username/password/host/port/database (url is set and wins)"
+                        .to_owned(),
+                );
+            } else {
+                let get = |k: &str, default: &str| {
+                    go_db.get(k).cloned().unwrap_or_else(|| default.to_owned())
+                };
+                let url = format!(
+                    "mysql://{}:{}@{}:{}/{}",
+                    percent_encode(&get("username", "root")),
+                    percent_encode(&get("password", "")),
+                    get("host", "127.0.0.1"),
+                    get("port", "3306"),
+                    get("database", "gocron"),
+                );
+                self.values.insert(
+                    ("database".to_owned(), "url".to_owned()),
+                    Value {
+                        text: url,
+                        origin: format!(
+                            "{} ([database] of the Go gocron: username, password, host, port, database)",
+                            self.file
+                        ),
+                    },
+                );
+            }
+        }
+        let go_redis = take(self, "redis", &["host", "port", "max_idle", "max_active"]);
+        for key in ["max_idle", "max_active"] {
+            if go_redis.contains_key(key) {
+                ignored.push(format!(
+                    "[redis] {key} (each daemon keeps one multiplexed connection)"
+                ));
+            }
+        }
+        if go_redis.contains_key("host") || go_redis.contains_key("port") {
+            if has(self, "redis", "url") {
+                ignored.push("[redis] host/port (url is set and wins)".to_owned());
+            } else {
+                let host = go_redis.get("host").map_or("127.0.0.1", String::as_str);
+                let port = go_redis.get("port").map_or("6379", String::as_str);
+                self.values.insert(
+                    ("redis".to_owned(), "url".to_owned()),
+                    Value {
+                        text: format!("redis://{host}:{port}/"),
+                        origin: format!("{} ([redis] host, port of the Go gocron)", self.file),
+                    },
+                );
+            }
+        }
+        let list: Vec<((String, String), Value)> = self
+            .values
+            .iter()
+            .filter(|((s, _), _)| s == "alarm_mail_list")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let addresses: Vec<String> = list
+            .iter()
+            .flat_map(|(_, v)| crate::alarm::split_list(&v.text))
+            .collect();
+        for (key, _) in &list {
+            self.values.remove(key);
+        }
+        if !addresses.is_empty() {
+            if has(self, "alarm", "mail_list") {
+                ignored.push("[alarm_mail_list] ([alarm] mail_list is set and wins)".to_owned());
+            } else {
+                self.values.insert(
+                    ("alarm".to_owned(), "mail_list".to_owned()),
+                    Value {
+                        text: addresses.join(","),
+                        origin: format!("{} ([alarm_mail_list] of the Go gocron)", self.file),
+                    },
+                );
+            }
+        }
+        if ignored.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "keys of the Go gocron's conf.ini that mean nothing here, ignored: {}",
+            ignored.join("; ")
+        )]
     }
 
     fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) {
@@ -682,6 +824,7 @@ impl Raw {
             alarm,
             http,
             metrics,
+            warnings: Vec::new(),
         })
     }
 
@@ -929,6 +1072,40 @@ mod tests {
         let c = Config::from_ini(text, "conf/conf.ini", Vec::new()).unwrap();
         assert!(c.machines.is_known("local"));
         assert_eq!(c.monitor.poll_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_go_gocrons_conf_ini_loads_with_one_warning_and_our_keys_win() {
+        let text = include_str!("../../conf/examples/go-gocron.ini");
+        // Ours needs an RPC secret, which the Go gocron's has no word for.
+        let secret = env(&[("GOCRON__RPC__SECRET", "0123456789abcdef")]);
+        let c = Config::from_ini(text, "go.ini", secret.clone()).unwrap();
+        assert_eq!(c.database.url, "mysql://root:root@localhost:3306/cron");
+        assert_eq!(c.redis.url, "redis://192.168.100.60:6381/");
+        assert!(c.machines.is_known("phpgroup") && c.machines.is_known("cron75"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        for key in ["charset", "max_idle", "max_active"] {
+            assert!(c.warnings[0].contains(key), "{:?}", c.warnings);
+        }
+        // A password with URL characters, a mail list, and our own keys winning.
+        let text = "[database]\nusername = cron\npassword = p@ss:w/rd\nhost = db\n\
+                    [alarm_mail_list]\nops = ops@example.com, dev@example.com\n\
+                    [redis]\nhost = r1\nurl = redis://ours:6379/\n";
+        let c = Config::from_ini(text, "go.ini", secret.clone()).unwrap();
+        assert_eq!(
+            c.database.url,
+            "mysql://cron:p%40ss%3Aw%2Frd@db:3306/gocron"
+        );
+        assert_eq!(c.alarm.mail_list, ["ops@example.com", "dev@example.com"]);
+        assert_eq!(c.redis.url, "redis://ours:6379/");
+        assert!(
+            c.warnings[0].contains("url is set and wins"),
+            "{:?}",
+            c.warnings
+        );
+        // Our conf.ini has no warning.
+        let ours = Config::from_ini(include_str!("../../conf/conf.ini"), "c.ini", Vec::new());
+        assert!(ours.unwrap().warnings.is_empty());
     }
 
     #[test]
