@@ -93,6 +93,10 @@ enum Command {
         /// The run.
         run: i64,
     },
+    /// The live executors: groups, runs in flight, since when.
+    Executors,
+    /// The cluster in a few lines: the monitor's database, jobs, executors, dispatchers.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -378,6 +382,28 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
             api.call(Method::POST, &format!("/runs/{run}/kill"), None)
                 .await
         }
+        Command::Executors => api.call(Method::GET, "/executors", None).await,
+        Command::Status => {
+            let total = |v: Value| v.get("total").cloned().unwrap_or(Value::Null);
+            let jobs = api.call(Method::GET, "/jobs?per_page=1", None).await?;
+            let invalid = api
+                .call(Method::GET, "/jobs?per_page=1&has_error=true", None)
+                .await?;
+            let disabled = api
+                .call(Method::GET, "/jobs?per_page=1&enabled=false", None)
+                .await?;
+            let executors = api.call(Method::GET, "/executors", None).await?;
+            let dispatchers = api.call(Method::GET, "/dispatchers", None).await?;
+            let count =
+                |v: &Value, key: &str| v.get(key).and_then(Value::as_array).map_or(0, Vec::len);
+            Ok(json!({
+                "jobs": total(jobs),
+                "jobs_invalid": total(invalid),
+                "jobs_disabled": total(disabled),
+                "executors": count(&executors, "executors"),
+                "dispatchers": count(&dispatchers, "dispatchers"),
+            }))
+        }
     }
 }
 
@@ -495,6 +521,39 @@ fn render(command: &Command, value: &Value) -> String {
                 &["ID", "SCHEDULED", "STATUS", "EXECUTOR", "EXIT", "ERROR"],
                 &rows,
             )
+        }
+        Command::Executors => {
+            let executors = value
+                .get("executors")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty);
+            let rows: Vec<Vec<String>> = executors
+                .iter()
+                .map(|e| {
+                    let groups = e
+                        .get("groups")
+                        .and_then(Value::as_array)
+                        .map(|g| {
+                            g.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        cell(e, "name"),
+                        cell(e, "address"),
+                        if groups.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            groups
+                        },
+                        cell(e, "runs_in_flight"),
+                        cell(e, "since"),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "ADDRESS", "GROUPS", "IN FLIGHT", "SINCE"], &rows)
         }
         Command::Logs { .. } => value
             .get("output")

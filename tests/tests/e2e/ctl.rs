@@ -133,6 +133,26 @@ async fn gocronctl_manages_jobs_and_runs_through_the_api() {
     let usage = ctl(server, ADMIN, &["job", "frobnicate"]).await;
     assert_eq!(usage.code, 2, "{usage:?}");
 
+    // The cluster as it stands.
+    let executors = ctl(server, VIEWER, &["executors"]).await;
+    assert!(executors.out.starts_with("NAME"), "{executors:?}");
+    assert!(
+        executors.out.contains("exec-a") && executors.out.contains("local"),
+        "{executors:?}"
+    );
+    let status = ctl_json(server, &["status"]).await;
+    assert_eq!(
+        (
+            &status["executors"],
+            &status["dispatchers"],
+            &status["jobs"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(1)),
+        "{status}"
+    );
+    let status = ctl(server, VIEWER, &["status"]).await;
+    assert!(status.out.contains("executors: 1"), "{status:?}");
+
     // Removed.
     let rm = ctl(server, ADMIN, &["job", "rm", &id.to_string()]).await;
     assert_eq!(
