@@ -8,6 +8,8 @@ use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
+use gocron_shared::config::percent_encode;
+
 use crate::next;
 
 /// gocron from the command line.
@@ -333,10 +335,10 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
         } => {
             let mut query = vec![format!("page={page}"), format!("per_page={per_page}")];
             if let Some(q) = q {
-                query.push(format!("q={}", encode(q)));
+                query.push(format!("q={}", percent_encode(q)));
             }
             if let Some(m) = machine {
-                query.push(format!("machine={}", encode(m)));
+                query.push(format!("machine={}", percent_encode(m)));
             }
             if let Some(e) = enabled {
                 query.push(format!("enabled={e}"));
@@ -369,7 +371,7 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
         Command::Runs { job, status, limit } => {
             let mut path = format!("/jobs/{job}/runs?per_page={}", (*limit).clamp(1, 500));
             if let Some(s) = status {
-                path.push_str(&format!("&status={}", encode(s)));
+                path.push_str(&format!("&status={}", percent_encode(s)));
             }
             api.call(Method::GET, &path, None).await
         }
@@ -405,18 +407,6 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
             }))
         }
     }
-}
-
-/// Percent-encodes a query value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A field of a JSON object as table text.

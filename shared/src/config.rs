@@ -309,8 +309,8 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 pub const ENV_PREFIX: &str = "GOCRON__";
 
 /// `text` with every byte but unreserved URL characters percent-encoded (a user name or
-/// password inside a URL).
-fn percent_encode(text: &str) -> String {
+/// password inside a URL, a query value).
+pub fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
