@@ -95,6 +95,9 @@ pub struct HttpConfig {
     pub admin_token: Option<crate::rpc::Secret>,
     /// `viewer_token`: the bearer token with read rights; `None`: nobody has them.
     pub viewer_token: Option<crate::rpc::Secret>,
+    /// `secure_cookie`: the console's session cookie is marked `Secure` (sent over HTTPS only);
+    /// set it when a TLS proxy serves the console.
+    pub secure_cookie: bool,
 }
 
 /// `[rpc]`: how dispatchers and executors trust each other.
@@ -270,7 +273,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "retention_secs",
         ],
     ),
-    ("http", &["listen", "admin_token", "viewer_token"]),
+    (
+        "http",
+        &["listen", "admin_token", "viewer_token", "secure_cookie"],
+    ),
     ("metrics", &["listen"]),
     (
         "rpc",
@@ -864,6 +870,7 @@ impl Raw {
             listen,
             admin_token,
             viewer_token,
+            secure_cookie: self.parsed("http", "secure_cookie", false, "true or false")?,
         })
     }
 

@@ -156,15 +156,20 @@ pub struct JobSpec {
 impl JobSpec {
     /// The job's schedule, its empty time zone meaning `default_tz`.
     pub fn schedule(&self, default_tz: Tz) -> Result<Schedule, JobError> {
-        let tz = if self.time_zone.is_empty() {
-            default_tz
-        } else {
-            self.time_zone
-                .parse()
-                .map_err(|_| JobError::TimeZone(self.time_zone.clone()))?
-        };
-        Schedule::new(&self.rule, tz).map_err(JobError::Rule)
+        schedule(&self.rule, &self.time_zone, default_tz)
     }
+}
+
+/// The schedule of `rule` in `time_zone`, an empty zone meaning `default_tz`.
+pub fn schedule(rule: &str, time_zone: &str, default_tz: Tz) -> Result<Schedule, JobError> {
+    let tz = if time_zone.is_empty() {
+        default_tz
+    } else {
+        time_zone
+            .parse()
+            .map_err(|_| JobError::TimeZone(time_zone.to_owned()))?
+    };
+    Schedule::new(rule, tz).map_err(JobError::Rule)
 }
 
 /// Occurs when a `cron_job` row cannot be scheduled; written to `cron_job.last_error`.

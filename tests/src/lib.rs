@@ -11,6 +11,7 @@
 
 pub mod accounted;
 pub mod alarm;
+pub mod browser;
 pub mod servers;
 
 use std::collections::BTreeMap;
@@ -280,6 +281,17 @@ impl Cluster {
             .all(&self.db)
             .await
             .expect("query")
+    }
+
+    /// Waits until the monitor has published job `id` in etcd (run-now is refused before).
+    pub async fn wait_published(&self, id: i64) {
+        let keys = gocron_shared::keys::EtcdKeys::new(&self.base_config().etcd.prefix);
+        let etcd = self.etcd().await;
+        wait_until("the job published", Duration::from_secs(30), || {
+            let (mut etcd, key) = (etcd.clone(), keys.job(id));
+            async move { (!etcd.get(key, None).await.ok()?.kvs().is_empty()).then_some(()) }
+        })
+        .await;
     }
 
     /// Starts a dispatcher named `name`.

@@ -1,11 +1,23 @@
-//! Bearer tokens: `[http] admin_token` may do everything, `[http] viewer_token` may read.
-//! Tokens are compared in constant time and never logged.
+//! Who calls: a bearer token (`[http] admin_token` may do everything, `[http] viewer_token` may
+//! read), or a console session opened by signing in with one of them. Tokens are compared in
+//! constant time and never logged.
+//!
+//! Sessions live in the monitor's memory: a random id in an HttpOnly, SameSite=Strict cookie
+//! (Secure with `[http] secure_cookie`), each with its own CSRF token that every change made
+//! with the session must carry (a form's `csrf` field, or the API's `X-CSRF-Token` header).
+//! They end [`SESSION_TTL`] after sign-in, at sign-out, or when the monitor restarts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use gocron_shared::config::HttpConfig;
 use gocron_shared::rpc::Secret;
+use rand::Rng as _;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -59,7 +71,119 @@ impl Tokens {
     }
 }
 
-/// A caller with a valid token (any role): what every read needs.
+/// The name of the console's session cookie.
+pub const SESSION_COOKIE: &str = "gocron_session";
+
+/// The header that carries a session's CSRF token on API changes made with the session.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How long a session lasts after sign-in.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The most sessions kept; past it, signing in ends the oldest.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// A signed-in console user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The cookie's value.
+    pub id: String,
+    /// The role of the token signed in with.
+    pub role: Role,
+    /// What every change made with this session must carry.
+    pub csrf: String,
+    opened: Instant,
+}
+
+impl Session {
+    /// Whether `given` is this session's CSRF token (compared in constant time).
+    pub fn csrf_matches(&self, given: &str) -> bool {
+        Secret::new(self.csrf.as_str()).matches(&Secret::new(given))
+    }
+}
+
+/// The open sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<String, Session>>,
+}
+
+/// 32 random bytes (from the thread's CSPRNG), in hex.
+fn random_hex() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sessions {
+    /// Opens a session for `role`.
+    pub fn open(&self, role: Role) -> Session {
+        let session = Session {
+            id: random_hex(),
+            role,
+            csrf: random_hex(),
+            opened: Instant::now(),
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, s| s.opened.elapsed() < SESSION_TTL);
+        if open.len() >= MAX_SESSIONS
+            && let Some(oldest) = open.values().min_by_key(|s| s.opened).map(|s| s.id.clone())
+        {
+            open.remove(&oldest);
+        }
+        open.insert(session.id.clone(), session.clone());
+        session
+    }
+
+    /// The session whose id is `id`, if it is open.
+    pub fn get(&self, id: &str) -> Option<Session> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match open.get(id) {
+            Some(s) if s.opened.elapsed() < SESSION_TTL => Some(s.clone()),
+            Some(_) => {
+                open.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the session `id`.
+    pub fn close(&self, id: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The session named by the request's cookie, if it is open.
+    pub fn of_request(&self, headers: &HeaderMap) -> Option<Session> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == SESSION_COOKIE)
+            .and_then(|(_, id)| self.get(id.trim()))
+    }
+}
+
+/// The `Set-Cookie` value that gives the browser session `id` (`None`: ends it).
+pub fn session_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text = match id {
+        Some(id) => format!(
+            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            SESSION_TTL.as_secs()
+        ),
+        None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    };
+    // Made of ASCII letters, digits and punctuation only.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A caller with a valid token or session (any role): what every read needs. A session's
+/// change (any method but GET, HEAD, OPTIONS) must carry its CSRF token in [`CSRF_HEADER`].
 #[derive(Debug, Clone, Copy)]
 pub struct Reader(pub Role);
 
@@ -67,20 +191,36 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
+        if let Some(header) = parts.headers.get(AUTHORIZATION) {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    let (scheme, token) = v.trim().split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                })
+                .ok_or(ApiError::Unauthorized)?;
+            return state
+                .tokens()
+                .role(token)
+                .map(Reader)
+                .ok_or(ApiError::Unauthorized);
+        }
+        let session = state
+            .sessions()
+            .of_request(&parts.headers)
             .ok_or(ApiError::Unauthorized)?;
-        state
-            .tokens()
-            .role(token)
-            .map(Reader)
-            .ok_or(ApiError::Unauthorized)
+        if !parts.method.is_safe() {
+            let given = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !session.csrf_matches(given) {
+                return Err(ApiError::Csrf);
+            }
+        }
+        Ok(Reader(session.role))
     }
 }
 
@@ -109,6 +249,7 @@ mod tests {
             listen: None,
             admin_token: Some(Secret::new("admin-token-0123456789")),
             viewer_token: Some(Secret::new("viewer-token-0123456789")),
+            ..HttpConfig::default()
         });
         assert_eq!(tokens.role("admin-token-0123456789"), Some(Role::Admin));
         assert_eq!(tokens.role("viewer-token-0123456789"), Some(Role::Viewer));
@@ -116,5 +257,40 @@ mod tests {
         assert_eq!(tokens.role(""), None);
         let none = Tokens::new(&HttpConfig::default());
         assert_eq!(none.role(""), None);
+    }
+
+    #[test]
+    fn sessions_are_found_by_their_cookie_and_end_at_sign_out() {
+        let sessions = Sessions::default();
+        let a = sessions.open(Role::Admin);
+        let v = sessions.open(Role::Viewer);
+        assert_ne!(a.id, v.id);
+        assert_ne!(a.csrf, a.id);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("theme=dark; {SESSION_COOKIE}={}", v.id)).unwrap(),
+        );
+        assert_eq!(sessions.of_request(&headers).unwrap().role, Role::Viewer);
+        assert!(a.csrf_matches(&a.csrf) && !a.csrf_matches(&v.csrf) && !a.csrf_matches(""));
+        sessions.close(&v.id);
+        assert!(sessions.of_request(&headers).is_none());
+        headers.insert(COOKIE, HeaderValue::from_static("gocron_session=forged"));
+        assert!(sessions.of_request(&headers).is_none());
+        assert_eq!(sessions.get(&a.id).unwrap().role, Role::Admin);
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_and_strict() {
+        let c = session_cookie(Some("abc"), false);
+        let c = c.to_str().unwrap();
+        assert!(c.starts_with("gocron_session=abc;") && c.contains("HttpOnly"));
+        assert!(c.contains("SameSite=Strict") && !c.contains("Secure"));
+        assert!(
+            session_cookie(None, true)
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0; Secure")
+        );
     }
 }

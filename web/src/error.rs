@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Occurs when a viewer asks for a change (403).
     #[error("this token may only read")]
     Forbidden,
+    /// Occurs when a change made with a console session lacks the session's CSRF token (403).
+    #[error("a change made with a session must carry its CSRF token (X-CSRF-Token)")]
+    Csrf,
     /// Occurs when the job, run or route does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -61,7 +64,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { status, .. } => *status,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

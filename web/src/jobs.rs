@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, DurationRound as _, Utc};
+use chrono_tz::Tz;
 use gocron_shared::entity::job;
 use gocron_shared::job::validate;
 use sea_orm::sea_query::{Expr, ExprTrait as _, Func, LikeExpr};
@@ -460,7 +461,7 @@ pub async fn show(
 }
 
 /// `PATCH /api/v1/jobs/{id}`: writes only the given columns (and `updated_at`), if the row
-/// they make is valid.
+/// they make is valid (a change of nothing but `enabled` to false is always allowed).
 pub async fn update(
     State(state): State<AppState>,
     Admin(role): Admin,
@@ -474,8 +475,28 @@ pub async fn update(
         id: sea_orm::ActiveValue::Unchanged(id),
         ..Default::default()
     };
+    // Switching a job off is always allowed, even when its row would not be scheduled.
+    let only_disables = matches!(
+        input,
+        JobInput {
+            enabled: Some(Enabled::Bool(false) | Enabled::Int(0)),
+            name: None,
+            rule: None,
+            command: None,
+            kind: None,
+            machine: None,
+            timeout_secs: None,
+            timeout_policy: None,
+            time_zone: None,
+            alarm_emails: None,
+            alarm_mobiles: None,
+            misfire: None,
+        }
+    );
     input.apply(&mut row, &mut active)?;
-    check(&state, &row)?;
+    if !only_disables {
+        check(&state, &row)?;
+    }
     active.updated_at = Set(now_ms());
     job::Entity::update(active).exec(&txn).await?;
     let after = find(&txn, id).await?;
@@ -528,9 +549,121 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The next `count` fire times of `rule` in `time_zone` (empty: `default_tz`) from now, with
+/// the zone they are in, or the words `last_error` would hold (empty when the rule is empty).
+pub fn next_fires(
+    rule: &str,
+    time_zone: &str,
+    default_tz: Tz,
+    count: usize,
+) -> Result<(Vec<DateTime<Utc>>, Tz), String> {
+    let rule = rule.trim();
+    if rule.is_empty() {
+        return Err(String::new());
+    }
+    let schedule = gocron_shared::job::schedule(rule, time_zone.trim(), default_tz)
+        .map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(count);
+    let mut after = Utc::now();
+    while times.len() < count {
+        match schedule.next_after(after) {
+            Some(t) => {
+                times.push(t);
+                after = t;
+            }
+            None => break,
+        }
+    }
+    Ok((times, schedule.time_zone()))
+}
+
+/// An instant as the console shows it: in `tz`, to the millisecond, with the zone's
+/// abbreviation.
+pub fn shown(at: DateTime<Utc>, tz: Tz) -> String {
+    at.with_timezone(&tz)
+        .format("%Y-%m-%d %H:%M:%S%.3f %Z")
+        .to_string()
+}
+
+/// The query of `GET /rules/next`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    /// The rule.
+    pub rule: String,
+    /// The zone (empty or absent: `[dispatcher] time_zone`).
+    #[serde(default)]
+    pub time_zone: String,
+    /// How many (default 5, at most 50).
+    pub count: Option<usize>,
+}
+
+/// `GET /rules/next`'s answer.
+#[derive(Debug, Serialize)]
+pub struct NextFires {
+    /// The next fire times (fewer when the rule ends).
+    pub next: Vec<DateTime<Utc>>,
+    /// The same in the rule's zone, as people read them.
+    pub shown: Vec<String>,
+    /// The rule's zone.
+    pub time_zone: String,
+}
+
+/// `GET /api/v1/rules/next`: a rule's next fire times (what the console shows as you type);
+/// 422 with `last_error`'s words when the rule or zone is not valid.
+pub async fn next(
+    State(state): State<AppState>,
+    _: Reader,
+    Query(query): Query<NextQuery>,
+) -> Result<Json<NextFires>, ApiError> {
+    let count = query.count.unwrap_or(5).clamp(1, 50);
+    let (next, tz) =
+        next_fires(&query.rule, &query.time_zone, state.default_tz(), count).map_err(|e| {
+            ApiError::Invalid(if e.is_empty() {
+                "rule is empty".into()
+            } else {
+                e
+            })
+        })?;
+    Ok(Json(NextFires {
+        shown: next.iter().map(|t| shown(*t, tz)).collect(),
+        next,
+        time_zone: tz.name().to_owned(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_fires_follow_the_rule_in_its_zone() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let (times, zone) = next_fires("0 12 * * *", "", tz, 3).unwrap();
+        assert_eq!((times.len(), zone), (3, tz));
+        for pair in times.windows(2) {
+            assert_eq!(pair[1] - pair[0], chrono::Duration::days(1));
+        }
+        assert!(
+            times
+                .iter()
+                .all(|t| t.with_timezone(&tz).format("%H:%M").to_string() == "12:00")
+        );
+        let (utc, zone) = next_fires("0 12 * * *", "UTC", tz, 1).unwrap();
+        assert_eq!(utc[0].format("%H:%M").to_string(), "12:00");
+        assert!(shown(utc[0], zone).ends_with("12:00:00.000 UTC"));
+        assert!(
+            next_fires("61 * * * *", "", tz, 5)
+                .unwrap_err()
+                .contains("61")
+        );
+        assert!(
+            next_fires("@daily", "Mars/Base", tz, 5)
+                .unwrap_err()
+                .contains("Mars/Base")
+        );
+        assert_eq!(next_fires("  ", "", tz, 5).unwrap_err(), "");
+    }
 
     #[test]
     fn like_wildcards_are_escaped() {

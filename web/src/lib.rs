@@ -8,7 +8,8 @@
 //! transaction.
 //!
 //! Modules:
-//! - [`auth`]: bearer tokens → the caller's role (admin, viewer).
+//! - [`auth`]: bearer tokens and console sessions → the caller's role (admin, viewer).
+//! - [`console`]: the operators' web pages, rendered here, on the same handlers as the API.
 //! - [`error`]: every error becomes a JSON `{"error": ...}` response here, and only here.
 //! - [`extract`]: the request extractors whose rejections are [`error::ApiError`]s.
 //! - [`jobs`]: `cron_job` through the API: list (filtered, paged), create, read, change, delete.
@@ -24,6 +25,7 @@ pub mod alarms;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -47,7 +49,7 @@ use gocron_shared::rpc::{Secret, Tls};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Tokens;
+use crate::auth::{Sessions, Tokens};
 use crate::error::ApiError;
 
 /// How long requests in flight may go on after shutdown is asked before they are dropped.
@@ -64,6 +66,11 @@ struct Inner {
     machines: MachineGroups,
     default_tz: Tz,
     tokens: Tokens,
+    sessions: Sessions,
+    /// Held through each sign-in check, and through the pause after a failed one: guesses are
+    /// tried one at a time, at most one a [`console::FAILED_SIGN_IN_PAUSE`].
+    sign_in: tokio::sync::Mutex<()>,
+    secure_cookie: bool,
     secret: Secret,
     cluster: OnceLock<Cluster>,
 }
@@ -91,6 +98,9 @@ impl AppState {
                 machines: config.machines.clone(),
                 default_tz: config.dispatcher.time_zone,
                 tokens: Tokens::new(&config.http),
+                sessions: Sessions::default(),
+                sign_in: tokio::sync::Mutex::new(()),
+                secure_cookie: config.http.secure_cookie,
                 secret: config.rpc.secret.clone(),
                 cluster: OnceLock::new(),
             }),
@@ -133,6 +143,21 @@ impl AppState {
     pub fn tokens(&self) -> &Tokens {
         &self.inner.tokens
     }
+
+    /// The console's open sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// The lock each sign-in check holds (see [`console`]).
+    pub fn sign_in_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.sign_in
+    }
+
+    /// Whether the session cookie is marked `Secure` (`[http] secure_cookie`).
+    pub fn secure_cookie(&self) -> bool {
+        self.inner.secure_cookie
+    }
 }
 
 /// `GET /metrics`: the monitor's Prometheus metrics (no token, like `/healthz`).
@@ -160,13 +185,16 @@ pub fn router(state: AppState) -> Router {
         .route("/dispatchers", get(cluster::dispatchers))
         .route("/alarms", get(alarms::list))
         .route("/audit", get(audit::list))
+        .route("/rules/next", get(jobs::next))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .merge(console::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(console::guard))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

@@ -20,6 +20,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/api/v1/dispatchers"),
     ("get", "/api/v1/alarms"),
     ("get", "/api/v1/audit"),
+    ("get", "/api/v1/rules/next"),
     ("get", "/api/v1/openapi.json"),
 ];
 
@@ -131,7 +132,9 @@ pub fn spec() -> Value {
                 viewer_token may only read. Errors are {\"error\": \"...\"}.",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "gocron_session",
+                    "description": "A console session (sign in at /login). Changes made with it need its CSRF token in X-CSRF-Token."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": string}},
                 "Job": {"type": "object", "properties": job},
@@ -158,6 +161,11 @@ pub fn spec() -> Value {
                 "Taken": {"type": "object", "description": "The run a dispatcher made of a run-now request.",
                     "properties": {"run_id": {"type": "integer"}, "job_id": {"type": "integer"},
                         "scheduled_at": stamp, "status": string}},
+                "NextFires": {"type": "object", "properties": {
+                    "next": {"type": "array", "items": stamp},
+                    "shown": {"type": "array", "items": string,
+                        "description": "The same instants in the rule's zone, as people read them."},
+                    "time_zone": string}},
                 "Killing": {"type": "object", "properties": {
                     "run_id": {"type": "integer"}, "job_id": {"type": "integer"}}},
                 "ExecutorList": {"type": "object", "properties": {"executors": {"type": "array",
@@ -191,7 +199,7 @@ pub fn spec() -> Value {
                     "total": {"type": "integer"}}},
             },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
         "paths": {
             "/healthz": {"get": {
                 "summary": "Whether the monitor's database answers.", "security": [],
@@ -275,6 +283,14 @@ pub fn spec() -> Value {
                     "parameters": [query("job_id", "integer", "Records about this job."),
                         page, per_page],
                     "responses": with(auth(), json!({"200": ok("The page.", "AuditPage")}))}},
+            "/api/v1/rules/next": {
+                "get": {"summary": "A rule's next fire times (what the console shows as a rule is typed).",
+                    "parameters": [
+                        {"name": "rule", "in": "query", "required": true, "schema": {"type": "string"}},
+                        query("time_zone", "string", "An IANA zone; empty: [dispatcher] time_zone."),
+                        query("count", "integer", "How many (default 5, at most 50).")],
+                    "responses": with(auth(), json!({"200": ok("The next fire times.", "NextFires"),
+                        "422": error("The rule or zone is not valid: the words last_error would hold.")}))}},
             "/api/v1/openapi.json": {
                 "get": {"summary": "This document.", "security": [],
                     "responses": {"200": {"description": "The OpenAPI document."}}}},

@@ -347,7 +347,7 @@ async fn the_openapi_document_lists_routes_that_exist_and_need_a_token() {
             assert_eq!(status, expected, "{method} {path}: {answer}");
         }
     }
-    assert_eq!(operations, 15);
+    assert_eq!(operations, 16);
     c.shutdown().await;
 }
 
@@ -556,17 +556,6 @@ async fn healthz_is_503_while_the_database_does_not_answer() {
     c.shutdown().await;
 }
 
-/// Waits until the monitor has published job `id` in etcd (run-now is refused before).
-async fn wait_published(c: &Cluster, id: i64) {
-    let keys = gocron_shared::keys::EtcdKeys::new(&c.base_config().etcd.prefix);
-    let etcd = c.etcd().await;
-    wait_until("the job published", Duration::from_secs(30), || {
-        let (mut etcd, key) = (etcd.clone(), keys.job(id));
-        async move { (!etcd.get(key, None).await.ok()?.kvs().is_empty()).then_some(()) }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
     let mut c = Cluster::new(
@@ -590,8 +579,8 @@ async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
     let off = c
         .insert_job_with("off", "0 0 1 1 *", "true", &[("enabled", 0.into())])
         .await;
-    wait_published(&c, quick).await;
-    wait_published(&c, long).await;
+    c.wait_published(quick).await;
+    c.wait_published(long).await;
 
     // Viewers may not; unknown ids are 404; a disabled job is refused with why.
     for path in [
@@ -760,7 +749,7 @@ async fn run_now_is_504_when_no_dispatcher_takes_it() {
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
     let api = Api::start(&mut c).await;
     let job = c.insert_job("lonely", "0 0 1 1 *", "true").await;
-    wait_published(&c, job).await;
+    c.wait_published(job).await;
     let (status, answer) = api
         .admin("POST", &format!("/api/v1/jobs/{job}/run"), None)
         .await;

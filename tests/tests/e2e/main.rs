@@ -5,6 +5,7 @@
 mod alarms;
 mod api;
 mod backends;
+mod console;
 mod ctl;
 mod faults;
 mod hardening;
