@@ -844,7 +844,8 @@ async fn alarms_list_shows_a_failing_jobs_alarm_without_its_body() {
 }
 
 /// Not a pass/fail test (timings depend on the machine): `cargo test -p gocron-tests --test e2e
-/// api::pages_at_100k -- --ignored --nocapture` prints how long pages take at 100,000 jobs.
+/// api::pages_at_100k -- --ignored --nocapture` prints how long API and console pages take at
+/// 100,000 jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn pages_at_100k_jobs() {
@@ -870,6 +871,40 @@ async fn pages_at_100k_jobs() {
             "GET /api/v1/jobs?{query}: {} jobs of {} in {:?}",
             answer["jobs"].as_array().unwrap().len(),
             answer["total"],
+            started.elapsed()
+        );
+    }
+    // The console's pages of the same, signed in.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = http
+        .post(format!("{}/login", api.base))
+        .form(&[("token", ADMIN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    for path in [
+        "/jobs",
+        "/jobs?page=1999",
+        "/jobs?q=job-9999",
+        "/jobs?state=disabled&page=900",
+        "/",
+    ] {
+        let started = std::time::Instant::now();
+        let response = http
+            .get(format!("{}{path}", api.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap().len();
+        println!(
+            "console GET {path}: {status}, {bytes} bytes in {:?}",
             started.elapsed()
         );
     }

@@ -736,8 +736,13 @@ pub fn changes(
     let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
     keys.sort();
     keys.dedup();
+    let empty = |v: Option<&serde_json::Value>| {
+        matches!(v, None | Some(serde_json::Value::Null))
+            || v.is_some_and(|v| v.as_str() == Some(""))
+    };
     keys.into_iter()
         .filter(|k| b.get(*k) != a.get(*k) && k.as_str() != "updated_at")
+        .filter(|k| !(empty(b.get(*k)) && empty(a.get(*k))))
         .map(|k| (k.clone(), show(b.get(k)), show(a.get(k))))
         .collect()
 }
@@ -759,7 +764,9 @@ mod tests {
                 ("rule".into(), "@daily".into(), "@hourly".into()),
             ]
         );
-        // A creation: every column is new.
-        assert_eq!(changes(None, Some(&after)).len(), 3);
+        // A creation: every column given is new; empty ones are not shown.
+        let created =
+            serde_json::json!({"name": "a", "machine": "", "done_at": null, "enabled": true});
+        assert_eq!(changes(None, Some(&created)).len(), 2);
     }
 }
