@@ -3,6 +3,7 @@
 //! Screenshots go to `var/screenshots/console/` for people to look at.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -46,8 +47,10 @@ impl Browser {
             );
         }
         let port = free_port();
+        // In a process group of its own, so that the browsers it starts end with it.
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -171,17 +174,21 @@ impl Browser {
         path
     }
 
-    /// Ends the session and chromedriver.
-    pub async fn close(mut self) {
+    /// Ends the session, then chromedriver and its browsers.
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
+    /// chromedriver's process group (the browsers with it) is killed, even when a test fails.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.driver.wait();
     }
 }

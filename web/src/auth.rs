@@ -6,10 +6,17 @@
 //! (Secure with `[http] secure_cookie`), each with its own CSRF token that every change made
 //! with the session must carry (a form's `csrf` field, or the API's `X-CSRF-Token` header).
 //! They end [`SESSION_TTL`] after sign-in, at sign-out, or when the monitor restarts.
+//!
+//! Guessing is slowed per client address ([`Throttle`]): after a wrong token (at sign-in or in
+//! an `Authorization` header), that address is answered 429 for [`GUESS_PAUSE`], whatever it
+//! sends; other addresses are not held.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
@@ -182,6 +189,68 @@ pub fn session_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// How long an address that sent a wrong token is refused (429) before it may try again.
+pub const GUESS_PAUSE: Duration = Duration::from_secs(1);
+
+/// The most addresses remembered; past it, the oldest failures are forgotten.
+const MAX_THROTTLED: usize = 10_000;
+
+/// Wrong tokens by client address: an address that sent one may not try again for
+/// [`GUESS_PAUSE`], so guessing goes at one try a second an address. Addresses are kept only
+/// while paused.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    paused: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Throttle {
+    /// Whether `client` is paused now (and until when).
+    pub fn paused(&self, client: IpAddr) -> Option<Instant> {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        match paused.get(&client) {
+            Some(until) if *until > Instant::now() => Some(*until),
+            Some(_) => {
+                paused.remove(&client);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records a wrong token from `client`: paused for [`GUESS_PAUSE`] from now.
+    pub fn failed(&self, client: IpAddr) {
+        let now = Instant::now();
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.len() >= MAX_THROTTLED {
+            paused.retain(|_, until| *until > now);
+        }
+        if paused.len() < MAX_THROTTLED {
+            paused.insert(client, now + GUESS_PAUSE);
+        }
+    }
+}
+
+/// The address a request came from (the proxy's, behind one); unspecified when the server was
+/// not started with connection info (in-process tests of the router).
+pub fn client_of(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// The client's address, as an extractor (see [`client_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_of(parts)))
+    }
+}
+
 /// A caller with a valid token or session (any role): what every read needs. A session's
 /// change (any method but GET, HEAD, OPTIONS) must carry its CSRF token in [`CSRF_HEADER`].
 #[derive(Debug, Clone, Copy)]
@@ -192,19 +261,25 @@ impl FromRequestParts<AppState> for Reader {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(header) = parts.headers.get(AUTHORIZATION) {
-            let token = header
+            let client = client_of(parts);
+            if state.throttle().paused(client).is_some() {
+                return Err(ApiError::TooManyGuesses);
+            }
+            let role = header
                 .to_str()
                 .ok()
                 .and_then(|v| {
                     let (scheme, token) = v.trim().split_once(' ')?;
                     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
                 })
-                .ok_or(ApiError::Unauthorized)?;
-            return state
-                .tokens()
-                .role(token)
-                .map(Reader)
-                .ok_or(ApiError::Unauthorized);
+                .and_then(|token| state.tokens().role(token));
+            return match role {
+                Some(role) => Ok(Reader(role)),
+                None => {
+                    state.throttle().failed(client);
+                    Err(ApiError::Unauthorized)
+                }
+            };
         }
         let session = state
             .sessions()
@@ -278,6 +353,17 @@ mod tests {
         headers.insert(COOKIE, HeaderValue::from_static("gocron_session=forged"));
         assert!(sessions.of_request(&headers).is_none());
         assert_eq!(sessions.get(&a.id).unwrap().role, Role::Admin);
+    }
+
+    #[test]
+    fn a_wrong_token_pauses_its_address_only() {
+        let throttle = Throttle::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(throttle.paused(a).is_none());
+        throttle.failed(a);
+        let until = throttle.paused(a).expect("paused after a failure");
+        assert!(until > Instant::now() && until <= Instant::now() + GUESS_PAUSE);
+        assert!(throttle.paused(b).is_none());
     }
 
     #[test]

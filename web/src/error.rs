@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Occurs when a viewer asks for a change (403).
     #[error("this token may only read")]
     Forbidden,
+    /// Occurs when the client's address sent a wrong token less than a second ago (429).
+    #[error("a wrong token was sent from this address less than a second ago: wait, then retry")]
+    TooManyGuesses,
     /// Occurs when a change made with a console session lacks the session's CSRF token (403).
     #[error("a change made with a session must carry its CSRF token (X-CSRF-Token)")]
     Csrf,
@@ -65,6 +68,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Csrf => StatusCode::FORBIDDEN,
+            ApiError::TooManyGuesses => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { status, .. } => *status,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -84,6 +88,11 @@ impl IntoResponse for ApiError {
         }
         let body = Json(serde_json::json!({"error": self.to_string()}));
         let mut response = (self.status(), body).into_response();
+        if let ApiError::TooManyGuesses = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if let ApiError::Unauthorized = self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

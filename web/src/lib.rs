@@ -49,7 +49,7 @@ use gocron_shared::rpc::{Secret, Tls};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Sessions, Tokens};
+use crate::auth::{Sessions, Throttle, Tokens};
 use crate::error::ApiError;
 
 /// How long requests in flight may go on after shutdown is asked before they are dropped.
@@ -67,9 +67,7 @@ struct Inner {
     default_tz: Tz,
     tokens: Tokens,
     sessions: Sessions,
-    /// Held through each sign-in check, and through the pause after a failed one: guesses are
-    /// tried one at a time, at most one a [`console::FAILED_SIGN_IN_PAUSE`].
-    sign_in: tokio::sync::Mutex<()>,
+    throttle: Throttle,
     secure_cookie: bool,
     secret: Secret,
     cluster: OnceLock<Cluster>,
@@ -99,7 +97,7 @@ impl AppState {
                 default_tz: config.dispatcher.time_zone,
                 tokens: Tokens::new(&config.http),
                 sessions: Sessions::default(),
-                sign_in: tokio::sync::Mutex::new(()),
+                throttle: Throttle::default(),
                 secure_cookie: config.http.secure_cookie,
                 secret: config.rpc.secret.clone(),
                 cluster: OnceLock::new(),
@@ -149,9 +147,9 @@ impl AppState {
         &self.inner.sessions
     }
 
-    /// The lock each sign-in check holds (see [`console`]).
-    pub fn sign_in_gate(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.sign_in
+    /// Wrong tokens by client address.
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
     }
 
     /// Whether the session cookie is marked `Secure` (`[http] secure_cookie`).
@@ -206,8 +204,9 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server =
+        axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         result = server => result,
         _ = async {

@@ -902,6 +902,7 @@ async fn pages_at_100k_jobs() {
             .await
             .unwrap();
         let status = response.status();
+        assert_eq!(status, 200, "console GET {path}");
         let bytes = response.bytes().await.unwrap().len();
         println!(
             "console GET {path}: {status}, {bytes} bytes in {:?}",

@@ -97,8 +97,10 @@ impl JobForm {
         }
     }
 
-    /// The API's input: every column.
-    fn input(&self) -> Result<JobInput, ApiError> {
+    /// The API's input: every column, `enabled` included when `with_enabled` (a new job; an
+    /// existing one is switched with its buttons, so a form opened before someone disabled it
+    /// cannot enable it again).
+    fn input(&self, with_enabled: bool) -> Result<JobInput, ApiError> {
         let timeout = self.timeout_secs.trim();
         let timeout_secs = if timeout.is_empty() {
             0
@@ -112,13 +114,14 @@ impl JobForm {
         Ok(JobInput {
             name: Some(self.name.trim().to_owned()),
             rule: Some(self.rule.trim().to_owned()),
-            command: Some(self.command.clone()),
+            // Browsers send a textarea's line ends as CRLF; `sh -c` wants LF.
+            command: Some(self.command.replace("\r\n", "\n")),
             kind: Some(self.kind.clone()),
             machine: Some(self.machine.trim().to_owned()),
             timeout_secs: Some(timeout_secs),
             timeout_policy: Some(self.timeout_policy.clone()),
             time_zone: Some(self.time_zone.trim().to_owned()),
-            enabled: Some(Enabled::Bool(self.enabled.is_some())),
+            enabled: with_enabled.then_some(Enabled::Bool(self.enabled.is_some())),
             alarm_emails: Some(self.alarm_emails.trim().to_owned()),
             alarm_mobiles: Some(self.alarm_mobiles.trim().to_owned()),
             misfire: Some(self.misfire.clone()),
@@ -137,13 +140,19 @@ fn job_form(
     let tz = state.default_tz();
     let groups: Vec<&str> = state.machines().names().collect();
     let admin = view::is_admin(session);
+    // The stored value as validation reads it (trimmed, any case), so that saving the form
+    // never changes a column it did not touch.
     let choice = |name: &str, options: &[&str], current: &str| {
+        let current = current.trim();
         html! {
             select #(name) name=(name) disabled[!admin] {
-                @for o in options { option value=(o) selected[*o == current] { (o) } }
+                @for o in options {
+                    option value=(o) selected[o.eq_ignore_ascii_case(current)] { (o) }
+                }
             }
         }
     };
+    let new = action == "/jobs";
     let next = jobs::next_fires(&form.rule, &form.time_zone, tz, 5);
     html! {
         form.card.job-form method="post" action=(action) {
@@ -162,7 +171,9 @@ fn job_form(
                     (next_list(&next))
                 }
                 label for="command" { "Command" }
-                textarea #command name="command" rows="3" required { (form.command) }
+                // The parser drops one newline right after <textarea>: this one, not the
+                // command's own.
+                textarea #command name="command" rows="3" required { "\n" (form.command) }
                 div.row {
                     div { label for="kind" { "Kind" } (choice("kind", &["shell", "http"], &form.kind)) }
                     div {
@@ -191,7 +202,9 @@ fn job_form(
                 input #alarm_emails type="text" name="alarm_emails" value=(form.alarm_emails);
                 label for="alarm_mobiles" { "Alarm SMS (comma-separated)" }
                 input #alarm_mobiles type="text" name="alarm_mobiles" value=(form.alarm_mobiles);
-                label.check { input #enabled type="checkbox" name="enabled" checked[form.enabled.is_some()]; " Enabled" }
+                @if new {
+                    label.check { input #enabled type="checkbox" name="enabled" checked[form.enabled.is_some()]; " Enabled" }
+                }
                 @if admin { button #save type="submit" { "Save" } }
             }
         }
@@ -241,7 +254,7 @@ pub async fn create(
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
-    let created = match form.input() {
+    let created = match form.input(true) {
         Ok(input) => jobs::create(State(state.clone()), Admin(role), Body(input)).await,
         Err(e) => Err(e),
     };
@@ -333,7 +346,7 @@ pub async fn update(
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
-    let updated = match form.input() {
+    let updated = match form.input(false) {
         Ok(input) => jobs::update(State(state.clone()), Admin(role), Id(id), Body(input)).await,
         Err(e) => Err(e),
     };
@@ -422,4 +435,29 @@ pub async fn kill(
     let role = signed.admin()?;
     let (_, killing) = actions::kill(State(state), Admin(role), Id(id)).await?;
     Ok(Redirect::to(&format!("/jobs/{}/runs/{id}", killing.0.job_id)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_sends_lf_line_ends_and_enabled_only_for_a_new_job() {
+        let form = JobForm {
+            command: "set -e\r\ncd /srv\r\nmake".into(),
+            timeout_secs: " 30 ".into(),
+            enabled: None,
+            ..JobForm::blank()
+        };
+        let new = form.input(true).unwrap();
+        assert_eq!(new.command.as_deref(), Some("set -e\ncd /srv\nmake"));
+        assert_eq!(new.timeout_secs, Some(30));
+        assert!(matches!(new.enabled, Some(Enabled::Bool(false))));
+        assert!(form.input(false).unwrap().enabled.is_none());
+        let bad = JobForm {
+            timeout_secs: "soon".into(),
+            ..JobForm::blank()
+        };
+        assert!(bad.input(true).unwrap_err().to_string().contains("soon"));
+    }
 }

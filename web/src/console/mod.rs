@@ -5,8 +5,8 @@
 //! signed-in role, so a change made here is validated and audited exactly as one made through
 //! the API. What the console adds is sign-in and its safeguards:
 //! - signing in takes the admin or viewer token and opens a session ([`crate::auth::Sessions`]);
-//!   checks run one at a time, and a failed one holds the others for
-//!   [`FAILED_SIGN_IN_PAUSE`], so guessing goes at one try a second at most;
+//!   a wrong token is answered after [`GUESS_PAUSE`], and its address may not try again (any
+//!   token, here or on the API) for as long ([`crate::auth::Throttle`]);
 //! - every form that changes something carries the session's CSRF token, and a POST whose
 //!   `Origin` is another site is refused before it is read;
 //! - every response carries a strict Content-Security-Policy (scripts and styles from this
@@ -19,8 +19,6 @@ pub mod forms;
 pub mod pages;
 pub mod view;
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -32,11 +30,9 @@ use maud::html;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::auth::{Role, Session, session_cookie};
+pub use crate::auth::GUESS_PAUSE;
+use crate::auth::{Client, Role, Session, session_cookie};
 use crate::error::ApiError;
-
-/// How long a failed sign-in holds every other sign-in.
-pub const FAILED_SIGN_IN_PAUSE: Duration = Duration::from_secs(1);
 
 /// The Content-Security-Policy of every response.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -88,9 +84,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Sets the security headers on every response (API and console), and refuses a console POST
-/// sent from another origin.
+/// sent from another origin (the API's changes need a bearer token, or a session's
+/// `X-CSRF-Token`, which no other site can send).
 pub async fn guard(request: Request, next: Next) -> Response {
-    if request.method() == Method::POST && !same_origin(&request) {
+    if request.method() == Method::POST
+        && !request.uri().path().starts_with("/api/")
+        && !same_origin(&request)
+    {
         return page_error(
             StatusCode::FORBIDDEN,
             "This form was sent from another site; it was refused.",
@@ -116,21 +116,27 @@ pub async fn guard(request: Request, next: Next) -> Response {
     response
 }
 
-/// Whether a request's `Origin` (when the browser sent one) is the host it was sent to. API
-/// clients send none; browsers send it with every POST.
+/// Whether a request's `Origin` (when the browser sent one) is the host it was sent to: its
+/// `Host`, or the `X-Forwarded-Host` a proxy in front set. Browsers send `Origin` with every
+/// POST; other clients need not.
 fn same_origin(request: &Request) -> bool {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return true;
     };
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
     let origin = origin.to_str().ok().and_then(|o| {
         o.strip_prefix("http://")
             .or_else(|| o.strip_prefix("https://"))
     });
-    matches!((origin, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    let Some(origin) = origin else {
+        return false;
+    };
+    [
+        header::HOST,
+        header::HeaderName::from_static("x-forwarded-host"),
+    ]
+    .iter()
+    .filter_map(|name| request.headers().get(name)?.to_str().ok())
+    .any(|host| host.trim().eq_ignore_ascii_case(origin))
 }
 
 /// A signed-in console user: a page that needs one sends everyone else to the sign-in page.
@@ -222,10 +228,17 @@ pub struct NextQuery {
     pub next: Option<String>,
 }
 
-/// Only a path of this server: never another site (`//host`, `/\host`, `https://...`).
+/// Only a path of this server: never another site (`//host`, `/\host`, `https://...`, nor
+/// what a browser makes of them once it drops tabs and newlines: `/<TAB>/host`).
 fn local_path(next: Option<&str>) -> &str {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") => p,
+        Some(p)
+            if p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.chars().any(|c| c == '\\' || c.is_control()) =>
+        {
+            p
+        }
         _ => "/",
     }
 }
@@ -253,19 +266,27 @@ pub struct SignInForm {
 
 async fn sign_in(
     State(state): State<AppState>,
+    Client(client): Client,
     axum::extract::Form(form): axum::extract::Form<SignInForm>,
 ) -> Response {
     let next = local_path(form.next.as_deref()).to_owned();
-    let role = {
-        let _one_at_a_time = state.sign_in_gate().lock().await;
-        let role = state.tokens().role(form.token.trim());
-        if role.is_none() {
-            tracing::warn!("console: a sign-in with an unknown token was refused");
-            tokio::time::sleep(FAILED_SIGN_IN_PAUSE).await;
-        }
-        role
-    };
-    let Some(role) = role else {
+    if state.throttle().paused(client).is_some() {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            view::sign_in(
+                &next,
+                Some("A wrong token was sent from here a moment ago: wait a second."),
+            ),
+        )
+            .into_response();
+    }
+    let Some(role) = state.tokens().role(form.token.trim()) else {
+        // Paused from now (tries sent meanwhile are refused) until a second after the answer.
+        state.throttle().failed(client);
+        tracing::warn!(%client, "console: a sign-in with an unknown token was refused");
+        tokio::time::sleep(GUESS_PAUSE).await;
+        state.throttle().failed(client);
         return (
             StatusCode::UNAUTHORIZED,
             view::sign_in(&next, Some("That token is not valid.")),
@@ -273,7 +294,7 @@ async fn sign_in(
             .into_response();
     };
     let session = state.sessions().open(role);
-    tracing::info!(role = role.as_str(), "console: signed in");
+    tracing::info!(role = role.as_str(), %client, "console: signed in");
     let mut response = Redirect::to(&next).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -315,6 +336,8 @@ mod tests {
         for hostile in [
             "//evil.example",
             "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
             "https://evil.example",
             "",
         ] {
@@ -339,5 +362,15 @@ mod tests {
         assert!(same_origin(&request(Some("http://127.0.0.1:8080"))));
         assert!(!same_origin(&request(Some("http://evil.example"))));
         assert!(!same_origin(&request(Some("null"))));
+        // Behind a proxy that passes the public host on.
+        let proxied = Request::builder()
+            .method("POST")
+            .uri("/jobs")
+            .header("host", "127.0.0.1:8080")
+            .header("x-forwarded-host", "cron.example.com")
+            .header("origin", "https://cron.example.com")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert!(same_origin(&proxied));
     }
 }
