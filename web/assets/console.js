@@ -69,8 +69,11 @@ function previewFireTimes() {
 }
 
 // The run page: while the run is in flight, its output as it is produced. The stream is
-// plain chunked HTTP from the monitor (which relays the executor), so it passes any proxy.
-// The page keeps the last MAX_CHARS characters, so a chatty job cannot freeze it.
+// plain chunked HTTP from the monitor (which relays the executor), so it passes any proxy; it
+// holds the output from its first byte, so it replaces what the page was rendered with.
+// Chunks are appended as text nodes (never re-rendering what is there), the page keeps about
+// the last MAX_CHARS characters, and it scrolls along only while the reader is at the bottom:
+// a chatty job cannot freeze the page, and scrolling up to read is not undone.
 const MAX_CHARS = 1 << 20;
 
 async function followOutput() {
@@ -79,6 +82,24 @@ async function followOutput() {
     return;
   }
   const live = document.getElementById("live");
+  const say = (text) => {
+    if (live) {
+      live.textContent = text;
+    }
+  };
+  let held = 0;
+  const append = (text) => {
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.append(document.createTextNode(text));
+    held += text.length;
+    while (held > MAX_CHARS && pre.firstChild && pre.firstChild !== pre.lastChild) {
+      held -= pre.firstChild.textContent.length;
+      pre.firstChild.remove();
+    }
+    if (atBottom) {
+      pre.scrollTop = pre.scrollHeight;
+    }
+  };
   try {
     const response = await fetch(pre.dataset.follow, { credentials: "same-origin" });
     if (!response.ok || !response.body) {
@@ -86,7 +107,6 @@ async function followOutput() {
     }
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
-    let text = "";
     let first = true;
     for (;;) {
       const { value, done } = await reader.read();
@@ -94,27 +114,30 @@ async function followOutput() {
         break;
       }
       if (first) {
-        text = ""; // the stream starts from the beginning of what the executor holds
+        pre.replaceChildren();
         first = false;
       }
-      text += decoder.decode(value, { stream: true });
-      if (text.length > MAX_CHARS) {
-        text = text.slice(text.length - MAX_CHARS);
-      }
-      pre.textContent = text;
-      pre.scrollTop = pre.scrollHeight;
+      append(decoder.decode(value, { stream: true }));
     }
-    text += decoder.decode();
-    pre.textContent = text;
-    if (live) {
-      live.textContent = "ended";
-    }
-    // The run has ended: show its recorded outcome.
-    setTimeout(() => window.location.reload(), 500);
+    append(decoder.decode());
+    say("ended");
   } catch (e) {
-    if (live) {
-      live.textContent = "live tail stopped: " + e.message;
+    say("live tail stopped: " + e.message);
+  }
+  // Show the recorded outcome once the row has it (asked every 2 s; a reload only then).
+  const run = pre.dataset.follow.replace(/\/output\?.*$/, "");
+  for (;;) {
+    try {
+      const response = await fetch(run, { credentials: "same-origin" });
+      const body = await response.json();
+      if (response.ok && body.status !== "dispatched" && body.status !== "running") {
+        window.location.reload();
+        return;
+      }
+    } catch (e) {
+      say("live tail stopped: " + e.message);
     }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
   }
 }
 
