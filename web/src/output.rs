@@ -4,10 +4,11 @@
 //! The stream is plain chunked HTTP (`text/plain; charset=utf-8`), which every proxy passes:
 //! no websocket, nothing the browser opens to an executor. The monitor reads the output from
 //! the executor holding the run (found in the job's live hash, like a kill) with
-//! [`ExecutorRpc::run_output`], a long-poll with the `[rpc] secret`, one bounded chunk at a time,
-//! and relays each chunk as it comes: its memory per follower is one chunk, whatever the size of
-//! the output; a slow client slows the relay (the body is read only as fast as it is sent), and
-//! what the executor's tail dropped meanwhile is said in a line, not silently lost.
+//! [`ExecutorRpc::run_output`](gocron_shared::rpc::ExecutorRpc::run_output), a long-poll with
+//! the `[rpc] secret`, one bounded chunk at a time, and relays each chunk as it comes: its
+//! memory per follower is one chunk, whatever the size of the output; a slow client slows the
+//! relay (the body is read only as fast as it is sent), and what the executor's tail dropped
+//! meanwhile is said in a line, not silently lost.
 //!
 //! What the stream holds, in order: the output from its first byte (as much as the executor
 //! still keeps: `[... N bytes skipped ...]` where it no longer does), then, when the run ended
