@@ -80,10 +80,15 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u64,
     },
-    /// A run's output (the recorded tail).
+    /// A run's output (the recorded tail); with --follow, as it is produced while the run is
+    /// running, until it ends.
     Logs {
         /// The run.
         run: i64,
+        /// Print the output as it comes until the run ends (exit 0), relayed by the monitor
+        /// from the run's executor.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Run a job now.
     Run {
@@ -215,8 +220,27 @@ impl Outcome {
     }
 }
 
-/// Runs the command line `args` (the program's name first).
+/// Runs the command line `args` (the program's name first); what `logs --follow` streams is
+/// at the start of the outcome's `out`.
 pub async fn run(args: impl IntoIterator<Item = String>) -> Outcome {
+    let mut streamed = Vec::new();
+    let mut outcome = run_with(args, |chunk| {
+        streamed.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await;
+    if !streamed.is_empty() {
+        outcome.out = String::from_utf8_lossy(&streamed).into_owned() + &outcome.out;
+    }
+    outcome
+}
+
+/// Runs the command line `args` (the program's name first), giving `live` what `logs --follow`
+/// streams as it arrives (an error from `live`, such as a closed pipe, ends the command).
+pub async fn run_with(
+    args: impl IntoIterator<Item = String>,
+    mut live: impl FnMut(&[u8]) -> std::io::Result<()> + Send,
+) -> Outcome {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -256,6 +280,9 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> Outcome {
         token: cli.token.clone(),
         http: reqwest::Client::new(),
     };
+    if let Command::Logs { run, follow: true } = cli.command {
+        return follow(&api, run, &mut live).await;
+    }
     match api_command(&api, &cli.command).await {
         Ok(value) => Outcome::ok(if cli.json {
             format!("{value:#}\n")
@@ -309,16 +336,73 @@ impl Api {
         if status.is_success() {
             return Ok(value);
         }
-        let why = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map_or_else(|| value.to_string(), str::to_owned);
-        let code = if matches!(status.as_u16(), 400 | 422) {
-            2
-        } else {
-            1
-        };
-        Err((code, format!("{}: {why}", status.as_u16())))
+        Err(refusal(status, &value))
+    }
+}
+
+/// The exit code and words of an error answer.
+fn refusal(status: reqwest::StatusCode, answer: &Value) -> (u8, String) {
+    let why = answer
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| answer.to_string(), str::to_owned);
+    let code = if matches!(status.as_u16(), 400 | 422) {
+        2
+    } else {
+        1
+    };
+    (code, format!("{}: {why}", status.as_u16()))
+}
+
+/// `logs RUN --follow`: the output stream, given to `live` as it arrives, until the run ends
+/// (exit 0); exit 1 when the stream breaks, or ends while the run is still going (the monitor
+/// then said why in the stream's last line).
+async fn follow(
+    api: &Api,
+    run: i64,
+    live: &mut (impl FnMut(&[u8]) -> std::io::Result<()> + Send),
+) -> Outcome {
+    // No overall timeout: the stream lasts as long as the run.
+    let mut request = api
+        .http
+        .get(format!("{}/api/v1/runs/{run}/output?follow=true", api.base));
+    if let Some(token) = &api.token {
+        request = request.bearer_auth(token);
+    }
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return Outcome::fail(1, format!("cannot reach {}: {e}", api.base)),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let answer = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let (code, why) = refusal(status, &answer);
+        return Outcome::fail(code, why);
+    }
+    loop {
+        match response.chunk().await {
+            Ok(Some(bytes)) => {
+                if let Err(e) = live(&bytes) {
+                    return Outcome::fail(1, format!("cannot write the output: {e}"));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Outcome::fail(1, format!("the output stream broke: {e}")),
+        }
+    }
+    match api
+        .call(reqwest::Method::GET, &format!("/runs/{run}"), None)
+        .await
+    {
+        Ok(row) => match row.get("status").and_then(Value::as_str) {
+            Some(status @ ("dispatched" | "running")) => Outcome::fail(
+                1,
+                format!("the output stream ended, but run {run} is still {status}"),
+            ),
+            _ => Outcome::ok(String::new()),
+        },
+        Err((code, why)) => Outcome::fail(code, why),
     }
 }
 
@@ -375,7 +459,7 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
             }
             api.call(Method::GET, &path, None).await
         }
-        Command::Logs { run } => api.call(Method::GET, &format!("/runs/{run}"), None).await,
+        Command::Logs { run, .. } => api.call(Method::GET, &format!("/runs/{run}"), None).await,
         Command::Run { job } => {
             api.call(Method::POST, &format!("/jobs/{job}/run"), None)
                 .await

@@ -3,7 +3,8 @@
 //!
 //! Modules:
 //! - [`service`]: the RPC handler: refuse when busy, claim the run row, start the run, answer.
-//! - [`runner`]: running one shell or HTTP job, keeping the tail of its output.
+//! - [`runner`]: running one shell or HTTP job, keeping the tail of its output (which followers
+//!   read while it runs: [`gocron_shared::rpc::ExecutorRpc::run_output`]).
 //! - [`spool`]: recording each outcome: retried until recorded, spooled to `data_dir` while the
 //!   database refuses it, replayed after a restart.
 //!

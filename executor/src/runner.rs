@@ -4,17 +4,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeZone as _, Utc};
 use gocron_shared::config::ExecutorConfig;
 use gocron_shared::job::{JobKind, RunStatus, TimeoutPolicy};
-use gocron_shared::rpc::RunRequest;
+use gocron_shared::rpc::{MAX_OUTPUT_CHUNK, OutputChunk, RunRequest};
 use gocron_shared::runs::{Outcome, RunLog};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// After the main process exits, how long its output pipes may stay open (a forked daemon can
@@ -26,6 +28,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// A shell job's `LANG` when the executor has none.
 pub const DEFAULT_LANG: &str = "C.UTF-8";
+
+/// How long a run whose output someone follows stays readable after it ended, so that a
+/// follower between two calls still gets its last bytes and its end.
+pub const FOLLOW_LINGER: Duration = Duration::from_secs(10);
 
 /// The deadline of an HTTP run that has no timeout (a job without a next tick and without
 /// `timeout_secs`): no request may hold an executor's slot forever.
@@ -78,8 +84,9 @@ pub struct Runner {
     executor_name: String,
     output_bytes: usize,
     http: reqwest::Client,
-    /// The runs going on, by run id, each with its kill switch.
-    kills: Arc<Mutex<HashMap<i64, Arc<KillSwitch>>>>,
+    /// The runs going on, by run id, each with its kill switch and output; and runs that ended
+    /// less than [`FOLLOW_LINGER`] ago whose output was followed.
+    going: Arc<Mutex<HashMap<i64, Arc<Going>>>>,
     run_as: Option<RunAs>,
     /// Every shell job's environment, before its run's own `GOCRON_*` variables.
     env: Arc<Vec<(String, std::ffi::OsString)>>,
@@ -92,6 +99,36 @@ struct KillSwitch {
     by: Mutex<String>,
 }
 
+/// A run going on here (or just ended, while its followers read its last bytes).
+struct Going {
+    switch: KillSwitch,
+    output: LiveOutput,
+    /// Whether someone read its output: it then stays [`FOLLOW_LINGER`] after its end.
+    followed: AtomicBool,
+    /// When the run ended, if it did.
+    ended_at: OnceLock<Instant>,
+}
+
+impl Going {
+    fn new(output_bytes: usize) -> Going {
+        Going {
+            switch: KillSwitch::default(),
+            output: LiveOutput::new(output_bytes),
+            followed: AtomicBool::new(false),
+            ended_at: OnceLock::new(),
+        }
+    }
+}
+
+/// Forgets the runs that ended more than [`FOLLOW_LINGER`] ago.
+fn forget_ended(going: &mut HashMap<i64, Arc<Going>>) {
+    going.retain(|_, g| {
+        g.ended_at
+            .get()
+            .is_none_or(|at| at.elapsed() < FOLLOW_LINGER)
+    });
+}
+
 /// Why a run was stopped before its end.
 enum Stop {
     /// It passed its timeout under the `kill` policy.
@@ -102,17 +139,24 @@ enum Stop {
     OnDemand(String),
 }
 
-/// Takes a run's kill switch out of the table when the run ends, however it ends.
+/// Takes a run out of the table when the run ends, however it ends (a followed run stays a
+/// while, ended, for its followers).
 struct Registered<'a> {
-    kills: &'a Mutex<HashMap<i64, Arc<KillSwitch>>>,
+    going: &'a Mutex<HashMap<i64, Arc<Going>>>,
     run_id: i64,
-    switch: Arc<KillSwitch>,
+    run: Arc<Going>,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        if let Ok(mut kills) = self.kills.lock() {
-            kills.remove(&self.run_id);
+        // Whatever the path out (a panic included), followers learn that nothing more comes.
+        self.run.output.end();
+        let _ = self.run.ended_at.set(Instant::now());
+        if let Ok(mut going) = self.going.lock() {
+            if !self.run.followed.load(Ordering::SeqCst) {
+                going.remove(&self.run_id);
+            }
+            forget_ended(&mut going);
         }
     }
 }
@@ -137,7 +181,7 @@ impl Runner {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            kills: Arc::default(),
+            going: Arc::default(),
             env: Arc::new(job_environment(config, run_as.as_ref(), |name| {
                 std::env::var_os(name)
             })),
@@ -147,40 +191,55 @@ impl Runner {
 
     /// Stops run `run_id` (status `killed`, saying `by` whom) if it is going here.
     pub fn kill(&self, run_id: i64, by: &str) -> bool {
-        let switch = self
-            .kills
+        let run = self
+            .going
             .lock()
             .ok()
-            .and_then(|kills| kills.get(&run_id).cloned());
-        let Some(switch) = switch else {
+            .and_then(|going| going.get(&run_id).cloned());
+        let Some(run) = run.filter(|r| r.ended_at.get().is_none()) else {
             return false;
         };
-        if let Ok(mut who) = switch.by.lock() {
+        if let Ok(mut who) = run.switch.by.lock() {
             *who = by.to_owned();
         }
-        switch.token.cancel();
+        run.switch.token.cancel();
         true
+    }
+
+    /// The output of run `run_id` after byte `offset`, waiting up to `wait` for bytes when
+    /// there are none yet (see [`LiveOutput::after`]); `None` when the run is not going here
+    /// (and did not end here within [`FOLLOW_LINGER`] after someone read its output).
+    pub async fn output(&self, run_id: i64, offset: u64, wait: Duration) -> Option<OutputChunk> {
+        let run = {
+            let mut going = self.going.lock().ok()?;
+            forget_ended(&mut going);
+            going.get(&run_id).cloned()?
+        };
+        run.followed.store(true, Ordering::SeqCst);
+        Some(run.output.after(offset, MAX_OUTPUT_CHUNK, wait).await)
     }
 
     /// Runs `request` to its end; the outcome is not recorded yet (see [`crate::spool`]).
     pub async fn execute(&self, request: &RunRequest) -> Outcome {
         let registered = Registered {
-            kills: &self.kills,
+            going: &self.going,
             run_id: request.run_id,
-            switch: Arc::default(),
+            run: Arc::new(Going::new(self.output_bytes)),
         };
-        if let Ok(mut kills) = self.kills.lock() {
-            kills.insert(request.run_id, registered.switch.clone());
+        if let Ok(mut going) = self.going.lock() {
+            forget_ended(&mut going);
+            going.insert(request.run_id, registered.run.clone());
         }
+        let (switch, output) = (&registered.run.switch, &registered.run.output);
         let mut outcome = match request.job.kind {
-            JobKind::Shell => self.run_shell(request, &registered.switch).await,
+            JobKind::Shell => self.run_shell(request, &registered.run).await,
             JobKind::Http => {
                 tokio::select! {
-                    outcome = self.run_http(request) => outcome,
-                    _ = registered.switch.token.cancelled() => Outcome {
+                    outcome = self.run_http(request, output) => outcome,
+                    _ = switch.token.cancelled() => Outcome {
                         status: RunStatus::Killed,
                         exit_code: None,
-                        error: Some(killed_by(&registered.switch)),
+                        error: Some(killed_by(switch)),
                         output: String::new(),
                     },
                 }
@@ -200,7 +259,8 @@ impl Runner {
         outcome
     }
 
-    async fn run_shell(&self, request: &RunRequest, switch: &KillSwitch) -> Outcome {
+    async fn run_shell(&self, request: &RunRequest, run: &Arc<Going>) -> Outcome {
+        let (switch, tail) = (&run.switch, &run.output);
         let scheduled = Utc
             .timestamp_millis_opt(request.scheduled_ms)
             .single()
@@ -242,7 +302,6 @@ impl Runner {
         };
         // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
         let child_group = child.id();
-        let tail = Arc::new(Mutex::new(Tail::new(self.output_bytes)));
         let stop_reading = CancellationToken::new();
         let readers = [
             child
@@ -256,7 +315,7 @@ impl Runner {
         ]
         .into_iter()
         .flatten()
-        .map(|r| tokio::spawn(read_into(r, tail.clone(), stop_reading.clone())))
+        .map(|r| tokio::spawn(read_into(r, run.clone(), stop_reading.clone())))
         .collect::<Vec<_>>();
 
         // At the timeout, `kill` stops the run; `abandon` and `sync` flag it and let it go on.
@@ -301,18 +360,22 @@ impl Runner {
                 "the job's output stayed open after it exited (a background process?); output may be cut"
             );
         }
-        let mut output = tail.lock().map(|t| t.text()).unwrap_or_default();
         if stop_reason.is_none() && self.has_stragglers(&child_group) {
             tracing::warn!(
                 run_id = request.run_id,
                 pgid = ?child_group,
                 "the job exited but processes of its group are still running (left alone)"
             );
-            output.push_str(&format!(
-                "\n[gocron: the job exited, but processes of its group {} were still running]\n",
-                child_group.unwrap_or_default()
-            ));
+            // In the output itself, so that followers see it too.
+            tail.push(
+                format!(
+                    "\n[gocron: the job exited, but processes of its group {} were still running]\n",
+                    child_group.unwrap_or_default()
+                )
+                .as_bytes(),
+            );
         }
+        let output = tail.text();
         if let Some(reason) = stop_reason {
             let (run_status, error) = match reason {
                 Stop::Timeout(t) => (
@@ -402,7 +465,7 @@ impl Runner {
         status
     }
 
-    async fn run_http(&self, request: &RunRequest) -> Outcome {
+    async fn run_http(&self, request: &RunRequest, tail: &LiveOutput) -> Outcome {
         // The run's timeout (`timeout_secs`, or until the next tick), counted from the tick like
         // a shell job's; whatever the policy, an HTTP run ends there: the request is aborted.
         let timeout = if request.timeout_ms > 0 {
@@ -437,7 +500,6 @@ impl Runner {
             }
         };
         let status = response.status();
-        let mut tail = Tail::new(self.output_bytes);
         let mut body_error = None;
         loop {
             match tokio::time::timeout_at(deadline, response.chunk()).await {
@@ -560,7 +622,7 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 
 async fn read_into(
     mut reader: Box<dyn AsyncRead + Send + Unpin>,
-    tail: Arc<Mutex<Tail>>,
+    run: Arc<Going>,
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; 8192];
@@ -571,10 +633,74 @@ async fn read_into(
         };
         match n {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if let Ok(mut t) = tail.lock() {
-                    t.push(&buf[..n]);
-                }
+            Ok(n) => run.output.push(&buf[..n]),
+        }
+    }
+}
+
+/// A running job's output as it is produced: its [`Tail`], whether it has ended, and a wake-up
+/// for the followers waiting for more.
+pub struct LiveOutput {
+    state: Mutex<Live>,
+    changed: Notify,
+}
+
+struct Live {
+    tail: Tail,
+    ended: bool,
+}
+
+impl LiveOutput {
+    /// Keeps the last `cap` bytes.
+    pub fn new(cap: usize) -> LiveOutput {
+        LiveOutput {
+            state: Mutex::new(Live {
+                tail: Tail::new(cap),
+                ended: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        // A panic while holding the lock leaves a tail that is still a tail.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `data` and wakes the followers.
+    pub fn push(&self, data: &[u8]) {
+        self.lock().tail.push(data);
+        self.changed.notify_waiters();
+    }
+
+    /// Marks the output complete (the job ended) and wakes the followers.
+    pub fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_waiters();
+    }
+
+    /// The kept bytes as the run's recorded output (see [`Tail::text`]).
+    pub fn text(&self) -> String {
+        self.lock().tail.text()
+    }
+
+    /// The output after byte `offset` (at most `max` bytes; see [`Tail::after`]), waiting up
+    /// to `wait` until there is some, or the output ends.
+    pub async fn after(&self, offset: u64, max: usize, wait: Duration) -> OutputChunk {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Made before the look, so that a push between the look and the wait wakes it
+            // (`notify_waiters` reaches every `Notified` created before it).
+            let changed = self.changed.notified();
+            let chunk = {
+                let live = self.lock();
+                live.tail.after(offset, max, live.ended)
+            };
+            if !chunk.text.is_empty() || chunk.skipped > 0 || chunk.ended || chunk.next != offset {
+                return chunk;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return chunk;
             }
         }
     }
@@ -596,6 +722,50 @@ impl Tail {
             buf: VecDeque::with_capacity(cap.min(64 * 1024)),
             cap,
             dropped: 0,
+        }
+    }
+
+    /// How many bytes were pushed in all (dropped ones included): the offset of the next byte.
+    pub fn total(&self) -> u64 {
+        self.dropped + self.buf.len() as u64
+    }
+
+    /// The bytes from `offset` on (at most `max`, `max` >= 4), for a follower that has read
+    /// everything before `offset`, as printable text. Bytes this tail no longer holds are
+    /// skipped (and counted); an offset beyond the end reads from the end. `complete` says that
+    /// no byte will be pushed any more: until then, an unfinished UTF-8 character or a final
+    /// CR (which may start a CR LF) at the end is left for the next chunk, so that the texts
+    /// of consecutive chunks join into [`printable`] of their bytes.
+    pub fn after(&self, offset: u64, max: usize, complete: bool) -> OutputChunk {
+        let total = self.total();
+        let offset = offset.min(total);
+        let mut start = offset.max(self.dropped);
+        let byte = |at: u64| self.buf[(at - self.dropped) as usize];
+        if start > offset {
+            // The cut may have fallen inside a character: the rest of it goes too.
+            for _ in 0..3 {
+                if start < total && byte(start) & 0xC0 == 0x80 {
+                    start += 1;
+                }
+            }
+        }
+        let mut end = total.min(start + max as u64);
+        let first = (start - self.dropped) as usize;
+        let bytes = |end: u64| self.buf.range(first..(end - self.dropped) as usize);
+        if !(complete && end == total) {
+            let tail: Vec<u8> = bytes(end).rev().take(4).rev().copied().collect();
+            let held = unfinished(&tail) as u64;
+            // A chunk cut by `max` keeps its last bytes rather than be empty.
+            if end == total || held < end - start {
+                end -= held;
+            }
+        }
+        let text = printable(&bytes(end).copied().collect::<Vec<u8>>());
+        OutputChunk {
+            text,
+            skipped: start - offset,
+            next: end,
+            ended: complete && end == total,
         }
     }
 
@@ -654,6 +824,29 @@ impl Tail {
     }
 }
 
+/// How many bytes at the end of `bytes` may be shown differently once more bytes follow: a
+/// final CR (CR LF is kept, a lone CR is not), or the start of a UTF-8 character whose
+/// continuation bytes have not all arrived.
+fn unfinished(bytes: &[u8]) -> usize {
+    if bytes.last() == Some(&b'\r') {
+        return 1;
+    }
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let length = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        return if length > back { back } else { 0 };
+    }
+    0
+}
+
 /// Arbitrary bytes as text that every database stores and no console or mail reader obeys:
 /// valid UTF-8, each invalid sequence replaced by U+FFFD; the C0 controls (NUL, ESC, BEL, a
 /// carriage return not followed by a line feed, ...) and DEL shown as their Unicode control
@@ -697,7 +890,130 @@ fn for_each_printable(bytes: &[u8], mut emit: impl FnMut(usize, &str)) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Tail, printable};
+    use super::{LiveOutput, Tail, printable};
+    use gocron_shared::rpc::OutputChunk;
+
+    fn chunk(text: &str, skipped: u64, next: u64, ended: bool) -> OutputChunk {
+        OutputChunk {
+            text: text.to_owned(),
+            skipped,
+            next,
+            ended,
+        }
+    }
+
+    #[test]
+    fn a_follower_reads_from_its_offset_and_is_told_what_was_dropped() {
+        let mut t = Tail::new(5);
+        assert_eq!(t.after(0, 64, false), chunk("", 0, 0, false));
+        t.push(b"abc");
+        assert_eq!(t.after(0, 64, false), chunk("abc", 0, 3, false));
+        assert_eq!(t.after(1, 2, false), chunk("bc", 0, 3, false));
+        assert_eq!(t.after(3, 64, false), chunk("", 0, 3, false));
+        // Five bytes kept of eight: a follower at 0 skips three, one at 2 skips one.
+        t.push(b"defgh");
+        assert_eq!(t.after(0, 64, false), chunk("defgh", 3, 8, false));
+        assert_eq!(t.after(2, 64, false), chunk("defgh", 1, 8, false));
+        assert_eq!(t.after(4, 64, false), chunk("efgh", 0, 8, false));
+        assert_eq!(t.after(4, 4, true), chunk("efgh", 0, 8, true));
+        // Cut by `max`: not the end, even when complete.
+        assert_eq!(t.after(3, 4, true), chunk("defg", 0, 7, false));
+        // An offset past the end (another run's?) reads from the end.
+        assert_eq!(t.after(100, 64, false), chunk("", 0, 8, false));
+        // Skipping into a character skips the rest of it.
+        let mut t = Tail::new(3);
+        t.push("a€b".as_bytes()); // kept: the last two bytes of €, and b
+        assert_eq!(t.after(0, 64, false), chunk("b", 4, 5, false));
+    }
+
+    #[test]
+    fn a_chunk_never_ends_inside_a_character_or_a_cr_lf_until_the_end() {
+        let mut t = Tail::new(64);
+        t.push(b"x\xe2\x82");
+        assert_eq!(t.after(0, 64, false), chunk("x", 0, 1, false));
+        t.push(b"\xac\r");
+        assert_eq!(t.after(1, 64, false), chunk("€", 0, 4, false));
+        t.push(b"\nz\r");
+        assert_eq!(t.after(4, 64, false), chunk("\r\nz", 0, 7, false));
+        // Complete: the last CR is shown as what it is, a lone CR.
+        assert_eq!(t.after(7, 64, true), chunk("\u{240d}", 0, 8, true));
+        let mut t = Tail::new(64);
+        t.push(b"\xf0\x9f");
+        assert_eq!(t.after(0, 64, false), chunk("", 0, 0, false));
+        assert_eq!(t.after(0, 64, true), chunk("\u{FFFD}", 0, 2, true));
+    }
+
+    #[test]
+    fn chunks_read_as_they_come_join_into_the_whole_output() {
+        // Bytes of every kind, pushed and read in pieces of every size: what a follower gets,
+        // chunk after chunk, is the printable text of all of them, as the recorded output is.
+        let alphabet: [&[u8]; 9] = [
+            b"a",
+            b"\r",
+            b"\n",
+            "é".as_bytes(),
+            "€".as_bytes(),
+            "😀".as_bytes(),
+            b"\xff",
+            b"\x1b[1m",
+            b"\xe2\x82",
+        ];
+        let mut seed = 7u64;
+        let mut random = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for round in 0..200 {
+            let mut all = Vec::new();
+            for _ in 0..random(60) {
+                all.extend_from_slice(alphabet[random(9) as usize]);
+            }
+            let mut t = Tail::new(1 << 20);
+            let (mut pushed, mut offset, mut text) = (0, 0, String::new());
+            loop {
+                if pushed < all.len() {
+                    let n = (1 + random(5) as usize).min(all.len() - pushed);
+                    t.push(&all[pushed..pushed + n]);
+                    pushed += n;
+                }
+                let c = t.after(offset, 4 + random(6) as usize, pushed == all.len());
+                assert_eq!(c.skipped, 0);
+                offset = c.next;
+                text.push_str(&c.text);
+                if c.ended {
+                    break;
+                }
+            }
+            assert_eq!(text, printable(&all), "round {round}: {all:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_waits_for_bytes_and_for_the_end() {
+        let live = std::sync::Arc::new(LiveOutput::new(64));
+        // Nothing comes: the wait ends empty.
+        let short = std::time::Duration::from_millis(20);
+        assert_eq!(live.after(0, 64, short).await, chunk("", 0, 0, false));
+        // Woken by what comes, long before the wait is over (whether the follower is already
+        // waiting or not when it comes).
+        let wait = std::time::Duration::from_secs(20);
+        let follower = {
+            let live = live.clone();
+            tokio::spawn(async move { live.after(0, 64, wait).await })
+        };
+        tokio::task::yield_now().await;
+        live.push(b"hello\n");
+        assert_eq!(follower.await.unwrap(), chunk("hello\n", 0, 6, false));
+        let follower = {
+            let live = live.clone();
+            tokio::spawn(async move { live.after(6, 64, wait).await })
+        };
+        tokio::task::yield_now().await;
+        live.end();
+        assert_eq!(follower.await.unwrap(), chunk("", 0, 6, true));
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

@@ -9,7 +9,10 @@ use gocron_shared::config::ExecutorConfig;
 use gocron_shared::live::Holder;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
-use gocron_shared::rpc::{Accepted, ExecutorRpc, KillRequest, Refused, RunRequest, Secret};
+use gocron_shared::rpc::{
+    Accepted, ExecutorRpc, KillRequest, MAX_OUTPUT_WAIT, OutputChunk, OutputRequest, Refused,
+    RunRequest, Secret,
+};
 use gocron_shared::runs::RunLog;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -222,6 +225,28 @@ impl ExecutorRpc for Service {
         } else {
             Err(Refused::NotRunning(request.run_id))
         }
+    }
+
+    async fn run_output(
+        self,
+        _: tarpc::context::Context,
+        request: OutputRequest,
+    ) -> Result<OutputChunk, Refused> {
+        // Output is the job's, and may hold what only the job's owners may read.
+        if !self.inner.secret.matches(&request.secret) {
+            tracing::warn!(
+                peer = ?self.peer,
+                run_id = request.run_id,
+                "refused an output request with a missing or wrong [rpc] secret"
+            );
+            return Err(Refused::Unauthorized);
+        }
+        let wait = std::time::Duration::from_millis(request.wait_ms).min(MAX_OUTPUT_WAIT);
+        self.inner
+            .runner
+            .output(request.run_id, request.offset, wait)
+            .await
+            .ok_or(Refused::NotRunning(request.run_id))
     }
 }
 

@@ -8,8 +8,11 @@
 //! The run row is `(job_id, scheduled_at = requested instant, trigger = 'manual')`.
 //!
 //! Kill finds the run's executor in the job's live hash (see [`crate::live`]) and asks it over
-//! RPC, with the `[rpc] secret`, to stop the run's process group; the run ends `killed`.
+//! RPC, with the `[rpc] secret`, to stop the run's process group; the run ends `killed`. A
+//! running run's output is read from the same executor ([`executor_of`], then
+//! [`crate::rpc::ExecutorRpc::run_output`]).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
@@ -66,17 +69,13 @@ pub async fn run_now(
     Ok(Utc.timestamp_millis_opt(ms).single().unwrap_or(now))
 }
 
-/// Asks the executor running run `run_id` of job `job_id` to stop it (status `killed`); `by`
-/// says who asks; `secret` and `tls` are `[rpc]`'s.
-pub async fn kill_run(
+/// The executor holding run `run_id` of job `job_id`, from the job's live hash: its label
+/// (`name@address`) and address.
+pub async fn executor_of(
     fences: &Fences,
-    secret: &Secret,
-    tls: &Tls,
     job_id: i64,
     run_id: i64,
-    by: &str,
-    timeout: Duration,
-) -> Result<(), ControlError> {
+) -> Result<(String, SocketAddr), ControlError> {
     let run = fences
         .in_flight(job_id)
         .await?
@@ -90,11 +89,28 @@ pub async fn kill_run(
         }
         None => return Err(ControlError::NotInFlight(run_id)),
     };
-    let unreachable = |why: String| ControlError::Unreachable(label.clone(), why);
     let address = label
         .rsplit_once('@')
         .and_then(|(_, addr)| addr.parse().ok())
-        .ok_or_else(|| unreachable("no address in its label".into()))?;
+        .ok_or_else(|| {
+            ControlError::Unreachable(label.clone(), "no address in its label".into())
+        })?;
+    Ok((label, address))
+}
+
+/// Asks the executor running run `run_id` of job `job_id` to stop it (status `killed`); `by`
+/// says who asks; `secret` and `tls` are `[rpc]`'s.
+pub async fn kill_run(
+    fences: &Fences,
+    secret: &Secret,
+    tls: &Tls,
+    job_id: i64,
+    run_id: i64,
+    by: &str,
+    timeout: Duration,
+) -> Result<(), ControlError> {
+    let (label, address) = executor_of(fences, job_id, run_id).await?;
+    let unreachable = |why: String| ControlError::Unreachable(label.clone(), why);
     let client = rpc::connect(address, timeout, tls)
         .await
         .map_err(|e| unreachable(e.to_string()))?;

@@ -3,6 +3,11 @@
 //! A call only hands a run over: the executor claims the `cron_run` row, starts the command,
 //! and answers at once. The run itself never lives inside the call (tarpc deadlines are seconds;
 //! jobs may run for hours): the executor records the outcome in the database.
+//!
+//! A running run's output is read the same way, in short calls: [`ExecutorRpc::run_output`] is
+//! a long-poll (it waits up to [`MAX_OUTPUT_WAIT`] for bytes after an offset), and a follower
+//! calls it in a loop, each call starting where the last one ended. tarpc has no streams; the
+//! loop is the stream, and each answer is bounded ([`MAX_OUTPUT_CHUNK`]).
 
 use std::future::Future as _;
 use std::io;
@@ -33,6 +38,52 @@ pub trait ExecutorRpc {
     /// Stops run `request.run_id` (its whole process group) if this executor runs it; the run
     /// ends `killed`. Returns once the stop has begun; the status follows in the run row.
     async fn kill_run(request: KillRequest) -> Result<(), Refused>;
+    /// The output of run `request.run_id` after byte `request.offset` of its stdout+stderr,
+    /// waiting up to `request.wait_ms` (at most [`MAX_OUTPUT_WAIT`]) for bytes when there are
+    /// none yet; [`Refused::NotRunning`] when this executor does not hold the run (not started
+    /// here yet, or ended a while ago: its outcome is then in the run row).
+    async fn run_output(request: OutputRequest) -> Result<OutputChunk, Refused>;
+}
+
+/// The most bytes of output one [`OutputChunk`] carries. Shown as text, a byte takes at most 3
+/// (a control picture or U+FFFD), so an answer stays well within [`MAX_FRAME_BYTES`].
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// The longest an executor holds a [`ExecutorRpc::run_output`] call waiting for new bytes.
+pub const MAX_OUTPUT_WAIT: Duration = Duration::from_secs(5);
+
+const _: () = assert!(3 * MAX_OUTPUT_CHUNK + 4096 < MAX_FRAME_BYTES);
+
+/// A follower's request for a running run's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputRequest {
+    /// The caller's credential, checked before anything else.
+    pub secret: Secret,
+    /// The run.
+    pub run_id: i64,
+    /// The first byte wanted, counted from the run's first byte of output (0: all of it): the
+    /// `next` of the previous answer.
+    pub offset: u64,
+    /// How long to wait for bytes after `offset` when there are none yet (0: answer at once).
+    pub wait_ms: u64,
+}
+
+/// Output of a running run, from the byte a follower asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// The bytes from `offset + skipped` to `next`, as printable text (as `cron_run.output`
+    /// shows them: invalid UTF-8 and control characters replaced). Never splits a character:
+    /// while the run goes on, an unfinished character (or a CR that may start a CR LF) is kept
+    /// for the next answer. Empty when the wait passed without new bytes.
+    pub text: String,
+    /// Bytes after the requested offset that the executor no longer has: it keeps only the
+    /// last `[executor] output_kib` KiB of a run, and drops older bytes a slow follower did not
+    /// read in time (0: none).
+    pub skipped: u64,
+    /// The offset to ask for next.
+    pub next: u64,
+    /// Whether the job has ended and `text` was the last of its output.
+    pub ended: bool,
 }
 
 /// An operator's request to stop a run.
@@ -121,7 +172,8 @@ pub enum Refused {
     /// dispatchers (or its `[rpc] secret` differs); nothing was done.
     #[error("unauthorized: wrong [rpc] secret")]
     Unauthorized,
-    /// Occurs when a kill names a run this executor is not running (finished, or elsewhere).
+    /// Occurs when a kill or an output request names a run this executor is not running
+    /// (finished, not started yet, or elsewhere).
     #[error("run {0} is not running on this executor")]
     NotRunning(i64),
     /// Occurs when the executor cannot reach Redis to claim the run: offer it elsewhere.

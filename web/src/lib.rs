@@ -14,6 +14,8 @@
 //! - [`extract`]: the request extractors whose rejections are [`error::ApiError`]s.
 //! - [`jobs`]: `cron_job` through the API: list (filtered, paged), create, read, change, delete.
 //! - [`runs`]: a job's runs and one run.
+//! - [`output`]: a run's output, and its live stream while it runs (from the executor, over
+//!   the RPC).
 //! - [`actions`]: run a job now, kill a run (through [`gocron_shared::control`]).
 //! - [`cluster`]: the executors and dispatchers registered in etcd.
 //! - [`alarms`]: the alarm table, without the bodies.
@@ -30,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod openapi;
+pub mod output;
 pub mod runs;
 
 use std::sync::{Arc, OnceLock};
@@ -178,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/runs", get(runs::of_job))
         .route("/jobs/{id}/run", post(actions::run_now))
         .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/output", get(output::output))
         .route("/runs/{id}/kill", post(actions::kill))
         .route("/executors", get(cluster::executors))
         .route("/dispatchers", get(cluster::dispatchers))

@@ -15,6 +15,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/api/v1/jobs/{id}/runs"),
     ("post", "/api/v1/jobs/{id}/run"),
     ("get", "/api/v1/runs/{id}"),
+    ("get", "/api/v1/runs/{id}/output"),
     ("post", "/api/v1/runs/{id}/kill"),
     ("get", "/api/v1/executors"),
     ("get", "/api/v1/dispatchers"),
@@ -278,6 +279,21 @@ pub fn spec() -> Value {
                 "get": {"summary": "One run, every cron_run column.",
                     "responses": with(auth(), json!({"200": ok("The run.", "Run"),
                         "404": error("No such run.")}))}},
+            "/api/v1/runs/{id}/output": {
+                "parameters": [id()],
+                "get": {"summary": "A run's output as plain text: the recorded tail (cron_run.output; \
+                    empty while the run is going). With follow=true while the run is dispatched or \
+                    running: a stream (chunked text/plain) of the output as it is produced, relayed \
+                    from its executor, ending when the run ends; a gap the executor's tail dropped \
+                    is a line `[... N bytes skipped ...]`, and a stream that cannot go on ends with \
+                    a line `[gocron: why]`.",
+                    "parameters": [query("follow", "boolean",
+                        "Stream the output while the run is running (default false).")],
+                    "responses": with(auth(), json!({
+                        "200": {"description": "The output.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "404": error("No such run."),
+                        "503": error("following: the monitor is not connected to Redis yet.")}))}},
             "/api/v1/audit": {
                 "get": {"summary": "A page of the audit log, newest first.",
                     "parameters": [query("job_id", "integer", "Records about this job."),

@@ -347,7 +347,7 @@ async fn the_openapi_document_lists_routes_that_exist_and_need_a_token() {
             assert_eq!(status, expected, "{method} {path}: {answer}");
         }
     }
-    assert_eq!(operations, 16);
+    assert_eq!(operations, 17);
     c.shutdown().await;
 }
 
@@ -741,6 +741,189 @@ async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
             ("job.run", quick, run_id)
         ]
     );
+    c.shutdown().await;
+}
+
+/// The body of `GET path` with the viewer token, as text, and its content type.
+async fn text(api: &Api, path: &str) -> (u16, String, String) {
+    let response = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .expect("HTTP request");
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let body = tokio::time::timeout(Duration::from_secs(60), response.text())
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: the body did not end within 60 s"))
+        .expect("HTTP body");
+    (status, kind, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_streams_a_runs_output_while_it_runs_and_ends_when_it_ends() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
+    // A tail that holds the whole output, so that what the stream held can be compared with it.
+    c.start_executor_with("exec-a", &[("EXECUTOR", "OUTPUT_KIB", "1024")])
+        .await;
+    c.start_dispatcher("disp-0");
+    let api = Api::start(&mut c).await;
+    // A first line, then a wait for a file only this test creates (not for a duration), then
+    // about 600 KB: ten chunks of the RPC at least.
+    let barrier = c.path("go");
+    let command = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.05; done; seq 1 100000; echo last",
+        barrier.display()
+    );
+    let job = c
+        .insert_job_with(
+            "follow",
+            "0 0 1 1 *",
+            &command,
+            &[("machine", "local".into())],
+        )
+        .await;
+    c.wait_published(job).await;
+    let (status, taken) = api
+        .admin("POST", &format!("/api/v1/jobs/{job}/run"), None)
+        .await;
+    assert_eq!(status, 202, "{taken}");
+    let run_id = taken["run_id"].as_i64().expect("run_id");
+
+    let url = format!("{}/api/v1/runs/{run_id}/output?follow=true", api.base);
+    let anonymous = api.http.get(&url).send().await.expect("HTTP request");
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let mut stream = api
+        .http
+        .get(&url)
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(
+        stream.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    // The first line arrives while the job waits for the barrier: before the run can end.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < "first\n".len() {
+            let chunk = stream.chunk().await.expect("the stream");
+            got.extend_from_slice(&chunk.expect("the stream ended before the first line"));
+        }
+    })
+    .await
+    .expect("the first line within 30 s");
+    assert_eq!(String::from_utf8_lossy(&got), "first\n");
+    let running = api.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(running["status"], "running", "{running}");
+    assert!(!barrier.exists());
+
+    // Let it go on: the rest comes, and the stream ends once the run has ended.
+    std::fs::write(&barrier, "").expect("the barrier");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(chunk) = stream.chunk().await.expect("the stream") {
+            got.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("the stream to end within 60 s");
+    let numbers: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    let expected = format!("first\n{numbers}last\n");
+    let got = String::from_utf8(got).expect("UTF-8");
+    let differs = got
+        .bytes()
+        .zip(expected.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(expected.len()));
+    assert!(
+        got == expected,
+        "the stream ({} bytes) differs from the output ({} bytes) at byte {differs}: {:?}",
+        got.len(),
+        expected.len(),
+        &got[differs.saturating_sub(40)..(differs + 40).min(got.len())]
+    );
+    let ended = api.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(ended["status"], "succeeded", "{}", ended["error"]);
+    assert!(
+        ended["output"] == expected.as_str(),
+        "recorded output differs"
+    );
+
+    // An ended run's output, followed or not, is the recorded one; unknown runs are 404.
+    for query in ["", "?follow=true"] {
+        let (status, kind, body) =
+            text(&api, &format!("/api/v1/runs/{run_id}/output{query}")).await;
+        assert_eq!((status, kind.as_str()), (200, "text/plain; charset=utf-8"));
+        assert!(body == expected, "{query}: {} bytes", body.len());
+    }
+    let (status, answer) = api
+        .call("GET", "/api/v1/runs/999999/output", Some(VIEWER), None)
+        .await;
+    assert_eq!((status, error(&answer)), (404, "no run 999999"));
+    let (status, _) = api
+        .call(
+            "GET",
+            &format!("/api/v1/runs/{run_id}/output?follow=maybe"),
+            Some(VIEWER),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // A run held by an executor that cannot be reached (its live entry names an address where
+    // nothing listens): the stream ends with a line saying so.
+    use gocron_shared::entity::run;
+    use sea_orm::{ActiveModelTrait as _, Set};
+    let keys = gocron_shared::keys::EtcdKeys::new(&c.base_config().etcd.prefix);
+    let registered = c
+        .etcd()
+        .await
+        .get(keys.executor("exec-a"), None)
+        .await
+        .expect("etcd");
+    let mut ghost: gocron_shared::machine::ExecutorInfo =
+        serde_json::from_slice(registered.kvs()[0].value()).expect("executor info");
+    // Its instance stays the live one: the monitor does not take the run for lost.
+    ghost.address = "127.0.0.1:9".parse().unwrap();
+    let row = run::ActiveModel {
+        job_id: Set(job),
+        scheduled_at: Set(chrono::Utc::now()),
+        status: Set("running".into()),
+        executor: Set(ghost.to_string()),
+        trigger: Set("manual".into()),
+        ..Default::default()
+    }
+    .insert(&c.db)
+    .await
+    .expect("a run row");
+    let fences = c.fences().await;
+    let claimed = fences
+        .claim_run(
+            job,
+            row.id,
+            &ghost.to_string(),
+            Some(&gocron_shared::live::Holder::executor(&ghost)),
+        )
+        .await
+        .expect("redis");
+    assert_eq!(claimed, None);
+    let (status, _, body) =
+        text(&api, &format!("/api/v1/runs/{}/output?follow=true", row.id)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("[gocron: executor exec-a@127.0.0.1:9 cannot be reached (")
+            && body.ends_with("); the live output stops here]\n"),
+        "{body}"
+    );
+    fences.release(job, row.id).await.expect("redis");
     c.shutdown().await;
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gocron_ctl::cli::{Outcome, run};
+use gocron_ctl::cli::{Outcome, run, run_with};
 use gocron_tests::{Backend, Cluster, wait_until};
 use serde_json::Value;
 
@@ -161,5 +161,106 @@ async fn gocronctl_manages_jobs_and_runs_through_the_api() {
     );
     let gone = ctl(server, ADMIN, &["job", "show", &id.to_string()]).await;
     assert_eq!(gone.code, 1, "{gone:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gocronctl_logs_follow_prints_the_output_as_it_comes_and_exits_0_at_the_end() {
+    let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
+    c.set("HTTP", "ADMIN_TOKEN", ADMIN);
+    c.set("HTTP", "VIEWER_TOKEN", VIEWER);
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let server = format!("http://{}", c.start_monitor_http("monitor").await);
+    // A first line, then a wait for a file only this test creates, then a second line.
+    let barrier = c.path("go");
+    let command = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+        barrier.display()
+    );
+    let job = ctl_json(
+        &server,
+        &[
+            "job",
+            "add",
+            "--name",
+            "follow",
+            "--rule",
+            "0 0 1 1 *",
+            "--command",
+            &command,
+            "--machine",
+            "local",
+        ],
+    )
+    .await;
+    let id = job["id"].as_i64().expect("id").to_string();
+    let taken = wait_until("run now taken", Duration::from_secs(60), || async {
+        let out = ctl(&server, ADMIN, &["--json", "run", &id]).await;
+        // 409 until the monitor has published the job: retried.
+        (out.code == 0).then(|| serde_json::from_str::<Value>(&out.out).expect("JSON"))
+    })
+    .await;
+    let run_id = taken["run_id"].as_i64().expect("run id").to_string();
+
+    // `logs --follow`, its output caught as it is printed.
+    let (printed, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let line = [
+        "gocronctl",
+        "--server",
+        &server,
+        "--token",
+        VIEWER,
+        "logs",
+        &run_id,
+        "--follow",
+    ]
+    .map(str::to_owned);
+    let follow = tokio::spawn(run_with(line, move |chunk| {
+        let _ = printed.send(chunk.to_vec());
+        Ok(())
+    }));
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while out.len() < "first\n".len() {
+            out.extend(
+                arrivals
+                    .recv()
+                    .await
+                    .expect("gocronctl ended before the first line"),
+            );
+        }
+    })
+    .await
+    .expect("the first line within 30 s");
+    // Printed while the job waits for the barrier: the run has not ended, gocronctl runs on.
+    assert_eq!(String::from_utf8_lossy(&out), "first\n");
+    assert!(!follow.is_finished());
+    let running = ctl_json(&server, &["logs", &run_id]).await;
+    assert_eq!(running["status"], "running", "{running}");
+
+    std::fs::write(&barrier, "").expect("the barrier");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), follow)
+        .await
+        .expect("gocronctl to end within 60 s")
+        .expect("gocronctl panicked");
+    while let Ok(chunk) = arrivals.try_recv() {
+        out.extend(chunk);
+    }
+    assert_eq!((outcome.code, outcome.err.as_str()), (0, ""), "{outcome:?}");
+    assert_eq!(String::from_utf8_lossy(&out), "first\nsecond\n");
+    let ended = ctl_json(&server, &["logs", &run_id]).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+
+    // An ended run: the recorded output, at once; an unknown run: exit 1.
+    let again = ctl(&server, VIEWER, &["logs", &run_id, "--follow"]).await;
+    assert_eq!(
+        (again.code, again.out.as_str()),
+        (0, "first\nsecond\n"),
+        "{again:?}"
+    );
+    let unknown = ctl(&server, VIEWER, &["logs", "999999", "-f"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.err.contains("404"), "{unknown:?}");
     c.shutdown().await;
 }

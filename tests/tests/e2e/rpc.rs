@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use gocron_shared::job::{JobKind, JobSpec, TimeoutPolicy, Trigger};
-use gocron_shared::rpc::{self, Refused, RunRequest, Secret};
+use gocron_shared::rpc::{self, OutputRequest, Refused, RunRequest, Secret};
 use gocron_shared::runs::RunLog;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 
@@ -49,9 +49,22 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         let answer = client.start_run(ctx(), request(wrong)).await.unwrap();
         assert_eq!(answer.unwrap_err(), Refused::Unauthorized);
     }
+    // A run's output is read with the secret only (checked before the run is looked for).
+    let right = c.base_config().rpc.secret;
+    let output = |secret: Secret| OutputRequest {
+        secret,
+        run_id,
+        offset: 0,
+        wait_ms: 0,
+    };
+    for wrong in ["", "not-the-secret-at-all-0123456789"] {
+        let answer = client.run_output(ctx(), output(Secret::new(wrong))).await;
+        assert_eq!(answer.unwrap().unwrap_err(), Refused::Unauthorized);
+    }
+    let answer = client.run_output(ctx(), output(right.clone())).await;
+    assert_eq!(answer.unwrap().unwrap_err(), Refused::NotRunning(run_id));
     // The right secret, same request: it runs. So the refusals above were the secret's doing,
     // and they left the run untouched (still claimable, still `dispatched`).
-    let right = c.base_config().rpc.secret;
     let answer = client
         .start_run(
             ctx(),
