@@ -156,7 +156,20 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
         })
         .await;
     let run_id: i64 = run_path.rsplit('/').next().unwrap().parse().unwrap();
-    b.find("#live").await;
+    wait_until(
+        "the first line in the live tail",
+        Duration::from_secs(30),
+        || async { b.text("#output").await.contains("first line").then_some(()) },
+    )
+    .await;
+    // Still going: the line came through the stream, not from a recorded row.
+    assert!(!barrier.exists());
+    let going = c.runs(long).await;
+    assert!(
+        matches!(going[0].status.as_str(), "dispatched" | "running"),
+        "{going:?}"
+    );
+    assert_eq!(going[0].output.as_deref().unwrap_or(""), "");
     b.screenshot("05-run-live").await;
     b.click(&format!("form[action='/runs/{run_id}/kill'] button"))
         .await;
