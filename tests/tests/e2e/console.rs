@@ -465,6 +465,22 @@ async fn the_console_keeps_sessions_roles_and_forms_safe() {
     assert_eq!(c.job_by_name("kept").await.enabled, 0);
     assert_eq!(patch(true).await.unwrap().status(), 200);
 
+    // A bad parameter is answered as a page, like every console error.
+    for path in ["/jobs?page=abc", "/jobs/x", "/jobs/1/runs/y"] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .header("cookie", &admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    }
+
     // A row the monitor found invalid can still be switched off.
     let broken = c.insert_job("broken", "61 * * * *", "true").await;
     wait_until(

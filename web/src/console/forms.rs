@@ -2,7 +2,7 @@
 //! Each checks the session's CSRF token and role, then calls the API's handler, so the
 //! validation, the audit row and the log line are the API's.
 
-use axum::extract::{Form, Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::pages::{job_state, run_table};
 use super::view::{self, Section};
-use super::{CsrfForm, PageError, Signed};
+use super::{CsrfForm, Ids, PageError, Posted, Signed};
 use crate::auth::{Admin, Reader, Session};
 use crate::error::ApiError;
 use crate::extract::{Body, Id, Query};
@@ -250,7 +250,7 @@ fn form_error(e: &ApiError) -> bool {
 pub async fn create(
     State(state): State<AppState>,
     signed: Signed,
-    Form(form): Form<JobForm>,
+    Posted(form): Posted<JobForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
@@ -273,7 +273,7 @@ pub async fn create(
 pub async fn job(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
+    Ids(id): Ids<i64>,
 ) -> Result<Markup, PageError> {
     job_page(&state, &signed.0, id, None, None).await
 }
@@ -341,8 +341,8 @@ async fn job_page(
 pub async fn update(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Form(form): Form<JobForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<JobForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
@@ -382,8 +382,8 @@ async fn switch(
 pub async fn enable(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Form(form): Form<CsrfForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     switch(state, signed, id, form, true).await
 }
@@ -392,8 +392,8 @@ pub async fn enable(
 pub async fn disable(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Form(form): Form<CsrfForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     switch(state, signed, id, form, false).await
 }
@@ -402,8 +402,8 @@ pub async fn disable(
 pub async fn run_now(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Form(form): Form<CsrfForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
@@ -415,8 +415,8 @@ pub async fn run_now(
 pub async fn delete(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Form(form): Form<CsrfForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;
@@ -428,8 +428,8 @@ pub async fn delete(
 pub async fn kill(
     State(state): State<AppState>,
     signed: Signed,
-    Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
+    Ids(id): Ids<i64>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     let role = signed.admin()?;

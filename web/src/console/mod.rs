@@ -149,11 +149,12 @@ impl FromRequestParts<AppState> for Signed {
         match state.sessions().of_request(&parts.headers) {
             Some(session) => Ok(Signed(session)),
             None => {
-                let next = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
+                // A form posted after the session ended cannot be replayed by a GET: back to
+                // the dashboard once signed in.
+                let next = match parts.method {
+                    Method::GET => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    _ => "/",
+                };
                 let to = format!(
                     "/login?next={}",
                     gocron_shared::config::percent_encode(next)
@@ -180,6 +181,53 @@ impl Signed {
         } else {
             Err(ApiError::Csrf)
         }
+    }
+}
+
+/// The query string; a bad one is answered as a console page.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        crate::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(PageError)
+    }
+}
+
+/// The ids of a path (`{id}`, or `({job}, {run})`); a bad one is answered as a console page.
+pub struct Ids<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Ids<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Ids(p.0))
+            .map_err(|e| PageError(ApiError::bad_request(e.body_text())))
+    }
+}
+
+/// A posted form; a malformed one is answered as a console page.
+pub struct Posted<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Posted<T> {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, PageError> {
+        axum::extract::Form::<T>::from_request(request, state)
+            .await
+            .map(|f| Posted(f.0))
+            .map_err(|e| {
+                PageError(ApiError::BadRequest {
+                    status: e.status(),
+                    message: e.body_text(),
+                })
+            })
     }
 }
 
@@ -267,7 +315,7 @@ pub struct SignInForm {
 async fn sign_in(
     State(state): State<AppState>,
     Client(client): Client,
-    axum::extract::Form(form): axum::extract::Form<SignInForm>,
+    Posted(form): Posted<SignInForm>,
 ) -> Response {
     let next = local_path(form.next.as_deref()).to_owned();
     if state.throttle().paused(client).is_some() {
@@ -314,7 +362,7 @@ pub struct CsrfForm {
 async fn sign_out(
     State(state): State<AppState>,
     signed: Signed,
-    axum::extract::Form(form): axum::extract::Form<CsrfForm>,
+    Posted(form): Posted<CsrfForm>,
 ) -> Result<Response, PageError> {
     signed.check_csrf(&form.csrf)?;
     state.sessions().close(&signed.0.id);

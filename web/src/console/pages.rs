@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use gocron_shared::entity::{alarm, job, run};
@@ -15,7 +15,7 @@ use sea_orm::{
 use serde::Deserialize;
 
 use super::view::{self, Section};
-use super::{PageError, Signed};
+use super::{Ids, PageError, Params, Signed};
 use crate::auth::Reader;
 use crate::extract::{DEFAULT_PER_PAGE, Id, Query};
 use crate::{AppState, alarms, audit, cluster, jobs, runs};
@@ -65,8 +65,15 @@ pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Result<
     .await?;
 
     let now = Utc::now();
-    let chart = RunChart::read(&state, now).await?;
-    let lag = fire_lag(&state).await?;
+    let max_id: Option<i64> = run::Entity::find()
+        .select_only()
+        .column_as(run::Column::Id.max(), "max")
+        .into_tuple()
+        .one(db)
+        .await?
+        .flatten();
+    let chart = RunChart::read(&state, now, max_id).await?;
+    let lag = fire_lag(&state, max_id).await?;
     let open_alarms = alarm::Entity::find()
         .filter(alarm::Column::Status.is_in(OPEN_ALARMS))
         .count(db)
@@ -177,17 +184,23 @@ fn live_per_group(state: &AppState, list: &cluster::ExecutorList) -> BTreeMap<St
     groups
 }
 
-/// Fire lag (tick to start) over the last [`LAG_RUNS`] scheduled runs that started.
+/// Fire lag (tick to start) over the last [`LAG_RUNS`] scheduled runs that started, among the
+/// last [`CHART_RUNS`] runs.
 struct Lag {
     p50: Duration,
     p99: Duration,
     runs: usize,
 }
 
-async fn fire_lag(state: &AppState) -> Result<Option<Lag>, PageError> {
+async fn fire_lag(state: &AppState, max_id: Option<i64>) -> Result<Option<Lag>, PageError> {
+    let Some(max_id) = max_id else {
+        return Ok(None);
+    };
     let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = run::Entity::find()
         .select_only()
         .columns([run::Column::ScheduledAt, run::Column::StartedAt])
+        // Among the last runs by id only: an index range however large the table.
+        .filter(run::Column::Id.gt(max_id - CHART_RUNS))
         .filter(run::Column::Trigger.eq("schedule"))
         .filter(run::Column::StartedAt.is_not_null())
         .order_by_desc(run::Column::Id)
@@ -223,17 +236,14 @@ struct RunChart {
 
 impl RunChart {
     /// Reads the last [`CHART_RUNS`] runs by id (an index range, however large the table).
-    async fn read(state: &AppState, now: DateTime<Utc>) -> Result<RunChart, PageError> {
+    async fn read(
+        state: &AppState,
+        now: DateTime<Utc>,
+        max: Option<i64>,
+    ) -> Result<RunChart, PageError> {
         let db = state.db();
         let hour = Duration::hours(1);
         let start = now.duration_trunc(hour).unwrap_or(now) - Duration::hours(23);
-        let max: Option<i64> = run::Entity::find()
-            .select_only()
-            .column_as(run::Column::Id.max(), "max")
-            .into_tuple()
-            .one(db)
-            .await?
-            .flatten();
         let mut hours = vec![BTreeMap::new(); 24];
         let mut cut = None;
         if let Some(max) = max {
@@ -350,14 +360,14 @@ impl JobsQuery {
 pub async fn jobs(
     State(state): State<AppState>,
     signed: Signed,
-    Query(query): Query<JobsQuery>,
+    Params(query): Params<JobsQuery>,
 ) -> Result<Markup, PageError> {
     let tz = state.default_tz();
     let (enabled, has_error) = match query.state.as_str() {
         "enabled" => (Some(true), None),
         "scheduled" => (Some(true), Some(false)),
         "disabled" => (Some(false), None),
-        "error" => (None, Some(true)),
+        "error" => (Some(true), Some(true)),
         _ => (None, None),
     };
     let page = query.page.unwrap_or(1).max(1);
@@ -453,8 +463,8 @@ pub struct RunsPageQuery {
 pub async fn runs(
     State(state): State<AppState>,
     signed: Signed,
-    Id(id): Id,
-    Query(query): Query<RunsPageQuery>,
+    Ids(id): Ids<i64>,
+    Params(query): Params<RunsPageQuery>,
 ) -> Result<Markup, PageError> {
     let tz = state.default_tz();
     let reader = Reader(signed.0.role);
@@ -524,7 +534,7 @@ pub fn run_table(job_id: i64, list: &[runs::RunSummary], tz: chrono_tz::Tz) -> M
 pub async fn run(
     State(state): State<AppState>,
     signed: Signed,
-    Path((job_id, run_id)): Path<(i64, i64)>,
+    Ids((job_id, run_id)): Ids<(i64, i64)>,
 ) -> Result<Response, PageError> {
     let tz = state.default_tz();
     let reader = Reader(signed.0.role);
@@ -631,7 +641,7 @@ pub struct PageQuery {
 pub async fn alarms(
     State(state): State<AppState>,
     signed: Signed,
-    Query(query): Query<PageQuery>,
+    Params(query): Params<PageQuery>,
 ) -> Result<Markup, PageError> {
     let tz = state.default_tz();
     let page = query.page.unwrap_or(1).max(1);
@@ -678,7 +688,7 @@ pub async fn alarms(
 pub async fn audit(
     State(state): State<AppState>,
     signed: Signed,
-    Query(query): Query<PageQuery>,
+    Params(query): Params<PageQuery>,
 ) -> Result<Markup, PageError> {
     let tz = state.default_tz();
     let page = query.page.unwrap_or(1).max(1);
