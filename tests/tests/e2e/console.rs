@@ -220,6 +220,14 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     assert!(executors.contains("local"), "{executors}");
     assert!(b.text("#dispatchers").await.contains("disp-0"));
     b.find("#runs-chart rect.st-succeeded").await;
+    let tiles = b
+        .script(
+            "return ['scheduled', 'disabled'].map(s => \
+             document.querySelector(`a.tile[href='/jobs?state=${s}'] strong`).textContent)",
+        )
+        .await;
+    // long and by-hand scheduled; the first job disabled.
+    assert_eq!(tiles, serde_json::json!(["2", "1"]));
     b.screenshot("00-dashboard").await;
     b.goto(&format!("{base}/jobs")).await;
     let jobs = b.text("table.jobs").await;

@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use gocron_shared::entity::{alarm, job, run};
 use maud::{Markup, html};
 use sea_orm::{
-    ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _,
+    ColumnTrait as _, EntityTrait as _, FromQueryResult, PaginatorTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, Statement,
 };
 use serde::Deserialize;
 
@@ -49,20 +49,14 @@ const OPEN_ALARMS: [&str; 4] = ["pending", "sending", "failed", "held"];
 pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Result<Markup, PageError> {
     let db = state.db();
     let tz = state.default_tz();
-    let count = |filter: sea_orm::Condition| job::Entity::find().filter(filter).count(db);
-    let disabled = count(sea_orm::Condition::all().add(job::Column::Enabled.eq(0))).await?;
-    let on = || sea_orm::Condition::all().add(job::Column::Enabled.ne(0));
-    let invalid = count(on().add(job::Column::LastError.is_not_null())).await?;
-    let done = count(
-        on().add(job::Column::LastError.is_null())
-            .add(job::Column::DoneAt.is_not_null()),
-    )
-    .await?;
-    let scheduled = count(
-        on().add(job::Column::LastError.is_null())
-            .add(job::Column::DoneAt.is_null()),
-    )
-    .await?;
+    let states = job_states(&state).await?;
+    let count = |name: &str| states.get(name).copied().unwrap_or(0);
+    let (scheduled, invalid, disabled, done) = (
+        count("scheduled"),
+        count("invalid"),
+        count("disabled"),
+        count("done"),
+    );
 
     let now = Utc::now();
     let max_id: Option<i64> = run::Entity::find()
@@ -157,6 +151,28 @@ pub async fn dashboard(State(state): State<AppState>, signed: Signed) -> Result<
         }
     };
     Ok(view::page("Dashboard", Section::Dashboard, &signed.0, body))
+}
+
+/// Jobs by state, in one pass over the table: `disabled` (switched off), `invalid`
+/// (`last_error` set), `done` (a one-shot job that ran), `scheduled` (the rest).
+async fn job_states(state: &AppState) -> Result<BTreeMap<String, u64>, PageError> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        state: String,
+        n: i64,
+    }
+    let db = state.db();
+    let sql = "SELECT CASE WHEN enabled = 0 THEN 'disabled' \
+               WHEN last_error IS NOT NULL THEN 'invalid' \
+               WHEN done_at IS NOT NULL THEN 'done' ELSE 'scheduled' END AS state, \
+               COUNT(*) AS n FROM cron_job GROUP BY 1";
+    let rows = Count::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.state, u64::try_from(r.n).unwrap_or(0)))
+        .collect())
 }
 
 fn ms(d: Duration) -> String {
