@@ -396,10 +396,10 @@ async fn the_console_keeps_sessions_roles_and_forms_safe() {
         assert!(set_cookie.contains(flag), "{flag} in {set_cookie}");
     }
     let csrf = csrf_of(&base, &admin, &format!("/jobs/{job}")).await;
-    let disable = format!("{base}/jobs/{job}/disable");
-    let post = |cookie: &str, csrf: &str, origin: Option<&str>| {
+    // A one-button form posted to `path` with a session's cookie and a CSRF token.
+    let post_to = |path: &str, cookie: &str, csrf: &str, origin: Option<&str>| {
         let mut request = client
-            .post(&disable)
+            .post(format!("{base}{path}"))
             .header("cookie", cookie)
             .form(&[("csrf", csrf)]);
         if let Some(origin) = origin {
@@ -407,6 +407,9 @@ async fn the_console_keeps_sessions_roles_and_forms_safe() {
         }
         request.send()
     };
+    let disable = format!("/jobs/{job}/disable");
+    let post =
+        |cookie: &str, csrf: &str, origin: Option<&str>| post_to(&disable, cookie, csrf, origin);
     // No token, a wrong token, another site's form: refused, the job untouched.
     for (token, origin) in [
         ("", None),
@@ -497,24 +500,14 @@ async fn the_console_keeps_sessions_roles_and_forms_safe() {
         || async { c.job_by_name("broken").await.last_error.map(|_| ()) },
     )
     .await;
-    let response = client
-        .post(format!("{base}/jobs/{broken}/disable"))
-        .header("cookie", &admin)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
+    let response = post_to(&format!("/jobs/{broken}/disable"), &admin, &csrf, None)
         .await
         .unwrap();
     assert_eq!(response.status(), 303);
     assert_eq!(c.job_by_name("broken").await.enabled, 0);
 
     // Signed out, the cookie opens nothing.
-    let response = client
-        .post(format!("{base}/logout"))
-        .header("cookie", &admin)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let response = post_to("/logout", &admin, &csrf, None).await.unwrap();
     assert_eq!(response.status(), 303);
     let response = client
         .get(format!("{base}/jobs"))

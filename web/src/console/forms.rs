@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::pages::{job_state, run_table};
 use super::view::{self, Section};
-use super::{CsrfForm, Ids, PageError, Posted, Signed};
-use crate::auth::{Admin, Reader, Session};
+use super::{AdminAction, Ids, PageError, Posted, Signed};
+use crate::auth::{Admin, Reader, Role, Session};
 use crate::error::ApiError;
 use crate::extract::{Body, Id, Query};
 use crate::jobs::{self, Enabled, JobInput, JobRow};
@@ -361,15 +361,7 @@ pub async fn update(
     }
 }
 
-async fn switch(
-    state: AppState,
-    signed: Signed,
-    id: i64,
-    form: CsrfForm,
-    on: bool,
-) -> Result<Response, PageError> {
-    signed.check_csrf(&form.csrf)?;
-    let role = signed.admin()?;
+async fn switch(state: AppState, role: Role, id: i64, on: bool) -> Result<Response, PageError> {
     let input = JobInput {
         enabled: Some(Enabled::Bool(on)),
         ..JobInput::default()
@@ -381,32 +373,27 @@ async fn switch(
 /// `POST /jobs/{id}/enable`.
 pub async fn enable(
     State(state): State<AppState>,
-    signed: Signed,
     Ids(id): Ids<i64>,
-    Posted(form): Posted<CsrfForm>,
+    AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    switch(state, signed, id, form, true).await
+    switch(state, role, id, true).await
 }
 
 /// `POST /jobs/{id}/disable`.
 pub async fn disable(
     State(state): State<AppState>,
-    signed: Signed,
     Ids(id): Ids<i64>,
-    Posted(form): Posted<CsrfForm>,
+    AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    switch(state, signed, id, form, false).await
+    switch(state, role, id, false).await
 }
 
 /// `POST /jobs/{id}/run`: runs it now (the API's `POST /jobs/{id}/run`), then shows the run.
 pub async fn run_now(
     State(state): State<AppState>,
-    signed: Signed,
     Ids(id): Ids<i64>,
-    Posted(form): Posted<CsrfForm>,
+    AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    signed.check_csrf(&form.csrf)?;
-    let role = signed.admin()?;
     let (_, taken) = actions::run_now(State(state), Admin(role), Id(id)).await?;
     Ok(Redirect::to(&format!("/jobs/{id}/runs/{}", taken.0.run_id)).into_response())
 }
@@ -414,12 +401,9 @@ pub async fn run_now(
 /// `POST /jobs/{id}/delete`: deletes it (its runs stay), then shows the jobs.
 pub async fn delete(
     State(state): State<AppState>,
-    signed: Signed,
     Ids(id): Ids<i64>,
-    Posted(form): Posted<CsrfForm>,
+    AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    signed.check_csrf(&form.csrf)?;
-    let role = signed.admin()?;
     jobs::delete(State(state), Admin(role), Id(id)).await?;
     Ok(Redirect::to("/jobs").into_response())
 }
@@ -427,12 +411,9 @@ pub async fn delete(
 /// `POST /runs/{id}/kill`: asks its executor to stop it, then shows the run.
 pub async fn kill(
     State(state): State<AppState>,
-    signed: Signed,
     Ids(id): Ids<i64>,
-    Posted(form): Posted<CsrfForm>,
+    AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    signed.check_csrf(&form.csrf)?;
-    let role = signed.admin()?;
     let (_, killing) = actions::kill(State(state), Admin(role), Id(id)).await?;
     Ok(Redirect::to(&format!("/jobs/{}/runs/{id}", killing.0.job_id)).into_response())
 }

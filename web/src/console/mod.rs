@@ -231,6 +231,28 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// A signed-in admin's one-button form (enable, disable, run now, delete, kill, with nothing
+/// but the CSRF token), the token checked: the admin's role.
+pub struct AdminAction(pub Role);
+
+impl axum::extract::FromRequest<AppState> for AdminAction {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        let Posted(form) =
+            Posted::<CsrfForm>::from_request(Request::from_parts(parts, body), state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        signed
+            .check_csrf(&form.csrf)
+            .and_then(|()| signed.admin())
+            .map(AdminAction)
+            .map_err(|e| PageError(e).into_response())
+    }
+}
+
 /// An error as a console page: the API's words and status.
 pub struct PageError(pub ApiError);
 

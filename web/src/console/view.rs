@@ -22,6 +22,19 @@ pub enum Section {
     Audit,
 }
 
+/// A page's `<head>`: its title, the stylesheet and, with `script`, the console's script.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · gocron" }
+            link rel="stylesheet" href="/assets/console.css";
+            @if script { script src="/assets/console.js" defer {} }
+        }
+    }
+}
+
 /// A page with the navigation bar of a signed-in user.
 pub fn page(title: &str, section: Section, session: &Session, body: Markup) -> Markup {
     let link = |href: &str, label: &str, this: Section| {
@@ -30,13 +43,7 @@ pub fn page(title: &str, section: Section, session: &Session, body: Markup) -> M
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · gocron" }
-                link rel="stylesheet" href="/assets/console.css";
-                script src="/assets/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 header.top {
                     a.brand href="/" { "gocron" }
@@ -64,12 +71,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · gocron" }
-                link rel="stylesheet" href="/assets/console.css";
-            }
+            (head(title, false))
             body { (body) }
         }
     }
