@@ -111,6 +111,19 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     assert!(page[3].as_str().unwrap().starts_with("Run "), "{page}");
     b.screenshot("04-run").await;
 
+    // The run's page followed from another site (as from an alarm mail in a webmail, which the
+    // SameSite=Strict cookie does not go along with) opens signed in.
+    let link = format!(
+        "data:text/html,<a id=mail href='{base}/jobs/{id}/runs/{}'>run</a>",
+        run.id
+    );
+    b.goto(&link).await;
+    b.click("#mail").await;
+    b.wait_for_path("the run's page from a mail link", |p| {
+        p == format!("/jobs/{id}/runs/{}", run.id)
+    })
+    .await;
+
     // The job's page: its last runs; saved unchanged, the row stays as it was; then disabled
     // with a click.
     b.goto(&format!("{base}/jobs/{id}")).await;

@@ -159,6 +159,17 @@ impl FromRequestParts<AppState> for Signed {
                     "/login?next={}",
                     gocron_shared::config::percent_encode(next)
                 );
+                // A link followed from another site (an alarm mail in a webmail) comes without
+                // the SameSite=Strict cookie: a page of ours that moves on to the sign-in page
+                // makes that a same-site navigation, which carries the cookie, and the sign-in
+                // page sends a signed-in user on to `next`.
+                let cross_site = parts
+                    .headers
+                    .get("sec-fetch-site")
+                    .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+                if cross_site && parts.method == Method::GET {
+                    return Err(view::bounce(&to).into_response());
+                }
                 Err(Redirect::to(&to).into_response())
             }
         }

@@ -77,6 +77,21 @@ pub fn bare(title: &str, body: Markup) -> Markup {
     }
 }
 
+/// A page that moves on to `to` at once (a same-site navigation, unlike the link that led here).
+pub fn bounce(to: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content={ "0; url=" (to) };
+                title { "gocron" }
+            }
+            body { p { a href=(to) { "Continue to gocron" } } }
+        }
+    }
+}
+
 /// The sign-in page, with `error` when the last try failed.
 pub fn sign_in(next: &str, error: Option<&str>) -> Markup {
     bare(
