@@ -7,11 +7,14 @@
 //! and SMS gateway stand-ins of the alarm tests. [`servers`] starts private servers that fault
 //! tests stop, kill and restart ([`Cluster::with_servers`] uses them), [`Process`] runs a daemon
 //! as a process of its own that a test can SIGKILL, and [`accounted`] checks that every tick of a
-//! job was accounted for.
+//! job was accounted for. [`floor`] and [`procfs`] serve the benchmark (`gocron-bench`): the
+//! minimal spawner it compares gocron with, and CPU time and memory from `/proc`.
 
 pub mod accounted;
 pub mod alarm;
 pub mod browser;
+pub mod floor;
+pub mod procfs;
 pub mod servers;
 
 use std::collections::BTreeMap;

@@ -1,19 +1,30 @@
-//! `gocron-bench`: fire lag, missed and doubled ticks for N every-second jobs.
+//! `gocron-bench`: fire lag, missed and doubled ticks for N every-second jobs, against the floor.
 //!
-//! Starts a cluster of 2 dispatchers, 2 executors and a monitor (in this process, against the
-//! real servers of `scripts/services --test`), inserts N jobs `* * * * * *` whose command writes
-//! `job tick own-start-time` to a file (bash, `$EPOCHREALTIME`), waits until every job is live, then measures a window of
-//! whole seconds. Run it with `scripts/bench` (release build, servers started).
+//! For each N it first runs the floor ([`gocron_tests::floor`]: a minimal spawner in a process
+//! of its own, starting the same N commands at each whole second, with no scheduler, database or
+//! RPC) for the window, then starts a cluster of 2 dispatchers, 2 executors and a monitor (in
+//! this process, against the real servers of `scripts/services --test`), inserts N jobs
+//! `* * * * * *` whose command writes `job tick own-start-time` to a file (bash,
+//! `$EPOCHREALTIME`), waits until every job is live, and measures a window of the same length.
+//! Run it with `scripts/bench` (release build, servers started).
 //!
-//! Lag is the command's own start time (`$EPOCHREALTIME`, once bash has started) minus
-//! `GOCRON_SCHEDULED_AT`: everything between the tick and the job's first instruction.
+//! Lag is the command's own start time (`$EPOCHREALTIME`, once bash has started) minus its tick
+//! (`GOCRON_SCHEDULED_AT`): everything between the tick and the job's first instruction.
+//!
+//! CPU is read from `/proc` at the window's two ends: this process's own `utime` + `stime` (all
+//! threads: the five daemons, and the harness, which sleeps during the window; the jobs' processes
+//! are reaped children and land in `cutime` + `cstime` instead, reported apart), and each
+//! server's whole process tree (found by its listening port). The servers' CPU over the floor's
+//! window, when gocron is not running, is what others put on them meanwhile (background).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use gocron_shared::entity::run;
+use gocron_tests::procfs::{self, MachineCpu};
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
 
@@ -22,7 +33,7 @@ struct Args {
     /// Job counts to measure, one cluster each.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     jobs: Vec<usize>,
-    /// Seconds measured per job count.
+    /// Seconds measured per job count (the floor's window is as long).
     #[arg(long, default_value_t = 30)]
     secs: i64,
     /// Database: sqlite, mariadb or postgres.
@@ -33,54 +44,313 @@ struct Args {
     /// ticks `skipped`, as the policy says.
     #[arg(long, default_value = "sync")]
     policy: String,
+    /// Skip the floor (gocron alone, as before).
+    #[arg(long)]
+    no_floor: bool,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The floor's spawner, run by the benchmark in a process of its own.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        from_ms: i64,
+        #[arg(long)]
+        secs: i64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// The shell both the floor and gocron's executors run jobs with.
+const SHELL: &str = "/bin/bash";
+
+/// The job command: one line per run, its own start time read by bash without forking `date`
+/// (on 2 cores, 1000 forks of `date` a second would cost more CPU than the machine has).
+fn job_command(out: &Path) -> String {
+    format!(
+        "echo \"$GOCRON_JOB_ID $GOCRON_SCHEDULED_AT $EPOCHREALTIME\" >> {}",
+        out.display()
+    )
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Mode::Floor {
+        count,
+        from_ms,
+        secs,
+        out,
+    }) = &args.mode
+    {
+        let report =
+            gocron_tests::floor::spawn_window(SHELL, &job_command(out), *count, *from_ms, *secs);
+        println!("{}", report.to_line());
+        return Ok(());
+    }
     let backend = match args.db.as_str() {
         "sqlite" => Backend::Sqlite,
         "mariadb" | "mysql" => Backend::MariaDb,
         "postgres" => Backend::Postgres,
         other => anyhow::bail!("unknown --db {other}"),
     };
+    let servers = Servers::find(backend);
+    eprintln!("servers measured: {}", servers.describe());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    println!(
-        "{:>6} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>9}",
-        "jobs", "db", "p50 ms", "p99 ms", "max ms", "missed", "twice", "not-ok", "peak MiB"
-    );
-    for n in args.jobs {
-        let row = runtime.block_on(measure(backend, &args.db, &args.policy, n, args.secs))?;
-        println!("{row}");
+    let mut rows = Vec::new();
+    for &n in &args.jobs {
+        let floor = if args.no_floor {
+            None
+        } else {
+            Some(run_floor(n, args.secs, &servers)?)
+        };
+        let gocron = runtime.block_on(measure(backend, &args.policy, n, args.secs, &servers))?;
+        let row = Row { n, floor, gocron };
+        row.print_detail(&args.db, &servers);
+        rows.push(row);
     }
+    println!();
+    print_summary(&args.db, &args.policy, &rows);
     Ok(())
+}
+
+/// The servers whose CPU is measured: etcd, Redis and the database server (none for SQLite,
+/// which runs inside the daemons), each found by the port of its URL.
+struct Servers {
+    list: Vec<(&'static str, Option<u32>)>,
+}
+
+impl Servers {
+    fn find(backend: Backend) -> Servers {
+        let port = |var: &str, default: &str| -> Option<u16> {
+            let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+            reqwest::Url::parse(&url).ok()?.port()
+        };
+        let mut list = vec![
+            (
+                "etcd",
+                port("GOCRON_TEST_ETCD", "http://127.0.0.1:23790").and_then(procfs::listening_pid),
+            ),
+            (
+                "redis",
+                port("GOCRON_TEST_REDIS", "redis://127.0.0.1:63790")
+                    .and_then(procfs::listening_pid),
+            ),
+        ];
+        match backend {
+            Backend::Sqlite => {}
+            Backend::MariaDb => list.push((
+                "mariadb",
+                port("GOCRON_TEST_MYSQL", "mysql://gocron:gocron@127.0.0.1:33060")
+                    .and_then(procfs::listening_pid),
+            )),
+            Backend::Postgres => list.push((
+                "postgres",
+                port(
+                    "GOCRON_TEST_POSTGRES",
+                    "postgres://gocron:gocron@127.0.0.1:54320",
+                )
+                .and_then(procfs::listening_pid),
+            )),
+        }
+        Servers { list }
+    }
+
+    fn describe(&self) -> String {
+        self.list
+            .iter()
+            .map(|(name, pid)| match pid {
+                Some(pid) => format!("{name} pid {pid} ({} processes)", {
+                    procfs::process_tree(*pid).len()
+                }),
+                None => format!("{name}: not found (its CPU is not measured)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Each server's CPU seconds so far (its whole process tree); NaN if not found.
+    fn cpu(&self) -> Vec<f64> {
+        self.list
+            .iter()
+            .map(|(_, pid)| pid.map_or(f64::NAN, procfs::tree_cpu))
+            .collect()
+    }
+}
+
+/// What one side (the floor or gocron) measured over its window.
+struct Measured {
+    lag: Lag,
+    /// Runs whose command started within the window (what the CPU figures are divided by).
+    runs_in_window: usize,
+    /// CPU seconds of the spawner (floor) or of the five daemons (gocron), over the window.
+    own_cpu: f64,
+    /// CPU seconds of the jobs' processes reaped over the window.
+    jobs_cpu: f64,
+    /// CPU seconds of each server over the window, in [`Servers`] order.
+    servers_cpu: Vec<f64>,
+    /// Length of the window the CPU was measured over, seconds.
+    window_secs: f64,
+    /// The machine's CPU split and context switches over the window.
+    machine: String,
+    /// The 1-minute load average just before the window.
+    load_before: f64,
+    /// Runs not `succeeded` (gocron only).
+    not_ok: Option<usize>,
+    /// Peak resident memory, MiB (gocron: this process, all five daemons).
+    peak_mib: f64,
+}
+
+impl Measured {
+    fn per_1000(&self, cpu: f64) -> f64 {
+        cpu * 1000.0 / (self.runs_in_window.max(1) as f64)
+    }
+}
+
+/// Fire lag and tick accounting from the job's output lines.
+struct Lag {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    missed: i64,
+    twice: usize,
+}
+
+/// Reads the `job tick started` lines of ticks in `[start, end)`; also counts the runs whose
+/// command started in that interval.
+fn lag_of(written: &[String], n: usize, start: i64, end: i64) -> (Lag, usize) {
+    let secs = (end - start) / 1000;
+    let in_window = |ms: i64| ms >= start && ms < end;
+    let mut seen: HashMap<(i64, i64), usize> = HashMap::new();
+    let mut lags = Vec::new();
+    let mut started_in_window = 0;
+    for line in written {
+        let mut parts = line.split(' ');
+        let (Some(job), Some(tick), Some(started)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(job), Ok(tick), Ok(started)) = (
+            job.parse::<i64>(),
+            DateTime::parse_from_rfc3339(tick),
+            started.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        if in_window((started * 1e3) as i64) {
+            started_in_window += 1;
+        }
+        let tick_ms = tick.timestamp_millis();
+        if !in_window(tick_ms) {
+            continue;
+        }
+        *seen.entry((job, tick_ms)).or_default() += 1;
+        lags.push(started * 1e3 - tick_ms as f64);
+    }
+    let expected = n as i64 * secs;
+    let missed = expected - seen.len() as i64;
+    let twice = seen.values().filter(|&&k| k > 1).count();
+    lags.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if lags.is_empty() {
+            f64::NAN
+        } else {
+            lags[((lags.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    (
+        Lag {
+            p50: pct(0.5),
+            p99: pct(0.99),
+            max: lags.last().copied().unwrap_or(f64::NAN),
+            missed,
+            twice,
+        },
+        started_in_window,
+    )
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Runs the floor's spawner (this binary, `floor` mode) for `secs` seconds of `n` commands.
+fn run_floor(n: usize, secs: i64, servers: &Servers) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("floor.txt");
+    // From the second after next: the process must be up before its first tick.
+    let start = (now_ms() / 1000 + 2) * 1000;
+    let end = start + secs * 1000;
+    let load_before = procfs::load_average();
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["floor", "--count", &n.to_string()])
+        .args(["--from-ms", &start.to_string(), "--secs", &secs.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis((start - now_ms()).max(0) as u64));
+    let (servers_before, machine_before) = (servers.cpu(), MachineCpu::now());
+    std::thread::sleep(Duration::from_millis((end - now_ms()).max(0) as u64));
+    let (servers_after, machine_after) = (servers.cpu(), MachineCpu::now());
+    let output = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let report = text
+        .lines()
+        .find_map(gocron_tests::floor::FloorReport::parse)
+        .ok_or_else(|| anyhow::anyhow!("the floor's spawner printed no report: {text}"))?;
+    if report.failed > 0 {
+        eprintln!(
+            "N={n}: the floor could not start {} commands",
+            report.failed
+        );
+    }
+    let (lag, _) = lag_of(&lines(&out), n, start, end);
+    Ok(Measured {
+        lag,
+        // The spawner's CPU covers its whole life, so it is divided by all it started.
+        runs_in_window: report.started as usize,
+        own_cpu: report.own_cpu,
+        jobs_cpu: report.children_cpu,
+        servers_cpu: diff(&servers_after, &servers_before),
+        window_secs: (end - start) as f64 / 1000.0,
+        machine: machine_after.since(&machine_before, (end - start) as f64 / 1000.0),
+        load_before,
+        not_ok: None,
+        peak_mib: f64::NAN,
+    })
+}
+
+fn diff(after: &[f64], before: &[f64]) -> Vec<f64> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
 async fn measure(
     backend: Backend,
-    db: &str,
     policy: &str,
     n: usize,
     secs: i64,
-) -> anyhow::Result<String> {
+    servers: &Servers,
+) -> anyhow::Result<Measured> {
     let mut c = Cluster::new(backend, &[]).await;
     // A whole second's burst must fit: the executors must not answer busy.
     c.set("EXECUTOR", "MAX_CONCURRENT", &(n * 2 + 16).to_string());
     c.set("DATABASE", "MAX_CONNECTIONS", "16");
-    // bash's $EPOCHREALTIME is the job's own clock reading without forking `date`: on 2 cores,
-    // 1000 forks of `date` a second would cost more CPU than the machine has.
-    c.set("EXECUTOR", "SHELL", "/bin/bash");
+    c.set("EXECUTOR", "SHELL", SHELL);
     c.start_executor("exec-a").await;
     c.start_executor("exec-b").await;
     c.start_dispatcher("disp-0");
     c.start_dispatcher("disp-1");
     c.start_monitor();
     let out = c.path("lag.txt");
-    let command = format!(
-        "echo \"$GOCRON_JOB_ID $GOCRON_SCHEDULED_AT $EPOCHREALTIME\" >> {}",
-        out.display()
-    );
+    let command = job_command(&out);
     for i in 0..n {
         c.insert_job_with(
             &format!("bench-{i}"),
@@ -95,13 +365,22 @@ async fn measure(
         (live_jobs(&c).await >= n).then_some(())
     })
     .await;
-    let start = (Utc::now().timestamp() + 1) * 1000;
+    let start = (now_ms() / 1000 + 1) * 1000;
     let end = start + secs * 1000;
-    let in_window = |ms: i64| ms >= start && ms < end;
-    tokio::time::sleep(Duration::from_millis(
-        (end - Utc::now().timestamp_millis()).max(0) as u64,
-    ))
-    .await;
+    let load_before = procfs::load_average();
+    tokio::time::sleep(Duration::from_millis((start - now_ms()).max(0) as u64)).await;
+    let before = (
+        procfs::cpu_times("self").unwrap_or_default(),
+        servers.cpu(),
+        MachineCpu::now(),
+    );
+    tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64)).await;
+    let after = (
+        procfs::cpu_times("self").unwrap_or_default(),
+        servers.cpu(),
+        MachineCpu::now(),
+    );
+    let spent = after.0 - before.0;
     // A tick is missed only if its command never runs: wait (bounded) for every expected line,
     // and for the window's rows to be final, before counting.
     let end_at = DateTime::from_timestamp_millis(end).unwrap_or_default();
@@ -115,7 +394,7 @@ async fn measure(
                     .nth(1)
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             })
-            .filter(|t| in_window(t.timestamp_millis()))
+            .filter(|t| (start..end).contains(&t.timestamp_millis()))
             .count() as i64;
         if ran >= expected_lines && unfinished_before(&c, end_at).await == 0 {
             break;
@@ -142,47 +421,162 @@ async fn measure(
     // Read before shutdown: the output file lives in the cluster's temporary folder.
     let written = lines(&out);
     c.shutdown().await;
+    let (lag, runs_in_window) = lag_of(&written, n, start, end);
+    Ok(Measured {
+        lag,
+        runs_in_window,
+        own_cpu: spent.own,
+        jobs_cpu: spent.reaped_children,
+        servers_cpu: diff(&after.1, &before.1),
+        window_secs: (end - start) as f64 / 1000.0,
+        machine: after.2.since(&before.2, (end - start) as f64 / 1000.0),
+        load_before,
+        not_ok: Some(not_ok),
+        // All five daemons live in this process.
+        peak_mib: procfs::status_mib("self", "VmHWM"),
+    })
+}
 
-    let mut seen: HashMap<(i64, i64), usize> = HashMap::new();
-    let mut lags = Vec::new();
-    for line in written {
-        let mut parts = line.split(' ');
-        let (Some(job), Some(tick), Some(started)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let (Ok(job), Ok(tick), Ok(started)) = (
-            job.parse::<i64>(),
-            DateTime::parse_from_rfc3339(tick),
-            started.parse::<f64>(),
-        ) else {
-            continue;
-        };
-        let tick_ms = tick.timestamp_millis();
-        if !in_window(tick_ms) {
-            continue;
-        }
-        *seen.entry((job, tick_ms)).or_default() += 1;
-        lags.push(started * 1e3 - tick_ms as f64);
+/// One job count's figures.
+struct Row {
+    n: usize,
+    floor: Option<Measured>,
+    gocron: Measured,
+}
+
+fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.1}")
     }
-    let expected = n as i64 * secs;
-    let missed = expected - seen.len() as i64;
-    let twice = seen.values().filter(|&&k| k > 1).count();
-    lags.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        if lags.is_empty() {
-            f64::NAN
-        } else {
-            lags[((lags.len() - 1) as f64 * p).round() as usize]
+}
+
+impl Row {
+    fn print_detail(&self, db: &str, servers: &Servers) {
+        println!(
+            "\nN={} {db}, {} s window (load average before: floor {}, gocron {:.2})",
+            self.n,
+            self.gocron.window_secs,
+            self.floor
+                .as_ref()
+                .map_or("-".into(), |f| format!("{:.2}", f.load_before)),
+            self.gocron.load_before
+        );
+        println!(
+            "  {:<8} {:>9} {:>9} {:>9} {:>7} {:>6} {:>7} {:>12} {:>12}  machine",
+            "",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "missed",
+            "twice",
+            "not-ok",
+            "own CPU-s/k",
+            "jobs CPU-s/k"
+        );
+        for (name, m) in [
+            ("floor", self.floor.as_ref()),
+            ("gocron", Some(&self.gocron)),
+        ] {
+            let Some(m) = m else { continue };
+            println!(
+                "  {name:<8} {:>9} {:>9} {:>9} {:>7} {:>6} {:>7} {:>12.3} {:>12.3}  {}",
+                ms(m.lag.p50),
+                ms(m.lag.p99),
+                ms(m.lag.max),
+                m.lag.missed,
+                m.lag.twice,
+                m.not_ok.map_or("-".into(), |k| k.to_string()),
+                m.per_1000(m.own_cpu),
+                m.per_1000(m.jobs_cpu),
+                m.machine
+            );
         }
-    };
-    Ok(format!(
-        "{n:>6} {db:>8} {:>9.2} {:>9.2} {:>9.2} {missed:>7} {twice:>7} {not_ok:>8} {:>9.1}",
-        pct(0.5),
-        pct(0.99),
-        lags.last().copied().unwrap_or(f64::NAN),
-        peak_rss_mib()
-    ))
+        if let Some(f) = &self.floor {
+            println!(
+                "  gocron / floor: p50 {:.2}x, p99 {:.2}x",
+                self.gocron.lag.p50 / f.lag.p50,
+                self.gocron.lag.p99 / f.lag.p99
+            );
+        }
+        let servers_line = servers
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let cpu = self.gocron.servers_cpu[i];
+                let background = self.floor.as_ref().map(|f| {
+                    // What others put on the server while gocron was not running, over a window
+                    // as long, per as many runs.
+                    self.gocron
+                        .per_1000(f.servers_cpu[i] * self.gocron.window_secs / f.window_secs)
+                });
+                format!(
+                    "{name} {:.3}{}",
+                    self.gocron.per_1000(cpu),
+                    background.map_or(String::new(), |b| format!(" (background {b:.3})"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "  servers, CPU-s per 1000 runs: {servers_line}{}",
+            if db == "sqlite" {
+                "; SQLite runs inside the daemons"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "  gocron's daemons used {:.1} % of one core over the window; peak memory of the five \
+             daemons (one process): {:.1} MiB",
+            100.0 * self.gocron.own_cpu / self.gocron.window_secs,
+            self.gocron.peak_mib
+        );
+    }
+}
+
+fn print_summary(db: &str, policy: &str, rows: &[Row]) {
+    println!(
+        "{:>5} {:>8} {:>7} | {:>21} | {:>21} | {:>11} | {:>6} {:>5} {:>6} | {:>7} {:>7} | {:>6}",
+        "jobs",
+        "db",
+        "policy",
+        "floor p50/p99/max ms",
+        "gocron p50/p99/max ms",
+        "ratio p50/99",
+        "missed",
+        "twice",
+        "not-ok",
+        "daemons",
+        "floor",
+        "MiB"
+    );
+    for r in rows {
+        let g = &r.gocron;
+        let (floor, ratio, floor_cpu) = match &r.floor {
+            Some(f) => (
+                format!("{}/{}/{}", ms(f.lag.p50), ms(f.lag.p99), ms(f.lag.max)),
+                format!("{:.2}/{:.2}", g.lag.p50 / f.lag.p50, g.lag.p99 / f.lag.p99),
+                format!("{:.3}", f.per_1000(f.own_cpu)),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:>5} {db:>8} {policy:>7} | {floor:>21} | {:>21} | {ratio:>11} | {:>6} {:>5} {:>6} | {:>7.3} {floor_cpu:>7} | {:>6.1}",
+            r.n,
+            format!("{}/{}/{}", ms(g.lag.p50), ms(g.lag.p99), ms(g.lag.max)),
+            g.lag.missed,
+            g.lag.twice,
+            g.not_ok.unwrap_or(0),
+            g.per_1000(g.own_cpu),
+            g.peak_mib
+        );
+    }
+    println!(
+        "(daemons, floor: CPU-seconds per 1000 runs of gocron's five daemons and of the floor's spawner)"
+    );
 }
 
 /// How many distinct jobs have a run row.
@@ -205,17 +599,4 @@ async fn unfinished_before(c: &Cluster, end: DateTime<Utc>) -> u64 {
         .count(&c.db)
         .await
         .unwrap_or(u64::MAX)
-}
-
-/// The process's peak resident memory (all five daemons live in it), from /proc.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
