@@ -93,6 +93,14 @@ fn main() -> anyhow::Result<()> {
         println!("{}", report.to_line());
         return Ok(());
     }
+    // The daemons' logs go to stderr, apart from the figures on stdout (the test harness's
+    // own subscriber, installed later, then stays out).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let backend = match args.db.as_str() {
         "sqlite" => Backend::Sqlite,
         "mariadb" | "mysql" => Backend::MariaDb,
