@@ -26,14 +26,21 @@ async fn ctl_json(server: &str, args: &[&str]) -> Value {
     serde_json::from_str(&out.out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gocronctl_manages_jobs_and_runs_through_the_api() {
+/// A cluster (an executor, a dispatcher, a monitor serving the API with both tokens) and the
+/// API's URL.
+async fn cluster() -> (Cluster, String) {
     let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
     c.set("HTTP", "ADMIN_TOKEN", ADMIN);
     c.set("HTTP", "VIEWER_TOKEN", VIEWER);
     c.start_executor("exec-a").await;
     c.start_dispatcher("disp-0");
     let server = format!("http://{}", c.start_monitor_http("monitor").await);
+    (c, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gocronctl_manages_jobs_and_runs_through_the_api() {
+    let (c, server) = cluster().await;
     let server = server.as_str();
 
     // Added, then it runs on its own.
@@ -166,12 +173,7 @@ async fn gocronctl_manages_jobs_and_runs_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gocronctl_logs_follow_prints_the_output_as_it_comes_and_exits_0_at_the_end() {
-    let mut c = Cluster::new(Backend::Sqlite, &[("local", "127.0.0.1")]).await;
-    c.set("HTTP", "ADMIN_TOKEN", ADMIN);
-    c.set("HTTP", "VIEWER_TOKEN", VIEWER);
-    c.start_executor("exec-a").await;
-    c.start_dispatcher("disp-0");
-    let server = format!("http://{}", c.start_monitor_http("monitor").await);
+    let (c, server) = cluster().await;
     // A first line, then a wait for a file only this test creates, then a second line.
     let barrier = c.path("go");
     let command = format!(
