@@ -15,7 +15,9 @@
 //! (group commit): with a thousand runs a second, a database sees a few transactions a second
 //! per process instead of three thousand, which is what keeps SQLite's single writer lock (and
 //! MySQL's commit cost) off the fire path. No write waits for a timer: an idle writer commits a
-//! lone write at once. One failing statement (the unique-tick fence) never fails the others:
+//! lone write at once. Within a transaction, the inserts, starts and finishes queued together
+//! are written with one multi-row statement per kind, so a batch is a few round trips whatever
+//! its size (see `commit`). One failing statement (the unique-tick fence) never fails the others:
 //! on PostgreSQL, where it would abort the transaction, each write runs in its own savepoint.
 //! A write that fails for its own reasons answers its database error, never `Ok(false)`:
 //! `Ok(false)` means only that the row was not in the expected status (a real conflict), so a
@@ -27,7 +29,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    QueryFilter, QuerySelect, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,6 +43,10 @@ const MAX_BATCH: usize = 4096;
 
 /// The statuses of a run in flight.
 const IN_FLIGHT: [&str; 2] = ["dispatched", "running"];
+
+/// The statuses a finish may replace: in flight, and `lost` too: an executor judged dead (its
+/// lease expired in a partition) that comes back with the outcome knows better.
+const FINISHABLE: [&str; 3] = ["dispatched", "running", "lost"];
 
 /// How a run ended, as recorded (and as an executor spools it while the database is away).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -246,6 +252,7 @@ impl RunLog {
 /// conditional update changed the row (`false`: the row was not in the expected status, a real
 /// conflict), or the database's error for this write alone (which its caller may retry: it says
 /// nothing about the row's status).
+#[derive(Clone)]
 enum Found {
     Inserted(Option<i64>),
     Updated(bool),
@@ -259,6 +266,7 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         coalesce(&mut batch);
+        let began = std::time::Instant::now();
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
@@ -270,6 +278,12 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
                 other => break other,
             }
         };
+        tracing::debug!(
+            writes = batch.len(),
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            ok = outcome.is_ok(),
+            "committed a batch of run writes"
+        );
         match outcome {
             Ok(found) => {
                 for (write, found) in batch.drain(..).zip(found) {
@@ -325,24 +339,445 @@ fn is_transient(e: &DbErr) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// The most rows one multi-row statement writes.
+const MAX_ROWS: usize = 500;
+
+/// The most output bytes one multi-row finish carries (MySQL's `max_allowed_packet` is 16 MiB
+/// on MariaDB by default, 4 MiB on older servers).
+const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
 /// Applies every write of `batch` in one transaction; each write's finding, once committed.
+///
+/// Consecutive inserts, starts and finishes are written a group at a time, one multi-row
+/// statement per kind (see [`Group`]), so that a batch costs a few round trips to the database
+/// rather than one per write: a thousand runs a second make three thousand writes, and on a
+/// busy machine each round trip waits for the server's and this process's turn on a core. The
+/// rarer writes (`lost`, `no_executor`, overrun) are applied one by one, in their place, and
+/// end the group before them, so every run sees its writes in the order they were queued.
 async fn commit(db: &DatabaseConnection, batch: &[Write]) -> Result<Vec<Found>, DbErr> {
     let txn = db.begin().await?;
-    let mut found = Vec::with_capacity(batch.len());
-    for write in batch {
-        match apply(&txn, write).await {
-            Ok(f) => found.push(f),
-            Err(e) if is_transient(&e) => return Err(e),
-            // A write that fails for its own reasons fails alone; its savepoint (PostgreSQL) or
-            // the statement's own rollback (SQLite, MySQL) left the others intact.
-            Err(e) => {
-                tracing::warn!(error = %e, "a run write failed");
-                found.push(Found::Failed(e.to_string()));
+    let mut found: Vec<Option<Found>> = Vec::with_capacity(batch.len());
+    found.resize_with(batch.len(), || None);
+    let mut group = Group::default();
+    for (at, write) in batch.iter().enumerate() {
+        if !group.takes(write) {
+            group.write(&txn, batch, &mut found).await?;
+            if !group.takes(write) {
+                // Written alone, in its place.
+                found[at] = Some(alone(&txn, write).await?);
+                continue;
             }
         }
+        group.add(at, write);
     }
+    group.write(&txn, batch, &mut found).await?;
     txn.commit().await?;
-    Ok(found)
+    Ok(found
+        .into_iter()
+        .map(|f| f.unwrap_or_else(|| Found::Failed("the run write was not applied".into())))
+        .collect())
+}
+
+/// One write applied alone; `Err` only for what should fail or replay the whole batch.
+async fn alone(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Found, DbErr> {
+    match apply(txn, write).await {
+        Ok(f) => Ok(f),
+        Err(e) if is_transient(&e) => Err(e),
+        // A write that fails for its own reasons fails alone; its savepoint (PostgreSQL) or
+        // the statement's own rollback (SQLite, MySQL) left the others intact.
+        Err(e) => {
+            tracing::warn!(error = %e, "a run write failed");
+            Ok(Found::Failed(e.to_string()))
+        }
+    }
+}
+
+/// Consecutive inserts, starts and finishes of a batch (by their place in it), written
+/// together: each kind in one statement, then its rows read back to answer each write.
+#[derive(Default)]
+struct Group {
+    inserts: Vec<usize>,
+    starts: Vec<usize>,
+    finishes: Vec<usize>,
+    /// The runs the group's starts and finishes write: a second write of one of them ends the
+    /// group, so that the first is applied before it.
+    runs: std::collections::HashSet<i64>,
+    output_bytes: usize,
+}
+
+impl Group {
+    /// Whether `write` may join the group.
+    fn takes(&self, write: &Write) -> bool {
+        match write {
+            Write::Insert { .. } => self.inserts.len() < MAX_ROWS,
+            Write::Start { run_id, .. } => {
+                self.starts.len() < MAX_ROWS && !self.runs.contains(run_id)
+            }
+            Write::Finish {
+                run_id, outcome, ..
+            } => {
+                self.finishes.len() < MAX_ROWS
+                    && !self.runs.contains(run_id)
+                    && (self.finishes.is_empty()
+                        || self.output_bytes + outcome.output.len() <= MAX_OUTPUT_BYTES)
+            }
+            _ => false,
+        }
+    }
+
+    fn add(&mut self, at: usize, write: &Write) {
+        match write {
+            Write::Insert { .. } => self.inserts.push(at),
+            Write::Start { run_id, .. } => {
+                self.runs.insert(*run_id);
+                self.starts.push(at);
+            }
+            Write::Finish {
+                run_id, outcome, ..
+            } => {
+                self.runs.insert(*run_id);
+                self.output_bytes += outcome.output.len();
+                self.finishes.push(at);
+            }
+            _ => unreachable!("Group::takes refuses other writes"),
+        }
+    }
+
+    /// Writes the group (and empties it). A multi-row statement that fails for reasons of its
+    /// own (one bad row, a duplicate tick) is rolled back and its writes applied one by one,
+    /// so that one write's failure stays its own.
+    async fn write(
+        &mut self,
+        txn: &sea_orm::DatabaseTransaction,
+        batch: &[Write],
+        found: &mut [Option<Found>],
+    ) -> Result<(), DbErr> {
+        let group = std::mem::take(self);
+        for (places, kind) in [
+            (group.inserts, Kind::Insert),
+            (group.starts, Kind::Start),
+            (group.finishes, Kind::Finish),
+        ] {
+            if places.is_empty() {
+                continue;
+            }
+            let writes: Vec<&Write> = places.iter().map(|&at| &batch[at]).collect();
+            if let [write] = writes[..] {
+                found[places[0]] = Some(alone(txn, write).await?);
+                continue;
+            }
+            // In a savepoint on every backend: what the statement did is undone when its
+            // writes must be applied one by one after all.
+            let sp = txn.begin().await?;
+            match kind.write_many(&sp, &writes).await {
+                Ok(Some(many)) => {
+                    sp.commit().await?;
+                    for (at, f) in places.into_iter().zip(many) {
+                        found[at] = Some(f);
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    tracing::debug!(
+                        writes = writes.len(),
+                        "a multi-row run write found a row already in its new state; applying its writes one by one"
+                    );
+                }
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, writes = writes.len(), "a multi-row run write failed; applying its writes one by one");
+                }
+            }
+            sp.rollback().await?;
+            for (at, write) in places.into_iter().zip(writes) {
+                found[at] = Some(alone(txn, write).await?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kinds of write a [`Group`] writes many at a time.
+#[derive(Clone, Copy)]
+enum Kind {
+    Insert,
+    Start,
+    Finish,
+}
+
+impl Kind {
+    /// Writes `writes` (all of this kind) in one statement, and reads back what each found;
+    /// `Ok(None)` when that cannot be told row by row (see [`updated`]).
+    async fn write_many<C: ConnectionTrait>(
+        self,
+        db: &C,
+        writes: &[&Write],
+    ) -> Result<Option<Vec<Found>>, DbErr> {
+        match self {
+            Kind::Insert => insert_many(db, writes).await.map(Some),
+            Kind::Start => start_many(db, writes).await,
+            Kind::Finish => finish_many(db, writes).await,
+        }
+    }
+}
+
+/// A tick at the precision `cron_run.scheduled_at` keeps (milliseconds), so that a row read
+/// back compares equal to the tick it was inserted for.
+fn stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
+/// The row an insert writes.
+fn insert_row(write: &Write) -> run::ActiveModel {
+    let Write::Insert {
+        job_id,
+        scheduled_at,
+        trigger,
+        settled,
+        ..
+    } = write
+    else {
+        unreachable!("insert_row of an insert")
+    };
+    let status = settled.as_ref().map_or(RunStatus::Dispatched, |(s, _)| *s);
+    run::ActiveModel {
+        job_id: Set(*job_id),
+        scheduled_at: Set(stored(*scheduled_at)),
+        status: Set(status.as_str().to_owned()),
+        executor: Set(String::new()),
+        trigger: Set(trigger.as_str().to_owned()),
+        error: Set(settled.as_ref().map(|(_, why)| why.clone())),
+        finished_at: Set(settled.as_ref().map(|_| Utc::now())),
+        ..Default::default()
+    }
+}
+
+/// Inserts every row in one statement, then reads their ids back by their ticks. The statement
+/// fails whole when one tick already has a row (the duplicate fence); the caller then inserts
+/// one by one. Having succeeded, every row of those ticks is one of ours.
+async fn insert_many<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec<Found>, DbErr> {
+    run::Entity::insert_many(writes.iter().map(|w| insert_row(w)))
+        .exec_without_returning(db)
+        .await?;
+    insert_ids(db, writes).await
+}
+
+/// The ids of the rows [`insert_many`] inserted, read back by their ticks.
+async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec<Found>, DbErr> {
+    let key = |w: &Write| match w {
+        Write::Insert {
+            job_id,
+            scheduled_at,
+            trigger,
+            ..
+        } => (*job_id, stored(*scheduled_at), trigger.as_str()),
+        _ => unreachable!("insert_ids of inserts"),
+    };
+    let keys: Vec<_> = writes.iter().map(|w| key(w)).collect();
+    let jobs: std::collections::BTreeSet<i64> = keys.iter().map(|k| k.0).collect();
+    let first = keys
+        .iter()
+        .map(|k| k.1)
+        .min()
+        .expect("a group is never empty");
+    let last = keys
+        .iter()
+        .map(|k| k.1)
+        .max()
+        .expect("a group is never empty");
+    let rows: Vec<(i64, i64, DateTime<Utc>, String)> = run::Entity::find()
+        .select_only()
+        .column(run::Column::Id)
+        .column(run::Column::JobId)
+        .column(run::Column::ScheduledAt)
+        .column(run::Column::Trigger)
+        .filter(run::Column::JobId.is_in(jobs))
+        .filter(run::Column::ScheduledAt.gte(first))
+        .filter(run::Column::ScheduledAt.lte(last))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let ids: std::collections::HashMap<(i64, i64, &str), i64> = rows
+        .iter()
+        .map(|(id, job, at, trigger)| ((*job, at.timestamp_millis(), trigger.as_str()), *id))
+        .collect();
+    keys.iter()
+        .map(
+            |(job, at, trigger)| match ids.get(&(*job, at.timestamp_millis(), *trigger)) {
+                Some(id) => Ok(Found::Inserted(Some(*id))),
+                None => Err(DbErr::Custom(format!(
+                    "inserted the run row of job {job} at {at}, then could not read it back"
+                ))),
+            },
+        )
+        .collect()
+}
+
+/// `column = CASE WHEN id = .. THEN .. END` over `rows`, or the one value they all share.
+fn per_row<V: Into<sea_orm::Value> + PartialEq + Clone>(
+    column: run::Column,
+    rows: &[(i64, V)],
+) -> sea_orm::sea_query::SimpleExpr {
+    if rows.windows(2).all(|pair| pair[0].1 == pair[1].1) {
+        return Expr::value(rows[0].1.clone());
+    }
+    let mut case = sea_orm::sea_query::CaseStatement::new();
+    for (id, value) in rows {
+        case = case.case(run::Column::Id.eq(*id), Expr::value(value.clone()));
+    }
+    case.finally(Expr::col(column)).into()
+}
+
+/// The status and executor of `ids`, as the transaction sees them.
+async fn read_back<C: ConnectionTrait>(
+    db: &C,
+    ids: Vec<i64>,
+) -> Result<std::collections::HashMap<i64, (String, String)>, DbErr> {
+    let rows: Vec<(i64, String, String)> = run::Entity::find()
+        .select_only()
+        .column(run::Column::Id)
+        .column(run::Column::Status)
+        .column(run::Column::Executor)
+        .filter(run::Column::Id.is_in(ids))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(id, s, e)| (id, (s, e))).collect())
+}
+
+/// Every start in one conditional `UPDATE`; its row is in its new state when it is `running`
+/// on the start's executor (see [`updated`]).
+async fn start_many<C: ConnectionTrait>(
+    db: &C,
+    writes: &[&Write],
+) -> Result<Option<Vec<Found>>, DbErr> {
+    let mut executors = Vec::with_capacity(writes.len());
+    let mut starts = Vec::with_capacity(writes.len());
+    for w in writes {
+        let Write::Start {
+            run_id,
+            executor,
+            started_at,
+            ..
+        } = w
+        else {
+            unreachable!("start_many of starts")
+        };
+        executors.push((*run_id, executor.clone()));
+        starts.push((*run_id, *started_at));
+    }
+    let ids: Vec<i64> = starts.iter().map(|(id, _)| *id).collect();
+    let changed = run::Entity::update_many()
+        .col_expr(
+            run::Column::Status,
+            Expr::value(RunStatus::Running.as_str()),
+        )
+        .col_expr(
+            run::Column::Executor,
+            per_row(run::Column::Executor, &executors),
+        )
+        .col_expr(
+            run::Column::StartedAt,
+            per_row(run::Column::StartedAt, &starts),
+        )
+        .filter(run::Column::Id.is_in(ids.clone()))
+        .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
+        .exec(db)
+        .await?;
+    if changed.rows_affected == ids.len() as u64 {
+        return Ok(Some(vec![Found::Updated(true); ids.len()]));
+    }
+    let now = read_back(db, ids).await?;
+    let found = executors.iter().map(|(id, executor)| {
+        now.get(id)
+            .is_some_and(|(status, on)| status == RunStatus::Running.as_str() && on == executor)
+    });
+    Ok(updated(changed.rows_affected, found))
+}
+
+/// Every finish in one conditional `UPDATE`; its row is in its new state when it has the
+/// outcome's status and the finish's executor (see [`updated`]).
+async fn finish_many<C: ConnectionTrait>(
+    db: &C,
+    writes: &[&Write],
+) -> Result<Option<Vec<Found>>, DbErr> {
+    let n = writes.len();
+    let (mut statuses, mut executors, mut starts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut codes, mut errors, mut outputs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for w in writes {
+        let Write::Finish {
+            run_id,
+            executor,
+            started_at,
+            outcome,
+            ..
+        } = w
+        else {
+            unreachable!("finish_many of finishes")
+        };
+        let id = *run_id;
+        statuses.push((id, outcome.status.as_str()));
+        executors.push((id, executor.clone()));
+        starts.push((id, *started_at));
+        codes.push((id, outcome.exit_code));
+        errors.push((id, outcome.error.clone()));
+        outputs.push((id, outcome.output.clone()));
+    }
+    let ids: Vec<i64> = statuses.iter().map(|(id, _)| *id).collect();
+    let changed = run::Entity::update_many()
+        .col_expr(run::Column::Status, per_row(run::Column::Status, &statuses))
+        .col_expr(
+            run::Column::Executor,
+            per_row(run::Column::Executor, &executors),
+        )
+        .col_expr(
+            run::Column::StartedAt,
+            per_row(run::Column::StartedAt, &starts),
+        )
+        .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+        .col_expr(
+            run::Column::ExitCode,
+            per_row(run::Column::ExitCode, &codes),
+        )
+        .col_expr(run::Column::Error, per_row(run::Column::Error, &errors))
+        .col_expr(run::Column::Output, per_row(run::Column::Output, &outputs))
+        .filter(run::Column::Id.is_in(ids.clone()))
+        .filter(run::Column::Status.is_in(FINISHABLE))
+        .exec(db)
+        .await?;
+    if changed.rows_affected == ids.len() as u64 {
+        return Ok(Some(vec![Found::Updated(true); ids.len()]));
+    }
+    let now = read_back(db, ids).await?;
+    let found = statuses
+        .iter()
+        .zip(&executors)
+        .map(|((id, status), (_, executor))| {
+            now.get(id)
+                .is_some_and(|(s, on)| s == status && on == executor)
+        });
+    Ok(updated(changed.rows_affected, found))
+}
+
+/// What each write of a multi-row conditional `UPDATE` found (the ids of a group are distinct,
+/// so when it changed as many rows as there are writes, each found its row; otherwise), from whether each row is now in
+/// the state the write gives it (`in_state`) and how many rows the statement changed: every row
+/// it changed is in its new state (nothing else writes them before the commit: row locks, or
+/// SQLite's one writer), so when as many rows are in their new state as it changed, those are
+/// exactly the rows it changed. Otherwise some row was in its new state already (a repeated
+/// write), which only the one-by-one path can tell apart: `None`.
+fn updated(changed: u64, in_state: impl Iterator<Item = bool>) -> Option<Vec<Found>> {
+    let found: Vec<bool> = in_state.collect();
+    let matched = found.iter().filter(|&&f| f).count() as u64;
+    (matched == changed).then(|| found.into_iter().map(Found::Updated).collect())
 }
 
 fn answer(write: Write, found: Found) {
@@ -378,24 +813,8 @@ fn fail(write: Write, message: &str) {
 /// Runs one write; `Err` only for what should fail or replay the whole batch.
 async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Found, DbErr> {
     match write {
-        Write::Insert {
-            job_id,
-            scheduled_at,
-            trigger,
-            settled,
-            ..
-        } => {
-            let status = settled.as_ref().map_or(RunStatus::Dispatched, |(s, _)| *s);
-            let row = run::ActiveModel {
-                job_id: Set(*job_id),
-                scheduled_at: Set(*scheduled_at),
-                status: Set(status.as_str().to_owned()),
-                executor: Set(String::new()),
-                trigger: Set(trigger.as_str().to_owned()),
-                error: Set(settled.as_ref().map(|(_, why)| why.clone())),
-                finished_at: Set(settled.as_ref().map(|_| Utc::now())),
-                ..Default::default()
-            };
+        Write::Insert { .. } => {
+            let row = insert_row(write);
             let result = in_savepoint(txn, async |sp| {
                 run::Entity::insert(row)
                     .exec(sp)
@@ -475,13 +894,7 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
                 .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
                 .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))
                 .filter(run::Column::Id.eq(*run_id))
-                // `lost` too: an executor judged dead (its lease expired in a partition) that
-                // comes back with the outcome knows better.
-                .filter(run::Column::Status.is_in([
-                    RunStatus::Dispatched.as_str(),
-                    RunStatus::Running.as_str(),
-                    RunStatus::Lost.as_str(),
-                ]));
+                .filter(run::Column::Status.is_in(FINISHABLE));
             let result = in_savepoint(txn, async |sp| update.exec(sp).await).await?;
             Ok(Found::Updated(result.rows_affected == 1))
         }

@@ -224,6 +224,123 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
     }
 }
 
+/// Writes queued together go out as one multi-row statement per kind: each row must still get
+/// its own id, executor, output and answer, and a repeated write its `false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_together_each_get_their_own_row_and_answer_on_every_backend() {
+    use gocron_shared::runs::{Outcome, RunLog};
+    const N: i64 = 300;
+    for backend in [Backend::Sqlite, Backend::MariaDb, Backend::Postgres] {
+        let c = Cluster::new(backend, &[]).await;
+        let log = RunLog::spawn(c.db.clone());
+        // A tick with a sub-millisecond part: stored to the millisecond, found again.
+        let tick = Utc.timestamp_micros(1_790_000_000_123_456).unwrap();
+        let inserts: Vec<_> = (1..=N)
+            .map(|job| {
+                let log = log.clone();
+                tokio::spawn(async move { (job, log.insert(job, tick, Trigger::Schedule).await) })
+            })
+            .collect();
+        let mut runs = Vec::new();
+        for insert in inserts {
+            let (job, id) = insert.await.unwrap();
+            let id = id
+                .unwrap_or_else(|e| panic!("{backend:?}: {e}"))
+                .unwrap_or_else(|| panic!("{backend:?}: job {job} found a duplicate"));
+            runs.push((job, id));
+        }
+        let rows = run::Entity::find().all(&c.db).await.unwrap();
+        assert_eq!(rows.len() as i64, N, "{backend:?}");
+        for (job, id) in &runs {
+            let row = rows.iter().find(|r| r.id == *id).unwrap();
+            assert_eq!(
+                row.job_id, *job,
+                "{backend:?}: run {id} is another job's row"
+            );
+        }
+
+        // Starts at instants of their own, one of them queued twice. One executor (as in an
+        // executor process), so that a row given another row's values is not caught by the
+        // executor read back but by the rows' check below.
+        let at = |job: i64| Utc.timestamp_millis_opt(1_790_000_001_000 + job).unwrap();
+        let executor = |_: i64| "a@1";
+        let starts: Vec<_> = runs
+            .iter()
+            .chain(runs.first())
+            .map(|&(job, id)| {
+                let log = log.clone();
+                tokio::spawn(async move { (id, log.start(id, executor(job), at(job)).await) })
+            })
+            .collect();
+        let mut first = std::collections::HashSet::new();
+        let mut started = 0;
+        for start in starts {
+            let (id, ok) = start.await.unwrap();
+            if ok.unwrap_or_else(|e| panic!("{backend:?}: {e}")) {
+                assert!(first.insert(id), "{backend:?}: run {id} started twice");
+                started += 1;
+            }
+        }
+        assert_eq!(started, N, "{backend:?}");
+
+        // Finishes with outcomes of their own (one status, so that a row given another row's
+        // output is not caught by the status read back); a third of the runs finished twice.
+        let outcome = |job: i64| Outcome {
+            status: RunStatus::Succeeded,
+            exit_code: Some((job % 3) as i32),
+            error: (job % 3 == 0).then(|| format!("job {job} said so")),
+            output: format!("output of job {job}\n"),
+        };
+        let finishes: Vec<_> = runs
+            .iter()
+            .chain(runs.iter().filter(|(job, _)| job % 3 == 1))
+            .map(|&(job, id)| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    (
+                        id,
+                        log.finish(id, executor(job), at(job), outcome(job)).await,
+                    )
+                })
+            })
+            .collect();
+        let mut recorded = std::collections::HashSet::new();
+        for finish in finishes {
+            let (id, ok) = finish.await.unwrap();
+            if ok.unwrap_or_else(|e| panic!("{backend:?}: {e}")) {
+                assert!(recorded.insert(id), "{backend:?}: run {id} recorded twice");
+            }
+        }
+        assert_eq!(recorded.len() as i64, N, "{backend:?}");
+        let rows = run::Entity::find().all(&c.db).await.unwrap();
+        for (job, id) in &runs {
+            let row = rows.iter().find(|r| r.id == *id).unwrap();
+            let want = outcome(*job);
+            assert_eq!(
+                (
+                    row.status.as_str(),
+                    row.executor.as_str(),
+                    row.exit_code,
+                    row.error.clone(),
+                    row.output.clone(),
+                    row.started_at,
+                ),
+                (
+                    want.status.as_str(),
+                    executor(*job),
+                    want.exit_code,
+                    want.error,
+                    Some(want.output),
+                    Some(at(*job)),
+                ),
+                "{backend:?}: run {id} of job {job}"
+            );
+            assert!(row.finished_at.is_some(), "{backend:?}");
+        }
+        c.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_running_past_statement_timeout_secs_is_cancelled_by_the_server() {
     use sea_orm::ConnectionTrait;
