@@ -13,7 +13,7 @@ use gocron_shared::rpc::{
     Accepted, ExecutorRpc, KillRequest, MAX_OUTPUT_WAIT, OutputChunk, OutputRequest, Refused,
     RunRequest, Secret,
 };
-use gocron_shared::runs::RunLog;
+use gocron_shared::runs::{RUNNING_AFTER, RunLog};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -181,11 +181,21 @@ impl ExecutorRpc for Service {
                 }
                 (outcome, waiting)
             };
-            let (started, (outcome, waiting)) =
-                tokio::join!(runs.start(request.run_id, &label, started_at), job);
-            if let Err(e) = started {
-                tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
-            }
+            // A run shorter than `RUNNING_AFTER` goes from `dispatched` to its outcome in one
+            // write (the finish carries the executor and the start time): at a thousand short
+            // runs a second, a third fewer writes.
+            let mut job = std::pin::pin!(job);
+            let (outcome, waiting) = tokio::select! {
+                ended = &mut job => ended,
+                () = tokio::time::sleep(RUNNING_AFTER) => {
+                    let (started, ended) =
+                        tokio::join!(runs.start(request.run_id, &label, started_at), job);
+                    if let Err(e) = started {
+                        tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
+                    }
+                    ended
+                }
+            };
             // Out of the live runs only once the outcome is safe: an unrecorded run stays live
             // while this process lives, and becomes `lost` if it dies (its spooled outcome then
             // replaces `lost` when the executor starts again).

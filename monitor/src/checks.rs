@@ -33,7 +33,7 @@ use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySel
 
 use gocron_shared::live::HANDOFF_LIMIT;
 use gocron_shared::lock::Fences;
-use gocron_shared::runs::RunLog;
+use gocron_shared::runs::{RUNNING_AFTER, RunLog};
 
 use crate::alarms::{AlarmStore, Finding, status};
 use crate::ledger::Ledger;
@@ -871,7 +871,9 @@ impl Checker {
     ) -> Option<String> {
         let grace = chrono::Duration::from_std(self.config.grace).unwrap_or_default();
         if row.status == RunStatus::Dispatched.as_str() {
-            return (now - row.scheduled_at > grace).then(|| {
+            // A run started is marked `running` only after RUNNING_AFTER.
+            let started = chrono::Duration::from_std(RUNNING_AFTER).unwrap_or_default();
+            return (now - row.scheduled_at > grace + started).then(|| {
                 format!(
                     "run {} was dispatched for {} and has not started after grace_secs = {}",
                     row.id,

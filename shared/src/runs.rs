@@ -41,6 +41,11 @@ use crate::job::{RunStatus, Trigger};
 /// and finish usually share a batch and merge into one write.
 const MAX_BATCH: usize = 4096;
 
+/// How long a run goes on before its executor marks its row `running`: a run that ends sooner
+/// is recorded with its outcome alone, one write instead of two, and a row may stay
+/// `dispatched` that long after its command started.
+pub const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The statuses of a run in flight.
 const IN_FLIGHT: [&str; 2] = ["dispatched", "running"];
 

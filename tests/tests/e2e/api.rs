@@ -832,8 +832,16 @@ async fn follow_streams_a_runs_output_while_it_runs_and_ends_when_it_ends() {
     .await
     .expect("the first line within 30 s");
     assert_eq!(String::from_utf8_lossy(&got), "first\n");
-    let running = api.get(&format!("/api/v1/runs/{run_id}")).await;
-    assert_eq!(running["status"], "running", "{running}");
+    // Marked `running` once it has run for a second (RUNNING_AFTER), while it still waits.
+    wait_until(
+        "the run marked running",
+        Duration::from_secs(10),
+        || async {
+            let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
+            (run["status"] == "running").then_some(())
+        },
+    )
+    .await;
     assert!(!barrier.exists());
 
     // Let it go on: the rest comes, and the stream ends once the run has ended.

@@ -238,8 +238,17 @@ async fn gocronctl_logs_follow_prints_the_output_as_it_comes_and_exits_0_at_the_
     // Printed while the job waits for the barrier: the run has not ended, gocronctl runs on.
     assert_eq!(String::from_utf8_lossy(&out), "first\n");
     assert!(!follow.is_finished());
-    let running = ctl_json(&server, &["logs", &run_id]).await;
-    assert_eq!(running["status"], "running", "{running}");
+    // Marked `running` once it has run for a second (RUNNING_AFTER), while it still waits.
+    wait_until(
+        "the run marked running",
+        Duration::from_secs(10),
+        || async {
+            let run = ctl_json(&server, &["logs", &run_id]).await;
+            (run["status"] == "running").then_some(())
+        },
+    )
+    .await;
+    assert!(!follow.is_finished());
 
     std::fs::write(&barrier, "").expect("the barrier");
     let outcome = tokio::time::timeout(Duration::from_secs(60), follow)
