@@ -512,7 +512,7 @@ enum Kind {
 
 impl Kind {
     /// Writes `writes` (all of this kind) in one statement, and reads back what each found;
-    /// `Ok(None)` when that cannot be told row by row (see [`updated`]).
+    /// `Ok(None)` when that cannot be told row by row (see [`answers`]).
     async fn write_many<C: ConnectionTrait>(
         self,
         db: &C,
@@ -633,25 +633,8 @@ fn per_row<V: Into<sea_orm::Value> + PartialEq + Clone>(
     case.finally(Expr::col(column)).into()
 }
 
-/// The status and executor of `ids`, as the transaction sees them.
-async fn read_back<C: ConnectionTrait>(
-    db: &C,
-    ids: Vec<i64>,
-) -> Result<std::collections::HashMap<i64, (String, String)>, DbErr> {
-    let rows: Vec<(i64, String, String)> = run::Entity::find()
-        .select_only()
-        .column(run::Column::Id)
-        .column(run::Column::Status)
-        .column(run::Column::Executor)
-        .filter(run::Column::Id.is_in(ids))
-        .into_tuple()
-        .all(db)
-        .await?;
-    Ok(rows.into_iter().map(|(id, s, e)| (id, (s, e))).collect())
-}
-
 /// Every start in one conditional `UPDATE`; its row is in its new state when it is `running`
-/// on the start's executor (see [`updated`]).
+/// on the start's executor (see [`answers`]).
 async fn start_many<C: ConnectionTrait>(
     db: &C,
     writes: &[&Write],
@@ -685,23 +668,19 @@ async fn start_many<C: ConnectionTrait>(
             run::Column::StartedAt,
             per_row(run::Column::StartedAt, &starts),
         )
-        .filter(run::Column::Id.is_in(ids.clone()))
+        .filter(run::Column::Id.is_in(ids))
         .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
         .exec(db)
         .await?;
-    if changed.rows_affected == ids.len() as u64 {
-        return Ok(Some(vec![Found::Updated(true); ids.len()]));
-    }
-    let now = read_back(db, ids).await?;
-    let found = executors.iter().map(|(id, executor)| {
-        now.get(id)
-            .is_some_and(|(status, on)| status == RunStatus::Running.as_str() && on == executor)
-    });
-    Ok(updated(changed.rows_affected, found))
+    let targets: Vec<_> = executors
+        .iter()
+        .map(|(id, executor)| (*id, RunStatus::Running.as_str(), executor.as_str()))
+        .collect();
+    answers(db, changed.rows_affected, &targets).await
 }
 
 /// Every finish in one conditional `UPDATE`; its row is in its new state when it has the
-/// outcome's status and the finish's executor (see [`updated`]).
+/// outcome's status and the finish's executor (see [`answers`]).
 async fn finish_many<C: ConnectionTrait>(
     db: &C,
     writes: &[&Write],
@@ -754,35 +733,54 @@ async fn finish_many<C: ConnectionTrait>(
         )
         .col_expr(run::Column::Error, per_row(run::Column::Error, &errors))
         .col_expr(run::Column::Output, per_row(run::Column::Output, &outputs))
-        .filter(run::Column::Id.is_in(ids.clone()))
+        .filter(run::Column::Id.is_in(ids))
         .filter(run::Column::Status.is_in(FINISHABLE))
         .exec(db)
         .await?;
-    if changed.rows_affected == ids.len() as u64 {
-        return Ok(Some(vec![Found::Updated(true); ids.len()]));
-    }
-    let now = read_back(db, ids).await?;
-    let found = statuses
+    let targets: Vec<_> = statuses
         .iter()
         .zip(&executors)
-        .map(|((id, status), (_, executor))| {
-            now.get(id)
-                .is_some_and(|(s, on)| s == status && on == executor)
-        });
-    Ok(updated(changed.rows_affected, found))
+        .map(|((id, status), (_, executor))| (*id, *status, executor.as_str()))
+        .collect();
+    answers(db, changed.rows_affected, &targets).await
 }
 
-/// What each write of a multi-row conditional `UPDATE` found (the ids of a group are distinct,
-/// so when it changed as many rows as there are writes, each found its row; otherwise), from whether each row is now in
-/// the state the write gives it (`in_state`) and how many rows the statement changed: every row
-/// it changed is in its new state (nothing else writes them before the commit: row locks, or
-/// SQLite's one writer), so when as many rows are in their new state as it changed, those are
-/// exactly the rows it changed. Otherwise some row was in its new state already (a repeated
-/// write), which only the one-by-one path can tell apart: `None`.
-fn updated(changed: u64, in_state: impl Iterator<Item = bool>) -> Option<Vec<Found>> {
-    let found: Vec<bool> = in_state.collect();
+/// What each write of a multi-row conditional `UPDATE` found, given the `(id, status,
+/// executor)` each gives its row and how many rows the statement changed. The ids of a group
+/// are distinct, so when it changed as many rows as there are writes, each found its row.
+/// Otherwise the rows are read back: every row the statement changed is in its new state
+/// (nothing else writes them before the commit: row locks, or SQLite's one writer), so when as
+/// many rows are in their new state as it changed, those are exactly the rows it changed. Else
+/// some row was in its new state already (a repeated write), which only the one-by-one path
+/// can tell apart: `None`.
+async fn answers<C: ConnectionTrait>(
+    db: &C,
+    changed: u64,
+    targets: &[(i64, &str, &str)],
+) -> Result<Option<Vec<Found>>, DbErr> {
+    if changed == targets.len() as u64 {
+        return Ok(Some(vec![Found::Updated(true); targets.len()]));
+    }
+    let rows: Vec<(i64, String, String)> = run::Entity::find()
+        .select_only()
+        .column(run::Column::Id)
+        .column(run::Column::Status)
+        .column(run::Column::Executor)
+        .filter(run::Column::Id.is_in(targets.iter().map(|t| t.0)))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let now: std::collections::HashMap<i64, (String, String)> =
+        rows.into_iter().map(|(id, s, e)| (id, (s, e))).collect();
+    let found: Vec<bool> = targets
+        .iter()
+        .map(|(id, status, executor)| {
+            now.get(id)
+                .is_some_and(|(s, on)| s == status && on == executor)
+        })
+        .collect();
     let matched = found.iter().filter(|&&f| f).count() as u64;
-    (matched == changed).then(|| found.into_iter().map(Found::Updated).collect())
+    Ok((matched == changed).then(|| found.into_iter().map(Found::Updated).collect()))
 }
 
 fn answer(write: Write, found: Found) {
