@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant (a job's fields) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the next fire instants of a rule, one per line, in RFC 3339 with the zone's offset.
@@ -94,6 +96,9 @@ enum Command {
     Run {
         /// The job.
         job: i64,
+        /// A variable for this run only, on top of the job's `env` (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
     },
     /// Kill a run in flight.
     Kill {
@@ -166,6 +171,18 @@ struct JobFields {
     /// `misfire` (`skip`, `once`, `all`).
     #[arg(long)]
     misfire: Option<String>,
+    /// `env`: `KEY=VALUE` lines (a shell job's own variables).
+    #[arg(long)]
+    env: Option<String>,
+    /// `workdir`: where a shell job starts (an absolute path).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// `retries`: how many times a failed run is run again.
+    #[arg(long)]
+    retries: Option<i64>,
+    /// `retry_delay_secs`: seconds before the first retry (doubling for each next one).
+    #[arg(long)]
+    retry_delay_secs: Option<i64>,
 }
 
 impl JobFields {
@@ -187,6 +204,10 @@ impl JobFields {
         );
         put("time_zone", self.time_zone.clone().map(Value::from));
         put("misfire", self.misfire.clone().map(Value::from));
+        put("env", self.env.clone().map(Value::from));
+        put("workdir", self.workdir.clone().map(Value::from));
+        put("retries", self.retries.map(Value::from));
+        put("retry_delay_secs", self.retry_delay_secs.map(Value::from));
         Value::Object(body)
     }
 }
@@ -460,8 +481,9 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
             api.call(Method::GET, &path, None).await
         }
         Command::Logs { run, .. } => api.call(Method::GET, &format!("/runs/{run}"), None).await,
-        Command::Run { job } => {
-            api.call(Method::POST, &format!("/jobs/{job}/run"), None)
+        Command::Run { job, env } => {
+            let body = (!env.is_empty()).then(|| serde_json::json!({"env": env.join("\n")}));
+            api.call(Method::POST, &format!("/jobs/{job}/run"), body)
                 .await
         }
         Command::Kill { run } => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::entity::job;
-use gocron_shared::job::{JobSpec, Misfire, TimeoutPolicy, Trigger};
+use gocron_shared::job::{JobSpec, Misfire, RetryOf, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
@@ -18,7 +18,7 @@ use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilte
 use crate::scheduler::Tick;
 use gocron_shared::lock::{Fences, Won};
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
-use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret, Tls};
+use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret, Tls, WireRequest};
 use gocron_shared::runs::RunLog;
 use tarpc::client::RpcError;
 use tokio::sync::watch;
@@ -110,9 +110,9 @@ impl Dispatcher {
     /// Fires `tick` if this dispatcher wins it.
     pub async fn fire(self, tick: Tick) -> Handover {
         let (job, schedule) = (tick.job, tick.schedule);
-        let (following, trigger, tick) = (tick.following, tick.trigger, tick.at);
+        let (following, trigger, retry, tick) = (tick.following, tick.trigger, tick.retry, tick.at);
         let outcome = self
-            .fire_inner(&job, &schedule, tick, following, trigger)
+            .fire_inner(&job, &schedule, tick, following, trigger, retry)
             .await;
         if schedule.is_one_shot()
             && trigger == Trigger::Schedule
@@ -165,14 +165,16 @@ impl Dispatcher {
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
+        retry: Option<RetryOf>,
     ) -> Handover {
         let won = match self.win(job, tick, trigger).await {
             Ok(Some(won)) => won,
             Ok(None) => return Handover::Lost,
             Err(failed) => return failed,
         };
-        if trigger == Trigger::Manual {
-            return self.run(job, tick, following, trigger, won).await;
+        // A run-now or a retry is not a tick of the rule: nothing before it was missed.
+        if trigger != Trigger::Schedule {
+            return self.run(job, tick, following, trigger, retry, won).await;
         }
         // The ticks between the last one fired and this one were missed (every dispatcher was
         // down or stalled); so is this one if it comes too late.
@@ -180,7 +182,7 @@ impl Dispatcher {
         let late = (now - tick).to_std().unwrap_or_default() > self.inner.max_late;
         let mut missed = self.missed_before(job, schedule, won.scheduled_through, tick);
         if missed.is_empty() && !late {
-            return self.run(job, tick, following, trigger, won).await;
+            return self.run(job, tick, following, trigger, None, won).await;
         }
         let mut this = None;
         if late {
@@ -196,7 +198,7 @@ impl Dispatcher {
             Ok(None) => return Handover::Lost,
             Err(failed) => return failed,
         };
-        self.run(job, tick, following, trigger, won).await
+        self.run(job, tick, following, trigger, None, won).await
     }
 
     /// Marks a one-shot job done (`cron_job.done_at`): the monitor withdraws it, and it never
@@ -328,8 +330,15 @@ impl Dispatcher {
             };
             outcome = if run {
                 tracing::info!(job_id = job.id, tick = %at, policy = %job.misfire, "running a missed tick");
-                self.run(job, at, schedule.next_after(at), Trigger::Schedule, won)
-                    .await
+                self.run(
+                    job,
+                    at,
+                    schedule.next_after(at),
+                    Trigger::Schedule,
+                    None,
+                    won,
+                )
+                .await
             } else {
                 let why = format!(
                     "no dispatcher fired this tick in time (misfire policy {})",
@@ -381,6 +390,7 @@ impl Dispatcher {
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
+        retry: Option<RetryOf>,
         won: Won,
     ) -> Handover {
         let inner = &self.inner;
@@ -402,14 +412,22 @@ impl Dispatcher {
                 previous.run_id,
                 holder.as_deref().unwrap_or("?")
             );
-            return match inner.runs.skipped(job.id, tick, trigger, why.clone()).await {
+            return match inner
+                .runs
+                .skipped(job.id, tick, trigger, retry, why.clone())
+                .await
+            {
                 Ok(Some(_)) => Handover::Skipped(why),
                 Ok(None) => Handover::Lost,
                 Err(e) => Handover::Failed(format!("{why}; and recording the skip failed: {e}")),
             };
         }
 
-        let run_id = match inner.runs.insert(job.id, tick, trigger).await {
+        let run_id = match inner
+            .runs
+            .insert_attempt(job.id, tick, trigger, retry)
+            .await
+        {
             Ok(Some(id)) => id,
             // The lock said we won, yet the tick has a row: Redis lost the lock (restart,
             // failover). The unique key just stopped a duplicate run.
@@ -517,10 +535,12 @@ impl Dispatcher {
                 .get(executor.address, inner.rpc_timeout, &inner.tls)
                 .await
                 .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
-            match client
-                .start_run(rpc::context(inner.rpc_timeout), request.clone())
-                .await
-            {
+            let context = rpc::context(inner.rpc_timeout);
+            let answer = match request.to_wire() {
+                WireRequest::V1(request) => client.start_run(context, request).await,
+                WireRequest::Json(request) => client.start_run_json(context, request).await,
+            };
+            match answer {
                 Ok(Ok(accepted)) => return Ok(accepted.executor),
                 Ok(Err(Refused::AlreadyClaimed(why))) => return Err(Offer::InHand(why)),
                 Ok(Err(refused)) => return Err(Offer::Next(refused.to_string())),

@@ -9,6 +9,7 @@
 //! [`run`] is the whole daemon; `main` only parses flags and handles signals.
 
 pub mod dispatch;
+pub mod retry;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::Config;
-use gocron_shared::job::JobSpec;
+use gocron_shared::control::{RetryRequest, RunNow};
+use gocron_shared::job::{JobSpec, RetryOf};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, MirrorEvent, Registration};
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::{Dispatcher, Handover};
+use crate::retry::Retries;
 use crate::scheduler::Scheduler;
 
 /// How long hand-overs under way may take to finish at shutdown.
@@ -88,6 +91,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let mut jobs = registry::mirror(etcd.clone(), keys.jobs(), watches.clone());
     let mut requests = registry::mirror(etcd.clone(), keys.manual(), watches.clone());
+    let mut retry_requests = registry::mirror(etcd.clone(), keys.retries(), watches.clone());
+    let mut retries = Retries::default();
+    // Retries whose firing failed or was shed, to fire again.
+    let (again_tx, mut again) = tokio::sync::mpsc::unbounded_channel();
+    // Retries wait until the jobs are read: a job not known before that is not gone.
+    let mut jobs_read = false;
     let dispatcher = Dispatcher::new(
         config.rpc.secret.clone(),
         tls,
@@ -107,13 +116,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.dispatcher.max_late,
     );
     let ticks = Ticks::new(config.dispatcher.max_ticks_in_flight);
-    // Run-now requests for jobs not scheduled here (yet): (job, request instant, since when).
-    let mut waiting: Vec<(i64, DateTime<Utc>, std::time::Instant)> = Vec::new();
+    // Run-now requests for jobs not scheduled here (yet), and since when.
+    let mut waiting: Vec<(Request, std::time::Instant)> = Vec::new();
     tracing::info!(dispatcher = %name, "dispatcher ready");
 
     loop {
-        let sleep_ms = scheduler
-            .next_deadline()
+        let next_retry = retries.next_ms().filter(|_| jobs_read);
+        let sleep_ms = [scheduler.next_deadline(), next_retry]
+            .into_iter()
+            .flatten()
+            .min()
             .map_or(3_600_000, |at| (at - Utc::now().timestamp_millis()).max(0));
         tokio::select! {
             biased;
@@ -125,15 +137,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 match event {
                     Some(event) => {
                         let synced = scheduler.apply(event, Utc::now());
+                        jobs_read |= synced;
                         // A request that came before its job did is served now.
-                        waiting.retain(|(job_id, requested, since)| {
-                            match scheduler.manual(*job_id, *requested) {
+                        waiting.retain(|(request, since)| {
+                            match scheduler.manual(request.job_id, request.requested, &request.env) {
                                 Some(tick) => {
-                                    serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, *job_id, *requested);
+                                    serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, request);
                                     false
                                 }
                                 None if since.elapsed() > MANUAL_WAIT => {
-                                    tracing::warn!(job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
+                                    tracing::warn!(job_id = request.job_id, "run-now request for a job that is not scheduled (disabled, invalid or unknown); ignored");
                                     false
                                 }
                                 None => true,
@@ -153,20 +166,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
             Some(event) = requests.recv() => {
-                if let Some((job_id, requested)) = run_now_request(&keys, event) {
-                    match scheduler.manual(job_id, requested) {
-                        Some(tick) => serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, job_id, requested),
+                if let Some(request) = run_now_request(&keys, event) {
+                    match scheduler.manual(request.job_id, request.requested, &request.env) {
+                        Some(tick) => serve_manual(&dispatcher, &etcd, &keys, &ticks, tick, &request),
                         // The job's publication may still be on its way (another watch): the
                         // request waits for it a while.
                         None => {
-                            waiting.retain(|(j, r, _)| (*j, *r) != (job_id, requested));
-                            waiting.push((job_id, requested, std::time::Instant::now()));
+                            waiting.retain(|(r, _)| (r.job_id, r.requested) != (request.job_id, request.requested));
+                            waiting.push((request, std::time::Instant::now()));
                         }
                     }
                 }
             }
+            Some(event) = retry_requests.recv() => match event {
+                MirrorEvent::Put(key, value) => match retry_request(&keys, &key, &value) {
+                    Some((job_id, run_id, request)) => retries.put(job_id, run_id, request, request.due_ms),
+                    None => tracing::error!(%key, "retry request unreadable; ignored"),
+                },
+                MirrorEvent::Delete(key) => {
+                    if let Some((job_id, run_id)) = keys.retry_request(&key) {
+                        retries.delete(job_id, run_id);
+                    }
+                }
+                MirrorEvent::Resync | MirrorEvent::Synced => {}
+            },
+            Some((job_id, run_id, request)) = again.recv() => {
+                let later = Utc::now().timestamp_millis() + RETRY_AGAIN_MS;
+                retries.put(job_id, run_id, request, later);
+            }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
                 fire_due(&mut scheduler, &dispatcher, &ticks);
+                if jobs_read {
+                    for (job_id, run_id, request) in retries.due(Utc::now().timestamp_millis()) {
+                        fire_retry(&scheduler, &dispatcher, &etcd, &keys, &ticks, &again_tx, job_id, run_id, request);
+                    }
+                }
             }
         }
     }
@@ -248,8 +282,8 @@ impl Ticks {
         }
     }
 
-    /// Runs `fire` in a task of its own if a slot is free; sheds it otherwise.
-    fn spawn<F>(&self, fire: F)
+    /// Runs `fire` in a task of its own if a slot is free (`true`); sheds it otherwise.
+    fn spawn<F>(&self, fire: F) -> bool
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -260,6 +294,7 @@ impl Ticks {
                     let _slot = slot;
                     fire.await
                 });
+                true
             }
             Err(_) => {
                 let mut shed = self.shed.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,6 +312,7 @@ impl Ticks {
                     shed.logged = Some(std::time::Instant::now());
                     shed.count = 0;
                 }
+                false
             }
         }
     }
@@ -286,21 +322,27 @@ impl Ticks {
 /// after the request, through another watch) before it is ignored.
 const MANUAL_WAIT: Duration = Duration::from_secs(30);
 
-/// Fires the run-now request of `job_id` made at `requested`, and deletes the request once it
-/// is served (here or by another dispatcher).
+/// A run-now request read from etcd.
+struct Request {
+    job_id: i64,
+    requested: DateTime<Utc>,
+    /// Its variables, for this run only.
+    env: Vec<(String, String)>,
+}
+
+/// Fires a run-now request, and deletes it once it is served (here or by another dispatcher).
 fn serve_manual(
     dispatcher: &Dispatcher,
     etcd: &etcd_client::Client,
     keys: &EtcdKeys,
     ticks: &Ticks,
     tick: scheduler::Tick,
-    job_id: i64,
-    requested: DateTime<Utc>,
+    request: &Request,
 ) {
     let (dispatcher, mut etcd, key) = (
         dispatcher.clone(),
         etcd.clone(),
-        keys.manual_request_key(job_id, requested.timestamp_millis()),
+        keys.manual_request_key(request.job_id, request.requested.timestamp_millis()),
     );
     ticks.spawn(async move {
         if !matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
@@ -310,15 +352,86 @@ fn serve_manual(
     // (Left in etcd when shed: it is served at the request's next read.)
 }
 
-/// The (job id, instant) of the run-now request an etcd event brings, if any.
-fn run_now_request(keys: &EtcdKeys, event: MirrorEvent) -> Option<(i64, DateTime<Utc>)> {
+/// How long after a failed or shed firing a retry is fired again.
+const RETRY_AGAIN_MS: i64 = 1000;
+
+/// The (job id, run id, request) of a retry request's key and value.
+fn retry_request(keys: &EtcdKeys, key: &str, value: &[u8]) -> Option<(i64, i64, RetryRequest)> {
+    let (job_id, run_id) = keys.retry_request(key)?;
+    let request = serde_json::from_slice(value).ok()?;
+    Some((job_id, run_id, request))
+}
+
+/// Fires the retry of run `run_id` of job `job_id`, and deletes its request once it is served
+/// (here or by another dispatcher); sends it to `again` when it could not be.
+#[allow(clippy::too_many_arguments)]
+fn fire_retry(
+    scheduler: &Scheduler,
+    dispatcher: &Dispatcher,
+    etcd: &etcd_client::Client,
+    keys: &EtcdKeys,
+    ticks: &Ticks,
+    again: &tokio::sync::mpsc::UnboundedSender<(i64, i64, RetryRequest)>,
+    job_id: i64,
+    run_id: i64,
+    request: RetryRequest,
+) {
+    let key = keys.retry_request_key(job_id, run_id);
+    let retry = RetryOf {
+        attempt: request.attempt,
+        first_run: request.first_run,
+    };
+    let Some(due) = Utc.timestamp_millis_opt(request.due_ms).single() else {
+        return;
+    };
+    let mut etcd = etcd.clone();
+    let Some(tick) = scheduler.retry(job_id, due, retry) else {
+        // Disabled, invalid or deleted since: not run. Every dispatcher agrees.
+        tracing::warn!(
+            job_id,
+            run_id,
+            "retry of a job that is not scheduled (disabled, invalid or deleted); dropped"
+        );
+        tokio::spawn(async move {
+            let _ = etcd.delete(key, None).await;
+        });
+        return;
+    };
+    let (dispatcher, again_tx) = (dispatcher.clone(), again.clone());
+    let fired = ticks.spawn(async move {
+        if matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
+            let _ = again_tx.send((job_id, run_id, request));
+        } else {
+            let _ = etcd.delete(key, None).await;
+        }
+    });
+    if !fired {
+        let _ = again.send((job_id, run_id, request));
+    }
+}
+
+/// The run-now request an etcd event brings, if any.
+fn run_now_request(keys: &EtcdKeys, event: MirrorEvent) -> Option<Request> {
     // A request read by a (re)read of the prefix is served like a new one: the tick lock makes
     // it run once.
-    let MirrorEvent::Put(key, _) = event else {
+    let MirrorEvent::Put(key, value) = event else {
         return None;
     };
     let (job_id, ms) = keys.manual_request(&key)?;
-    Some((job_id, Utc.timestamp_millis_opt(ms).single()?))
+    let env = match RunNow::decode(&value) {
+        Ok(request) => request.env,
+        // Written by a tool of another release: not run without what it asked for (its lease
+        // makes it lapse).
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "run-now request unreadable; ignored");
+            return None;
+        }
+    };
+    Some(Request {
+        job_id,
+        requested: Utc.timestamp_millis_opt(ms).single()?,
+        env,
+    })
 }
 
 /// Hands every tick due now to its own task.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
-use gocron_shared::job::{JobSpec, Trigger};
+use gocron_shared::job::{JobSpec, RetryOf, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::registry::{MirrorEvent, Resync};
 use gocron_shared::rule::Schedule;
@@ -33,8 +33,10 @@ pub struct Tick {
     pub at: DateTime<Utc>,
     /// The job's following tick, if any: a run with `timeout_secs = 0` may last until then.
     pub following: Option<DateTime<Utc>>,
-    /// A tick of the rule, or an operator's run-now request made at `at`.
+    /// A tick of the rule, an operator's run-now request made at `at`, or a retry due at `at`.
     pub trigger: Trigger,
+    /// For a retry, which attempt it is and of which run.
+    pub retry: Option<RetryOf>,
 }
 
 /// Every job this dispatcher schedules.
@@ -51,16 +53,44 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// The tick of a run-now request for job `job_id` made at `requested` (`None`: the job is
-    /// not scheduled here, e.g. disabled or invalid).
-    pub fn manual(&self, job_id: i64, requested: DateTime<Utc>) -> Option<Tick> {
+    /// The tick of a run-now request for job `job_id` made at `requested`, the request's `env`
+    /// on top of the job's (`None`: the job is not scheduled here, e.g. disabled or invalid).
+    pub fn manual(
+        &self,
+        job_id: i64,
+        requested: DateTime<Utc>,
+        env: &[(String, String)],
+    ) -> Option<Tick> {
         let entry = self.jobs.get(&job_id)?;
+        let job = if env.is_empty() {
+            entry.spec.clone()
+        } else {
+            let mut job = JobSpec::clone(&entry.spec);
+            job.env.retain(|(k, _)| env.iter().all(|(key, _)| key != k));
+            job.env.extend(env.iter().cloned());
+            Arc::new(job)
+        };
         Some(Tick {
-            job: entry.spec.clone(),
+            job,
             schedule: entry.schedule.clone(),
             at: requested,
             following: entry.schedule.next_after(requested),
             trigger: Trigger::Manual,
+            retry: None,
+        })
+    }
+
+    /// The tick of a retry of job `job_id` due at `due` (`None`: the job is not scheduled here:
+    /// disabled, invalid, deleted).
+    pub fn retry(&self, job_id: i64, due: DateTime<Utc>, retry: RetryOf) -> Option<Tick> {
+        let entry = self.jobs.get(&job_id)?;
+        Some(Tick {
+            job: entry.spec.clone(),
+            schedule: entry.schedule.clone(),
+            at: due,
+            following: entry.schedule.next_after(due),
+            trigger: Trigger::Retry,
+            retry: Some(retry),
         })
     }
 
@@ -255,6 +285,7 @@ impl Scheduler {
                 at: tick,
                 following,
                 trigger: Trigger::Schedule,
+                retry: None,
             });
             if let Some(next) = following {
                 self.queue
@@ -290,6 +321,7 @@ impl Scheduler {
             at,
             following: schedule.next_after(at),
             trigger: Trigger::Schedule,
+            retry: None,
         })
     }
 }
@@ -329,6 +361,8 @@ mod tests {
             timeout_policy: TimeoutPolicy::Abandon,
             time_zone: String::new(),
             misfire: Default::default(),
+            env: Vec::new(),
+            workdir: String::new(),
         }
     }
 

@@ -274,6 +274,9 @@ impl Runner {
             // secret) reaches a job unless `pass_env` names it.
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // The job's own variables may replace the base ones (`PATH`), never gocron's (keys
+            // `GOCRON_*` are refused, and those come after).
+            .envs(request.job.env.iter().map(|(k, v)| (k, v)))
             .env("GOCRON_JOB_ID", request.job.id.to_string())
             .env("GOCRON_JOB_NAME", &request.job.name)
             .env("GOCRON_RUN_ID", request.run_id.to_string())
@@ -284,6 +287,9 @@ impl Runner {
             .stderr(Stdio::piped())
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
+        if !request.job.workdir.is_empty() {
+            command.current_dir(&request.job.workdir);
+        }
         if let Some(user) = &self.run_as {
             // std drops the supplementary groups when a root parent switches the uid.
             // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
@@ -295,7 +301,14 @@ impl Runner {
                 return Outcome {
                     status: RunStatus::Failed,
                     exit_code: None,
-                    error: Some(format!("cannot start {}: {e}", self.shell)),
+                    error: Some(if request.job.workdir.is_empty() {
+                        format!("cannot start {}: {e}", self.shell)
+                    } else {
+                        format!(
+                            "cannot start {} in workdir {}: {e}",
+                            self.shell, request.job.workdir
+                        )
+                    }),
                     output: String::new(),
                 };
             }

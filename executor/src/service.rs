@@ -11,7 +11,7 @@ use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::rpc::{
     Accepted, ExecutorRpc, KillRequest, MAX_OUTPUT_WAIT, OutputChunk, OutputRequest, Refused,
-    RunRequest, Secret,
+    RunRequest, Secret, v1,
 };
 use gocron_shared::runs::{RUNNING_AFTER, RunLog};
 use tokio::sync::Semaphore;
@@ -93,12 +93,9 @@ impl Service {
     }
 }
 
-impl ExecutorRpc for Service {
-    async fn start_run(
-        self,
-        _: tarpc::context::Context,
-        request: RunRequest,
-    ) -> Result<Accepted, Refused> {
+impl Service {
+    /// Claims and starts a run, whichever shape its request came in.
+    async fn start(self, request: RunRequest) -> Result<Accepted, Refused> {
         let inner = &self.inner;
         // Before anything else: only our dispatchers may make this machine run a command.
         if !inner.secret.matches(&request.secret) {
@@ -214,6 +211,27 @@ impl ExecutorRpc for Service {
         Ok(Accepted {
             executor: inner.label.clone(),
         })
+    }
+}
+
+impl ExecutorRpc for Service {
+    async fn start_run(
+        self,
+        _: tarpc::context::Context,
+        request: v1::RunRequest,
+    ) -> Result<Accepted, Refused> {
+        self.start(request.into()).await
+    }
+
+    async fn start_run_json(
+        self,
+        _: tarpc::context::Context,
+        request: String,
+    ) -> Result<Accepted, Refused> {
+        let request = RunRequest::from_json(&request).inspect_err(|e| {
+            tracing::warn!(peer = ?self.peer, error = %e, "refused a run request that does not decode");
+        })?;
+        self.start(request).await
     }
 
     async fn kill_run(

@@ -25,8 +25,10 @@ use chrono_tz::Tz;
 use gocron_shared::alarm::AlarmKind;
 use gocron_shared::alarm::config::AlarmConfig;
 use gocron_shared::alarm::message::{AlarmFacts, JobFacts, RunFacts};
+use gocron_shared::control::{self, RetryRequest};
 use gocron_shared::entity::{job, run};
-use gocron_shared::job::{RunStatus, validate};
+use gocron_shared::job::{RunStatus, is_retried, retry_delay, validate};
+use gocron_shared::keys::EtcdKeys;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rule::Schedule;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -77,6 +79,8 @@ pub struct JobRecord {
     alarm_mobiles: Box<str>,
     timeout_secs: i32,
     timeout_policy: Box<str>,
+    retries: i32,
+    retry_delay_secs: i32,
 }
 
 /// Feeds formatted text to a hasher, without building the text.
@@ -109,6 +113,8 @@ impl JobRecord {
             alarm_mobiles: row.alarm_mobiles.as_str().into(),
             timeout_secs: row.timeout_secs,
             timeout_policy: row.timeout_policy.as_str().into(),
+            retries: row.retries,
+            retry_delay_secs: row.retry_delay_secs,
         }
     }
 
@@ -173,6 +179,10 @@ pub struct Checker {
     orphans: Vec<(i64, i64)>,
     runs: RunLog,
     fences: Fences,
+    etcd: etcd_client::Client,
+    keys: EtcdKeys,
+    /// Retries to request, found by this pass: (job, run to retry, request).
+    retries: Vec<(i64, i64, RetryRequest)>,
 }
 
 /// What the checks need besides the alarm store.
@@ -183,6 +193,10 @@ pub struct Seams {
     pub runs: RunLog,
     /// The tick ledger.
     pub ledger: Ledger,
+    /// etcd, for retry requests.
+    pub etcd: etcd_client::Client,
+    /// etcd's key layout.
+    pub keys: EtcdKeys,
 }
 
 /// What one pass did, for logs and tests.
@@ -225,6 +239,9 @@ impl Checker {
             orphans: Vec::new(),
             runs: seams.runs,
             fences: seams.fences,
+            etcd: seams.etcd,
+            keys: seams.keys,
+            retries: Vec::new(),
             store,
             config,
             machines,
@@ -356,6 +373,19 @@ impl Checker {
         let found = self.find(&jobs, live, now).await;
         self.jobs = jobs;
         let findings = found?;
+        // Before the marks move past the runs to retry: a request not put is found again.
+        for (job_id, run_id, request) in std::mem::take(&mut self.retries) {
+            control::request_retry(&mut self.etcd, &self.keys, job_id, run_id, &request)
+                .await
+                .map_err(|e| DbErr::Custom(format!("requesting a retry of run {run_id}: {e}")))?;
+            tracing::info!(
+                job_id,
+                run_id,
+                attempt = request.attempt,
+                due_ms = request.due_ms,
+                "retry requested"
+            );
+        }
         self.gauge(live);
         self.settle_orphans().await;
         let db = self.store.db().clone();
@@ -751,14 +781,31 @@ impl Checker {
             | RunStatus::Lost
             | RunStatus::NoExecutor
             | RunStatus::Skipped => {
+                let record = jobs.get(&row.job_id);
+                if let Some(request) = retry(row, status, record) {
+                    // Not alarmed: the last attempt's failure is.
+                    self.retries.push((row.job_id, row.id, request));
+                    self.open.remove(&row.id);
+                    return;
+                }
                 let why = row.error.as_deref().unwrap_or("no reason recorded");
+                let retries = record.map_or(0, |j| j.retries);
+                let attempts = if row.attempt > 1 || retries > 0 {
+                    format!(
+                        " (attempt {} of {}, none left)",
+                        row.attempt,
+                        row.attempt.max(retries + 1)
+                    )
+                } else {
+                    String::new()
+                };
                 findings.push(self.finding(
                     format!("run_failed:run={}", row.id),
                     AlarmKind::RunFailed,
                     jobs,
                     job,
                     Some(row),
-                    format!("run {} ended {}: {why}", row.id, row.status),
+                    format!("run {} ended {}: {why}{attempts}", row.id, row.status),
                 ));
                 let last = self.failing.entry(row.job_id).or_insert(row.id);
                 *last = (*last).max(row.id);
@@ -1069,21 +1116,23 @@ impl Checker {
     }
 }
 
-/// A run row without its output, which can be 64 KiB: (id, job_id, scheduled_at, status,
-/// executor, started_at, finished_at, exit_code, error, trigger, overrun_at).
-type RunHead = (
-    i64,
-    i64,
-    DateTime<Utc>,
-    String,
-    String,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<i32>,
-    Option<String>,
-    String,
-    Option<DateTime<Utc>>,
-);
+/// A run row without its output, which can be 64 KiB.
+#[derive(Debug, sea_orm::FromQueryResult)]
+struct RunHead {
+    id: i64,
+    job_id: i64,
+    scheduled_at: DateTime<Utc>,
+    status: String,
+    executor: String,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    trigger: String,
+    overrun_at: Option<DateTime<Utc>>,
+    attempt: i32,
+    retry_of: Option<i64>,
+}
 
 /// A query of run rows without their output.
 fn heads() -> sea_orm::Select<run::Entity> {
@@ -1100,6 +1149,8 @@ fn heads() -> sea_orm::Select<run::Entity> {
         C::Error,
         C::Trigger,
         C::OverrunAt,
+        C::Attempt,
+        C::RetryOf,
     ])
 }
 
@@ -1108,22 +1159,24 @@ async fn read_runs(
     db: &sea_orm::DatabaseConnection,
     query: sea_orm::Select<run::Entity>,
 ) -> Result<Vec<run::Model>, DbErr> {
-    let heads: Vec<RunHead> = query.into_tuple().all(db).await?;
+    let heads: Vec<RunHead> = query.into_model().all(db).await?;
     let mut rows: Vec<run::Model> = heads
         .into_iter()
         .map(|h| run::Model {
-            id: h.0,
-            job_id: h.1,
-            scheduled_at: h.2,
-            status: h.3,
-            executor: h.4,
-            started_at: h.5,
-            finished_at: h.6,
-            exit_code: h.7,
+            id: h.id,
+            job_id: h.job_id,
+            scheduled_at: h.scheduled_at,
+            status: h.status,
+            executor: h.executor,
+            started_at: h.started_at,
+            finished_at: h.finished_at,
+            exit_code: h.exit_code,
             output: None,
-            error: h.8,
-            trigger: h.9,
-            overrun_at: h.10,
+            error: h.error,
+            trigger: h.trigger,
+            overrun_at: h.overrun_at,
+            attempt: h.attempt,
+            retry_of: h.retry_of,
         })
         .collect();
     let failed: Vec<i64> = rows
@@ -1149,6 +1202,21 @@ async fn read_runs(
         }
     }
     Ok(rows)
+}
+
+/// The request to retry run `row`, which ended `status`, when its job has attempts left.
+fn retry(row: &run::Model, status: RunStatus, job: Option<&JobRecord>) -> Option<RetryRequest> {
+    let job = job?;
+    if !is_retried(status) || row.attempt > job.retries {
+        return None;
+    }
+    let ended = row.finished_at.unwrap_or(row.scheduled_at);
+    let due = ended + retry_delay(job.retry_delay_secs, row.attempt);
+    Some(RetryRequest {
+        due_ms: due.timestamp_millis(),
+        attempt: row.attempt + 1,
+        first_run: row.retry_of.unwrap_or(row.id),
+    })
 }
 
 /// Whether a run status is a `run_failed` alarm.

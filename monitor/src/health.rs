@@ -90,6 +90,8 @@ pub async fn run(
             fences,
             runs: RunLog::spawn(db_for_runs),
             ledger: Ledger::new(settle(config), config.dispatcher.catchup, alarm.grace),
+            etcd: etcd.clone(),
+            keys: keys.clone(),
         },
     );
     let mut executors = registry::live_executors(etcd.clone(), keys, shutdown.child_token());

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use etcd_client::{Client, PutOptions};
+use serde::{Deserialize, Serialize};
 
 use crate::keys::EtcdKeys;
 use crate::live::Holder;
@@ -45,24 +46,84 @@ pub enum ControlError {
     /// Occurs when the executor cannot be reached.
     #[error("executor {0}: {1}")]
     Unreachable(String, String),
+    /// Occurs when a run-now's variables are not `KEY=VALUE` lines.
+    #[error("env {0}")]
+    Env(String),
     /// Occurs when the executor refuses (wrong secret, or it no longer runs it).
     #[error("executor {0} refused: {1}")]
     Refused(String, Refused),
 }
 
-/// Asks the dispatchers to run job `job_id` now; returns the request's instant, which is the
-/// run row's `scheduled_at` (with `trigger = 'manual'`).
+/// What a run-now request's etcd value holds, as JSON (an empty value is a request with
+/// nothing more, as the first releases wrote it).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunNow {
+    /// Variables for this run only, on top of the job's `env` (replacing those of the same name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+impl RunNow {
+    /// Reads a request's value; an empty one is a plain request.
+    pub fn decode(value: &[u8]) -> Result<RunNow, String> {
+        if value.is_empty() {
+            return Ok(RunNow::default());
+        }
+        serde_json::from_slice(value).map_err(|e| format!("run-now request: {e}"))
+    }
+}
+
+/// A retry request's etcd value (`{prefix}/retry/{job}/{run}`, JSON): the monitor puts it when
+/// run `run` ended so that its job runs it again; the dispatcher that fires the retry deletes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryRequest {
+    /// When the retry is due (Unix ms): its run row's `scheduled_at`, and its lock's instant.
+    pub due_ms: i64,
+    /// Which attempt it is (2 for the first retry).
+    pub attempt: i32,
+    /// The first attempt's run id (`cron_run.retry_of`).
+    pub first_run: i64,
+}
+
+/// Puts the request to retry run `run_id` of job `job_id` (no lease: it waits for a dispatcher
+/// however long that takes). Putting the same request twice is harmless: its lock and the run
+/// row's unique key make it run once.
+pub async fn request_retry(
+    etcd: &mut Client,
+    keys: &EtcdKeys,
+    job_id: i64,
+    run_id: i64,
+    request: &RetryRequest,
+) -> Result<(), ControlError> {
+    let value = serde_json::to_string(request).unwrap_or_default();
+    etcd.put(keys.retry_request_key(job_id, run_id), value, None)
+        .await?;
+    Ok(())
+}
+
+/// Asks the dispatchers to run job `job_id` now, with the variables of `env` (`KEY=VALUE`
+/// lines, see [`crate::job::parse_env`]) for this run only; returns the request's instant,
+/// which is the run row's `scheduled_at` (with `trigger = 'manual'`).
 pub async fn run_now(
     etcd: &mut Client,
     keys: &EtcdKeys,
     job_id: i64,
+    env: &str,
 ) -> Result<DateTime<Utc>, ControlError> {
+    let request = RunNow {
+        env: crate::job::parse_env(env).map_err(ControlError::Env)?,
+    };
+    let value = if request == RunNow::default() {
+        String::new()
+    } else {
+        serde_json::to_string(&request).unwrap_or_default()
+    };
     let now = Utc::now();
     let ms = now.timestamp_millis();
     let lease = etcd.lease_grant(REQUEST_TTL_SECS, None).await?;
     etcd.put(
         keys.manual_request_key(job_id, ms),
-        "",
+        value,
         Some(PutOptions::new().with_lease(lease.id())),
     )
     .await?;

@@ -123,9 +123,45 @@ pub enum Trigger {
     Schedule,
     /// An operator asked for it.
     Manual,
+    /// An earlier attempt of it ended `failed`, `timeout`, `lost` or `no_executor`, and the
+    /// job has `retries` left.
+    Retry,
 }
 
-text_enum!(Trigger, "trigger", Trigger::Schedule => "schedule", Trigger::Manual => "manual");
+text_enum!(Trigger, "trigger", Trigger::Schedule => "schedule", Trigger::Manual => "manual",
+    Trigger::Retry => "retry");
+
+/// The most `cron_job.retries`.
+pub const MAX_RETRIES: i32 = 100;
+
+/// The longest delay before a retry (the doubling stops there).
+pub const MAX_RETRY_DELAY_SECS: i64 = 3600;
+
+/// What makes a run a retry: which attempt it is (the first run is attempt 1) and the first
+/// run's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOf {
+    /// `cron_run.attempt`: 2 for the first retry.
+    pub attempt: i32,
+    /// `cron_run.retry_of`: the first attempt's run id.
+    pub first_run: i64,
+}
+
+/// How long after attempt `attempt` ended the next one starts: `first_delay_secs`, doubling
+/// with each attempt, at most [`MAX_RETRY_DELAY_SECS`].
+pub fn retry_delay(first_delay_secs: i32, attempt: i32) -> chrono::Duration {
+    let doublings = (attempt.max(1) - 1).min(32) as u32;
+    let secs = i64::from(first_delay_secs.max(0)).saturating_mul(1_i64 << doublings);
+    chrono::Duration::seconds(secs.min(MAX_RETRY_DELAY_SECS))
+}
+
+/// Whether a run ending in `status` is retried (when its job has retries left).
+pub fn is_retried(status: RunStatus) -> bool {
+    matches!(
+        status,
+        RunStatus::Failed | RunStatus::Timeout | RunStatus::Lost | RunStatus::NoExecutor
+    )
+}
 
 /// A validated, enabled job: what the monitor publishes and dispatchers schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +187,14 @@ pub struct JobSpec {
     /// `cron_job.misfire`.
     #[serde(default)]
     pub misfire: Misfire,
+    /// `cron_job.env`, parsed: the variables a shell job's command gets on top of the
+    /// executor's base environment ([`parse_env`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// `cron_job.workdir`: the directory a shell job's command starts in; empty = the
+    /// executor's own working directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workdir: String,
 }
 
 impl JobSpec {
@@ -198,10 +242,16 @@ pub enum JobError {
     /// Occurs when `command` is empty.
     #[error("command is empty")]
     EmptyCommand,
+    /// Occurs when `env` is not `KEY=VALUE` lines, or sets a variable it may not.
+    #[error("env {0}")]
+    Env(String),
+    /// Occurs when `workdir` is not an absolute path, or is set on an `http` job.
+    #[error("workdir {0}")]
+    Workdir(String),
     /// Occurs when the job's texts (command, name, rule, machine, time zone) are too long to be
     /// handed to an executor in one run request (see [`crate::rpc::MAX_FRAME_BYTES`]).
     #[error(
-        "command, name and rule take {bytes} bytes; at most {MAX_JOB_TEXT_BYTES} fit in a run request"
+        "command, name, rule, env and workdir take {bytes} bytes; at most {MAX_JOB_TEXT_BYTES} fit in a run request"
     )]
     TooLong {
         /// Their length together, in bytes.
@@ -212,6 +262,79 @@ pub enum JobError {
 /// The most bytes a job's texts may take together: a run request must fit in one RPC frame
 /// ([`crate::rpc::MAX_FRAME_BYTES`]), with room for the rest of the request.
 pub const MAX_JOB_TEXT_BYTES: usize = 128 * 1024;
+
+/// The longest `cron_job.env` (characters; the column is `VARCHAR(4096)` on MySQL/MariaDB).
+pub const MAX_ENV_CHARS: usize = 4096;
+
+/// The longest `cron_job.workdir` (characters; the column is `VARCHAR(1024)`).
+pub const MAX_WORKDIR_CHARS: usize = 1024;
+
+/// Parses `KEY=VALUE` lines (`cron_job.env`, or a run-now's extra variables): blank lines and
+/// lines starting with `#` are skipped; the key (spaces around it trimmed) is a letter or `_`
+/// then letters, digits and `_`, not starting with `GOCRON_` (gocron's own variables), each key
+/// once; the value is the rest of the line after the first `=`, taken literally except that
+/// one pair of surrounding double or single quotes is removed. The error names the line.
+pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {n}: {trimmed:?} is not KEY=VALUE"));
+        };
+        let key = key.trim();
+        let mut chars = key.chars();
+        let well_formed = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !well_formed {
+            return Err(format!(
+                "line {n}: {key:?} is not a variable name (a letter or _, then letters, digits, _)"
+            ));
+        }
+        if key.to_ascii_uppercase().starts_with("GOCRON_") {
+            return Err(format!(
+                "line {n}: {key} is gocron's own (GOCRON_* variables are set by gocron)"
+            ));
+        }
+        if vars.iter().any(|(k, _)| k == key) {
+            return Err(format!("line {n}: {key} is set twice"));
+        }
+        if value.contains('\0') {
+            return Err(format!("line {n}: the value of {key} holds a NUL byte"));
+        }
+        let unquoted = ['"', '\''].iter().find_map(|q| {
+            value
+                .strip_prefix(*q)
+                .and_then(|v| v.strip_suffix(*q))
+                .filter(|_| value.len() >= 2)
+        });
+        vars.push((key.to_owned(), unquoted.unwrap_or(value).to_owned()));
+    }
+    Ok(vars)
+}
+
+/// Checks `cron_job.workdir`: empty, or an absolute path.
+fn check_workdir(workdir: &str) -> Result<(), JobError> {
+    if workdir.chars().count() > MAX_WORKDIR_CHARS {
+        return Err(JobError::Workdir(format!(
+            "is longer than {MAX_WORKDIR_CHARS} characters"
+        )));
+    }
+    if workdir.contains('\0') {
+        return Err(JobError::Workdir("holds a NUL byte".into()));
+    }
+    if !workdir.is_empty() && !workdir.starts_with('/') {
+        return Err(JobError::Workdir(format!(
+            "{workdir:?} is not an absolute path"
+        )));
+    }
+    Ok(())
+}
 
 /// Checks a row against the rules and the machine groups.
 pub fn validate(
@@ -235,16 +358,45 @@ pub fn validate(
         timeout_policy: row.timeout_policy.parse().map_err(JobError::Column)?,
         time_zone: row.time_zone.trim().to_owned(),
         misfire: row.misfire.parse().map_err(JobError::Column)?,
+        env: Vec::new(),
+        workdir: row.workdir.trim().to_owned(),
     };
     if spec.command.trim().is_empty() {
         return Err(JobError::EmptyCommand);
     }
+    if !(0..=MAX_RETRIES).contains(&row.retries) {
+        return Err(JobError::Column(format!(
+            "retries {} must be between 0 and {MAX_RETRIES}",
+            row.retries
+        )));
+    }
+    if !(0..=MAX_RETRY_DELAY_SECS).contains(&i64::from(row.retry_delay_secs)) {
+        return Err(JobError::Column(format!(
+            "retry_delay_secs {} must be between 0 and {MAX_RETRY_DELAY_SECS}",
+            row.retry_delay_secs
+        )));
+    }
+    if row.env.chars().count() > MAX_ENV_CHARS {
+        return Err(JobError::Env(format!(
+            "is longer than {MAX_ENV_CHARS} characters"
+        )));
+    }
+    let env = parse_env(&row.env).map_err(JobError::Env)?;
+    check_workdir(&spec.workdir)?;
+    if spec.kind == JobKind::Http && !(env.is_empty() && spec.workdir.is_empty()) {
+        return Err(JobError::Column(
+            "env and workdir apply to shell jobs only (this one is kind http)".into(),
+        ));
+    }
+    let spec = JobSpec { env, ..spec };
     let bytes = [
         &spec.command,
         &spec.name,
         &spec.rule,
         &spec.machine,
         &spec.time_zone,
+        &row.env,
+        &spec.workdir,
     ]
     .iter()
     .map(|text| text.len())
@@ -286,6 +438,10 @@ mod tests {
             last_error: None,
             misfire: "skip".into(),
             done_at: None,
+            env: String::new(),
+            workdir: String::new(),
+            retries: 0,
+            retry_delay_secs: 10,
         }
     }
 
@@ -332,6 +488,36 @@ mod tests {
                 Box::new(|r| r.command = "x".repeat(MAX_JOB_TEXT_BYTES)),
                 "at most 131072 fit in a run request",
             ),
+            (
+                Box::new(|r| r.env = "A=1\nnot a pair".into()),
+                "env line 2: \"not a pair\" is not KEY=VALUE",
+            ),
+            (
+                Box::new(|r| r.env = "GOCRON_RUN_ID=5".into()),
+                "env line 1: GOCRON_RUN_ID is gocron's own",
+            ),
+            (Box::new(|r| r.env = "A=1\nA=2".into()), "A is set twice"),
+            (
+                Box::new(|r| r.retries = -1),
+                "retries -1 must be between 0 and 100",
+            ),
+            (
+                Box::new(|r| r.retry_delay_secs = 3601),
+                "retry_delay_secs 3601 must be between 0 and 3600",
+            ),
+            (Box::new(|r| r.env = "1A=x".into()), "not a variable name"),
+            (Box::new(|r| r.env = "A=x".repeat(2000)), "longer than 4096"),
+            (
+                Box::new(|r| r.workdir = "tmp/work".into()),
+                "workdir \"tmp/work\" is not an absolute path",
+            ),
+            (
+                Box::new(|r| {
+                    r.kind = "http".into();
+                    r.env = "A=1".into();
+                }),
+                "env and workdir apply to shell jobs only",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut r = row();
@@ -339,6 +525,44 @@ mod tests {
             let err = validate(&r, &groups, Tz::UTC).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
         }
+    }
+
+    #[test]
+    fn env_lines_parse_like_a_simple_env_file() {
+        let text = "# comment\n\n  PATH=/opt/bin:/usr/bin\nQUOTED=\"a b\"\nSINGLE='c'\nEMPTY=\nEQ=x=y\r\nHALF=\"\n";
+        let vars = parse_env(text).unwrap();
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("PATH", "/opt/bin:/usr/bin"),
+                ("QUOTED", "a b"),
+                ("SINGLE", "c"),
+                ("EMPTY", ""),
+                ("EQ", "x=y"),
+                ("HALF", "\""),
+            ]
+        );
+        let mut r = row();
+        r.env = text.into();
+        r.workdir = " /srv/app ".into();
+        let spec = validate(&r, &MachineGroups::default(), Tz::UTC).unwrap();
+        assert_eq!(spec.env, vars);
+        assert_eq!(spec.workdir, "/srv/app");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_an_hour() {
+        let secs = |first, attempt| retry_delay(first, attempt).num_seconds();
+        assert_eq!(
+            [1, 2, 3, 4].map(|a| secs(10, a)),
+            [10, 20, 40, 80],
+            "attempt 1 ended: the first delay"
+        );
+        assert_eq!(secs(10, 12), 3600);
+        assert_eq!(secs(0, 5), 0);
+        assert_eq!(secs(3600, 100), 3600);
+        assert_eq!("retry".parse::<Trigger>().unwrap(), Trigger::Retry);
     }
 
     #[test]

@@ -89,6 +89,22 @@ impl EtcdKeys {
         Some((job.parse().ok()?, ms.parse().ok()?))
     }
 
+    /// The folder of retry requests.
+    pub fn retries(&self) -> String {
+        format!("{}/retry/", self.prefix)
+    }
+
+    /// The request to retry run `run_id` of job `job_id`.
+    pub fn retry_request_key(&self, job_id: i64, run_id: i64) -> String {
+        format!("{}{job_id}/{run_id}", self.retries())
+    }
+
+    /// The (job id, run id) of a key under [`EtcdKeys::retries`].
+    pub fn retry_request(&self, key: &str) -> Option<(i64, i64)> {
+        let (job, run) = key.strip_prefix(&self.retries())?.split_once('/')?;
+        Some((job.parse().ok()?, run.parse().ok()?))
+    }
+
     /// The job id of a key under [`EtcdKeys::jobs`].
     pub fn job_id(&self, key: &str) -> Option<i64> {
         key.strip_prefix(&self.jobs())?.parse().ok()
@@ -117,6 +133,11 @@ impl RedisKeys {
     /// The lock of one run-now request of one job.
     pub fn manual(&self, job_id: i64, requested_ms: i64) -> String {
         format!("{}:manual:{job_id}:{requested_ms}", self.prefix)
+    }
+
+    /// The lock of one retry of one job, at the instant it is due.
+    pub fn retry(&self, job_id: i64, due_ms: i64) -> String {
+        format!("{}:retry:{job_id}:{due_ms}", self.prefix)
     }
 
     /// How far a job has been scheduled: its latest tick fired (Unix ms).
@@ -193,5 +214,9 @@ mod tests {
         assert_eq!(k.manual_request_key(4, 99), "/gocron/manual/4/99");
         assert_eq!(k.manual_request("/gocron/manual/4/99"), Some((4, 99)));
         assert_eq!(k.manual_request("/gocron/manual/4"), None);
+        assert_eq!(r.retry(4, 99), "gc:retry:4:99");
+        assert_eq!(k.retry_request_key(4, 12), "/gocron/retry/4/12");
+        assert_eq!(k.retry_request("/gocron/retry/4/12"), Some((4, 12)));
+        assert_eq!(k.retry_request("/gocron/manual/4/12"), None);
     }
 }

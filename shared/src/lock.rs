@@ -165,6 +165,7 @@ impl Fences {
         let key = match trigger {
             Trigger::Schedule => self.keys.tick(job_id, scheduled_ms),
             Trigger::Manual => self.keys.manual(job_id, scheduled_ms),
+            Trigger::Retry => self.keys.retry(job_id, scheduled_ms),
         };
         let reply: Vec<redis::Value> = self
             .acquire

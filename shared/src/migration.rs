@@ -26,6 +26,8 @@ impl MigratorTrait for Migrator {
             Box::new(PoliciesAndAlarms),
             Box::new(JobChanges),
             Box::new(Audit),
+            Box::new(JobEnvironment),
+            Box::new(Retries),
         ]
     }
 
@@ -325,18 +327,42 @@ async fn has_column(
     Ok(row.try_get::<i64>("", "n")? > 0)
 }
 
+/// Adds each of `columns` that its table lacks.
+async fn add_columns(
+    db: &SchemaManagerConnection<'_>,
+    columns: &[(&str, &str, [&str; 3])],
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    for (table, column, types) in columns {
+        if !has_column(db, table, column).await? {
+            let ty = by_backend(backend, *types)?;
+            db.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops each of `columns` that its table has.
+async fn drop_columns(
+    db: &SchemaManagerConnection<'_>,
+    columns: &[(&str, &str, [&str; 3])],
+) -> Result<(), DbErr> {
+    for (table, column, _) in columns {
+        if has_column(db, table, column).await? {
+            db.execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for PoliciesAndAlarms {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         let backend = db.get_database_backend();
-        for (table, column, types) in COLUMNS_0002 {
-            if !has_column(db, table, column).await? {
-                let ty = by_backend(backend, *types)?;
-                db.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
-                    .await?;
-            }
-        }
+        add_columns(db, COLUMNS_0002).await?;
         for statement in by_backend(backend, [SQLITE_0002, MYSQL_0002, POSTGRES_0002])? {
             db.execute_unprepared(statement).await?;
         }
@@ -349,13 +375,7 @@ impl MigrationTrait for PoliciesAndAlarms {
             .await?;
         db.execute_unprepared("DROP TABLE IF EXISTS cron_alarm")
             .await?;
-        for (table, column, _) in COLUMNS_0002 {
-            if has_column(db, table, column).await? {
-                db.execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
-                    .await?;
-            }
-        }
-        Ok(())
+        drop_columns(db, COLUMNS_0002).await
     }
 }
 
@@ -561,5 +581,81 @@ impl MigrationTrait for Audit {
         db.execute_unprepared("DROP TABLE IF EXISTS cron_audit")
             .await?;
         Ok(())
+    }
+}
+
+/// A shell job's own environment and working directory (`cron_job.env`, `cron_job.workdir`).
+/// On MySQL/MariaDB `env` is a `VARCHAR(4096)`, not a `TEXT`: a `TEXT` column takes a default
+/// only from MySQL 8.0.13 on, and plain-SQL inserts must not have to name it.
+struct JobEnvironment;
+
+impl MigrationName for JobEnvironment {
+    fn name(&self) -> &str {
+        "m0005_job_env_workdir"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0005: &[(&str, &str, [&str; 3])] = &[
+    (
+        "cron_job",
+        "env",
+        [
+            "TEXT NOT NULL DEFAULT ''",
+            "VARCHAR(4096) NOT NULL DEFAULT ''",
+            "TEXT NOT NULL DEFAULT ''",
+        ],
+    ),
+    (
+        "cron_job",
+        "workdir",
+        [
+            "VARCHAR(1024) NOT NULL DEFAULT ''",
+            "VARCHAR(1024) NOT NULL DEFAULT ''",
+            "VARCHAR(1024) NOT NULL DEFAULT ''",
+        ],
+    ),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for JobEnvironment {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_columns(manager.get_connection(), COLUMNS_0005).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        drop_columns(manager.get_connection(), COLUMNS_0005).await
+    }
+}
+
+/// Retries: `cron_job.retries` and `retry_delay_secs`, `cron_run.attempt` and `retry_of`.
+struct Retries;
+
+impl MigrationName for Retries {
+    fn name(&self) -> &str {
+        "m0006_retries"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0006: &[(&str, &str, [&str; 3])] = &[
+    ("cron_job", "retries", ["INTEGER NOT NULL DEFAULT 0"; 3]),
+    (
+        "cron_job",
+        "retry_delay_secs",
+        ["INTEGER NOT NULL DEFAULT 10"; 3],
+    ),
+    ("cron_run", "attempt", ["INTEGER NOT NULL DEFAULT 1"; 3]),
+    ("cron_run", "retry_of", ["BIGINT NULL"; 3]),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Retries {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_columns(manager.get_connection(), COLUMNS_0006).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        drop_columns(manager.get_connection(), COLUMNS_0006).await
     }
 }

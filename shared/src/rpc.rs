@@ -33,8 +33,10 @@ use crate::job::{JobSpec, Trigger};
 /// The executor's RPC service.
 #[tarpc::service]
 pub trait ExecutorRpc {
-    /// Claims run `request.run_id` and starts it; returns as soon as it has started.
-    async fn start_run(request: RunRequest) -> Result<Accepted, Refused>;
+    /// Claims run `request.run_id` and starts it; returns as soon as it has started. The request
+    /// is in its first shape ([`v1::RunRequest`]), which dispatchers still send when a run needs
+    /// nothing more, so that executors of the release before serve them during a rolling upgrade.
+    async fn start_run(request: v1::RunRequest) -> Result<Accepted, Refused>;
     /// Stops run `request.run_id` (its whole process group) if this executor runs it; the run
     /// ends `killed`. Returns once the stop has begun; the status follows in the run row.
     async fn kill_run(request: KillRequest) -> Result<(), Refused>;
@@ -43,6 +45,10 @@ pub trait ExecutorRpc {
     /// none yet; [`Refused::NotRunning`] when this executor does not hold the run (not started
     /// here yet, or ended a while ago: its outcome is then in the run row).
     async fn run_output(request: OutputRequest) -> Result<OutputChunk, Refused>;
+    /// Like [`ExecutorRpc::start_run`], the request being a [`RunRequest`] as JSON: a field added
+    /// to the request later (with a default) then passes between releases both ways, where a
+    /// bincode frame's shape is fixed. [`Refused::Malformed`] when it does not decode.
+    async fn start_run_json(request: String) -> Result<Accepted, Refused>;
 }
 
 /// The most bytes of output one [`OutputChunk`] carries. Shown as text, a byte takes at most 3
@@ -129,7 +135,8 @@ pub struct RunRequest {
     pub secret: Secret,
     /// The `cron_run` row, inserted by the dispatcher with status `dispatched`.
     pub run_id: i64,
-    /// The job as published.
+    /// The job as published; for a run-now with variables of its own, with those on top of
+    /// the job's `env`.
     pub job: JobSpec,
     /// The tick, in Unix milliseconds.
     pub scheduled_ms: i64,
@@ -140,6 +147,120 @@ pub struct RunRequest {
     pub trigger: Trigger,
     /// The dispatcher that sends it, for logs.
     pub dispatcher: String,
+}
+
+/// A run request as it goes on the wire.
+#[derive(Debug, Clone)]
+pub enum WireRequest {
+    /// For [`ExecutorRpc::start_run`].
+    V1(v1::RunRequest),
+    /// For [`ExecutorRpc::start_run_json`].
+    Json(String),
+}
+
+impl RunRequest {
+    /// The oldest shape that carries the whole request: the first one when the run needs none
+    /// of what came after it (`env`, `workdir`).
+    pub fn to_wire(&self) -> WireRequest {
+        let first_shape = self.job.env.is_empty()
+            && self.job.workdir.is_empty()
+            && matches!(self.trigger, Trigger::Schedule | Trigger::Manual);
+        if first_shape {
+            let job = &self.job;
+            return WireRequest::V1(v1::RunRequest {
+                secret: self.secret.clone(),
+                run_id: self.run_id,
+                job: v1::Job {
+                    id: job.id,
+                    name: job.name.clone(),
+                    rule: job.rule.clone(),
+                    command: job.command.clone(),
+                    kind: job.kind,
+                    machine: job.machine.clone(),
+                    timeout_secs: job.timeout_secs,
+                    timeout_policy: job.timeout_policy,
+                    time_zone: job.time_zone.clone(),
+                    misfire: job.misfire,
+                },
+                scheduled_ms: self.scheduled_ms,
+                timeout_ms: self.timeout_ms,
+                trigger: self.trigger,
+                dispatcher: self.dispatcher.clone(),
+            });
+        }
+        // Plain data: serializing it cannot fail.
+        WireRequest::Json(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// Decodes a request sent to [`ExecutorRpc::start_run_json`].
+    pub fn from_json(json: &str) -> Result<RunRequest, Refused> {
+        serde_json::from_str(json).map_err(|e| Refused::Malformed(e.to_string()))
+    }
+}
+
+impl From<v1::RunRequest> for RunRequest {
+    fn from(r: v1::RunRequest) -> RunRequest {
+        let job = r.job;
+        RunRequest {
+            secret: r.secret,
+            run_id: r.run_id,
+            job: JobSpec {
+                id: job.id,
+                name: job.name,
+                rule: job.rule,
+                command: job.command,
+                kind: job.kind,
+                machine: job.machine,
+                timeout_secs: job.timeout_secs,
+                timeout_policy: job.timeout_policy,
+                time_zone: job.time_zone,
+                misfire: job.misfire,
+                env: Vec::new(),
+                workdir: String::new(),
+            },
+            scheduled_ms: r.scheduled_ms,
+            timeout_ms: r.timeout_ms,
+            trigger: r.trigger,
+            dispatcher: r.dispatcher,
+        }
+    }
+}
+
+/// The first shape of a run request, as bincode frames it: fields in this order, none added.
+pub mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use super::Secret;
+    use crate::job::{JobKind, Misfire, TimeoutPolicy, Trigger};
+
+    /// A job, as the first run requests carried it.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct Job {
+        pub id: i64,
+        pub name: String,
+        pub rule: String,
+        pub command: String,
+        pub kind: JobKind,
+        pub machine: String,
+        pub timeout_secs: u32,
+        pub timeout_policy: TimeoutPolicy,
+        pub time_zone: String,
+        pub misfire: Misfire,
+    }
+
+    /// A run request in its first shape (see [`super::RunRequest`] for the fields).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct RunRequest {
+        pub secret: Secret,
+        pub run_id: i64,
+        pub job: Job,
+        pub scheduled_ms: i64,
+        pub timeout_ms: u64,
+        pub trigger: Trigger,
+        pub dispatcher: String,
+    }
 }
 
 /// The executor claimed the run and started it.
@@ -190,6 +311,9 @@ pub enum Refused {
         /// `[executor] max_unrecorded`.
         max: usize,
     },
+    /// Occurs when a request does not decode (a caller of another release, or not ours).
+    #[error("malformed request: {0}")]
+    Malformed(String),
 }
 
 /// How many calls one connection may have in flight: a whole second of a 1000-job burst.
@@ -197,9 +321,12 @@ const MAX_IN_FLIGHT: usize = 10_000;
 
 /// The largest frame either side reads (and writes), checked on its length prefix before any
 /// byte of it is buffered or decoded: a peer that is not one of ours cannot make an executor
-/// hold megabytes per connection. The largest legitimate frame is a [`RunRequest`], whose size
-/// is the job's texts ([`crate::job::MAX_JOB_TEXT_BYTES`] at most) plus a few hundred bytes.
-pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// hold more than this per connection. The largest legitimate frame is a [`RunRequest`]: the
+/// job's texts ([`crate::job::MAX_JOB_TEXT_BYTES`] at most) plus a few hundred bytes in the first
+/// shape; as JSON, escaping may make each byte of a text up to 6 (`\u0001`).
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(6 * crate::job::MAX_JOB_TEXT_BYTES + 64 * 1024 < MAX_FRAME_BYTES);
 
 /// Frames a stream (TCP, or TLS over TCP) as a tarpc transport (length-delimited bincode).
 pub fn transport<S, Item, SinkItem>(

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::is_unique_violation;
 use crate::entity::run;
-use crate::job::{RunStatus, Trigger};
+use crate::job::{RetryOf, RunStatus, Trigger};
 
 /// The most writes committed in one transaction: large, so that under a backlog a run's start
 /// and finish usually share a batch and merge into one write.
@@ -74,6 +74,8 @@ enum Write {
         /// `None`: a `dispatched` row; `Some((status, why))`: a row final at once (`skipped`,
         /// `missed`).
         settled: Option<(RunStatus, String)>,
+        /// What makes it a retry (trigger `retry`).
+        retry: Option<RetryOf>,
         reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
     },
     Start {
@@ -140,11 +142,24 @@ impl RunLog {
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
     ) -> Result<Option<i64>, DbErr> {
+        self.insert_attempt(job_id, scheduled_at, trigger, None)
+            .await
+    }
+
+    /// [`RunLog::insert`], for a retry when `retry` says so (its `attempt` and `retry_of`).
+    pub async fn insert_attempt(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        trigger: Trigger,
+        retry: Option<RetryOf>,
+    ) -> Result<Option<i64>, DbErr> {
         self.submit(|reply| Write::Insert {
             job_id,
             scheduled_at,
             trigger,
             settled: None,
+            retry,
             reply,
         })
         .await
@@ -157,6 +172,7 @@ impl RunLog {
         job_id: i64,
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
+        retry: Option<RetryOf>,
         why: String,
     ) -> Result<Option<i64>, DbErr> {
         self.submit(|reply| Write::Insert {
@@ -164,6 +180,7 @@ impl RunLog {
             scheduled_at,
             trigger,
             settled: Some((RunStatus::Skipped, why)),
+            retry,
             reply,
         })
         .await
@@ -182,6 +199,7 @@ impl RunLog {
             scheduled_at,
             trigger: Trigger::Schedule,
             settled: Some((RunStatus::Missed, why)),
+            retry: None,
             reply,
         })
         .await
@@ -539,6 +557,7 @@ fn insert_row(write: &Write) -> run::ActiveModel {
         scheduled_at,
         trigger,
         settled,
+        retry,
         ..
     } = write
     else {
@@ -553,6 +572,8 @@ fn insert_row(write: &Write) -> run::ActiveModel {
         trigger: Set(trigger.as_str().to_owned()),
         error: Set(settled.as_ref().map(|(_, why)| why.clone())),
         finished_at: Set(settled.as_ref().map(|_| Utc::now())),
+        attempt: Set(retry.map_or(1, |r| r.attempt)),
+        retry_of: Set(retry.map(|r| r.first_run)),
         ..Default::default()
     }
 }

@@ -237,6 +237,8 @@ mod tests {
             error: None,
             trigger: "schedule".into(),
             overrun_at: None,
+            attempt: 1,
+            retry_of: None,
         }
     }
 

@@ -10,15 +10,15 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use gocron_shared::control::{self, ControlError};
 use gocron_shared::entity::{job, run};
-use gocron_shared::job::{RunStatus, validate};
+use gocron_shared::job::{RunStatus, parse_env, validate};
 use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::audit;
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::extract::Id;
+use crate::extract::{Id, OptionalBody};
 
 /// How long `POST /jobs/{id}/run` waits for a dispatcher to take the request.
 pub const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +47,18 @@ pub struct Taken {
 struct Action {
     run_id: i64,
     scheduled_at: DateTime<Utc>,
+    /// The names of a run-now's own variables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    env: Vec<String>,
+}
+
+/// The body of `POST /api/v1/jobs/{id}/run`, which may be left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunNowBody {
+    /// `KEY=VALUE` lines for this run only, on top of the job's `env`.
+    #[serde(default)]
+    pub env: String,
 }
 
 /// Why job `m` would not run now, if it would not: 409 when it is switched off or done, 422
@@ -86,7 +98,10 @@ pub async fn run_now(
     State(state): State<AppState>,
     Admin(role): Admin,
     Id(id): Id,
+    OptionalBody(body): OptionalBody<RunNowBody>,
 ) -> Result<(StatusCode, Json<Taken>), ApiError> {
+    // Checked before anything is asked of etcd: a bad line is the caller's to fix.
+    let env = parse_env(&body.env).map_err(|e| ApiError::bad_request(format!("env {e}")))?;
     let m = job::Entity::find_by_id(id)
         .one(state.db())
         .await?
@@ -105,7 +120,7 @@ pub async fn run_now(
             "job {id} is not published yet (the monitor publishes a row within a poll); try again in a moment"
         )));
     }
-    let requested = control::run_now(&mut etcd, &cluster.keys, id)
+    let requested = control::run_now(&mut etcd, &cluster.keys, id, &body.env)
         .await
         .map_err(|e| unavailable("etcd", e))?;
     let deadline = tokio::time::Instant::now() + TAKE_TIMEOUT;
@@ -143,6 +158,8 @@ pub async fn run_now(
         Some(&Action {
             run_id: row.id,
             scheduled_at: requested,
+            // Names only: values may be secrets.
+            env: env.into_iter().map(|(k, _)| k).collect(),
         }),
     )
     .await?;
@@ -223,6 +240,7 @@ pub async fn kill(
         Some(&Action {
             run_id: id,
             scheduled_at: row.scheduled_at,
+            env: Vec::new(),
         }),
     )
     .await?;

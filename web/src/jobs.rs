@@ -53,6 +53,14 @@ pub struct JobRow {
     pub alarm_mobiles: String,
     /// `misfire`.
     pub misfire: String,
+    /// `env`: `KEY=VALUE` lines.
+    pub env: String,
+    /// `workdir`.
+    pub workdir: String,
+    /// `retries`.
+    pub retries: i32,
+    /// `retry_delay_secs`.
+    pub retry_delay_secs: i32,
     /// `created_at`.
     pub created_at: DateTime<Utc>,
     /// `updated_at`.
@@ -79,6 +87,10 @@ impl From<&job::Model> for JobRow {
             alarm_emails: m.alarm_emails.clone(),
             alarm_mobiles: m.alarm_mobiles.clone(),
             misfire: m.misfire.clone(),
+            env: m.env.clone(),
+            workdir: m.workdir.clone(),
+            retries: m.retries,
+            retry_delay_secs: m.retry_delay_secs,
             created_at: m.created_at,
             updated_at: m.updated_at,
             last_error: m.last_error.clone(),
@@ -216,6 +228,14 @@ pub struct JobInput {
     pub alarm_mobiles: Option<String>,
     /// `misfire` (default `skip`).
     pub misfire: Option<String>,
+    /// `env` (default empty): `KEY=VALUE` lines.
+    pub env: Option<String>,
+    /// `workdir` (default empty: the executor's own).
+    pub workdir: Option<String>,
+    /// `retries` (default 0).
+    pub retries: Option<i32>,
+    /// `retry_delay_secs` (default 10).
+    pub retry_delay_secs: Option<i32>,
 }
 
 impl JobInput {
@@ -240,7 +260,11 @@ impl JobInput {
             time_zone,
             alarm_emails,
             alarm_mobiles,
-            misfire
+            misfire,
+            env,
+            workdir,
+            retries,
+            retry_delay_secs
         );
         if let Some(enabled) = self.enabled {
             row.enabled = enabled.column()?;
@@ -390,6 +414,10 @@ pub async fn create(
         last_error: None,
         misfire: "skip".into(),
         done_at: None,
+        env: String::new(),
+        workdir: String::new(),
+        retries: 0,
+        retry_delay_secs: 10,
     };
     let mut active = job::ActiveModel {
         created_at: Set(now),
@@ -407,6 +435,10 @@ pub async fn create(
     active.alarm_emails = Set(row.alarm_emails.clone());
     active.alarm_mobiles = Set(row.alarm_mobiles.clone());
     active.misfire = Set(row.misfire.clone());
+    active.env = Set(row.env.clone());
+    active.workdir = Set(row.workdir.clone());
+    active.retries = Set(row.retries);
+    active.retry_delay_secs = Set(row.retry_delay_secs);
     check(&state, &row)?;
     let txn = state.db().begin().await?;
     let id = job::Entity::insert(active).exec(&txn).await?.last_insert_id;
@@ -491,6 +523,10 @@ pub async fn update(
             alarm_emails: None,
             alarm_mobiles: None,
             misfire: None,
+            env: None,
+            workdir: None,
+            retries: None,
+            retry_delay_secs: None,
         }
     );
     input.apply(&mut row, &mut active)?;

@@ -22,6 +22,9 @@
 //! - [`audit`]: records changes and lists them.
 //! - [`openapi`]: the OpenAPI document of the routes below.
 
+// The OpenAPI document is one `json!` literal, deeper than the default limit lets it expand.
+#![recursion_limit = "256"]
+
 pub mod actions;
 pub mod alarms;
 pub mod audit;

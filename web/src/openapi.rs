@@ -97,6 +97,12 @@ pub fn spec() -> Value {
         "time_zone": string, "enabled": {"type": "boolean"},
         "alarm_emails": string, "alarm_mobiles": string,
         "misfire": {"type": "string", "enum": ["skip", "once", "all"]},
+        "env": {"type": "string", "description": "KEY=VALUE lines: a shell job's own variables."},
+        "workdir": {"type": "string", "description": "An absolute path: where a shell job starts; empty: the executor's own."},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 100,
+            "description": "How many times a run ending failed, timeout, lost or no_executor is run again."},
+        "retry_delay_secs": {"type": "integer", "minimum": 0, "maximum": 3600,
+            "description": "Seconds before the first retry; doubling for each next one, at most 3600."},
     });
     let mut job = job_columns.clone();
     for (k, v) in [
@@ -118,8 +124,10 @@ pub fn spec() -> Value {
             "no_executor", "timeout", "killed", "lost", "skipped", "missed"]},
         "executor": string, "started_at": nullable_stamp, "finished_at": nullable_stamp,
         "exit_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
-        "trigger": {"type": "string", "enum": ["schedule", "manual"]},
+        "trigger": {"type": "string", "enum": ["schedule", "manual", "retry"]},
         "overrun_at": nullable_stamp,
+        "attempt": {"type": "integer", "minimum": 1},
+        "retry_of": {"type": ["integer", "null"], "description": "A retry's first attempt."},
     });
     let mut run = run_columns.clone();
     run["output"] = json!({"type": ["string", "null"]});
@@ -159,6 +167,9 @@ pub fn spec() -> Value {
                     "job_id": {"type": ["integer", "null"]},
                     "before": {"description": "The job before the change; null for a creation, a run or a kill."},
                     "after": {"description": "The job after the change; null for a deletion; for a run or a kill, {run_id, scheduled_at}."}}},
+                "RunNow": {"type": "object", "description": "What a run-now may add (the body may be left out).",
+                    "properties": {"env": {"type": "string",
+                        "description": "KEY=VALUE lines for this run only, on top of the job's env."}}},
                 "Taken": {"type": "object", "description": "The run a dispatcher made of a run-now request.",
                     "properties": {"run_id": {"type": "integer"}, "job_id": {"type": "integer"},
                         "scheduled_at": stamp, "status": string}},
@@ -241,8 +252,10 @@ pub fn spec() -> Value {
                 "parameters": [id()],
                 "post": {"summary": "Runs a job now, through the dispatchers (trigger manual); \
                     answers once a dispatcher has written the run's row.",
+                    "requestBody": with(body("RunNow"), json!({"required": false})),
                     "responses": with(auth(), json!({
                         "202": ok("The run the request became.", "Taken"),
+                        "400": error("A line of env is not KEY=VALUE, or names a GOCRON_* variable."),
                         "403": error("The viewer token may only read."),
                         "404": error("No such job."),
                         "409": error("The job is disabled, done, or not published yet."),

@@ -39,10 +39,14 @@ pub struct RunView {
     pub output: Option<String>,
     /// `error`.
     pub error: Option<String>,
-    /// `trigger`: `schedule` or `manual`.
+    /// `trigger`: `schedule`, `manual` or `retry`.
     pub trigger: String,
     /// `overrun_at`.
     pub overrun_at: Option<DateTime<Utc>>,
+    /// `attempt`: 1, or 2, 3, … for retries.
+    pub attempt: i32,
+    /// `retry_of`: a retry's first attempt.
+    pub retry_of: Option<i64>,
 }
 
 impl From<run::Model> for RunView {
@@ -60,6 +64,8 @@ impl From<run::Model> for RunView {
             error: m.error,
             trigger: m.trigger,
             overrun_at: m.overrun_at,
+            attempt: m.attempt,
+            retry_of: m.retry_of,
         }
     }
 }
@@ -90,6 +96,10 @@ pub struct RunSummary {
     pub trigger: String,
     /// `overrun_at`.
     pub overrun_at: Option<DateTime<Utc>>,
+    /// `attempt`.
+    pub attempt: i32,
+    /// `retry_of`.
+    pub retry_of: Option<i64>,
 }
 
 /// The query of `GET /jobs/{id}/runs`.
@@ -144,6 +154,8 @@ pub async fn of_job(
             run::Column::Error,
             run::Column::Trigger,
             run::Column::OverrunAt,
+            run::Column::Attempt,
+            run::Column::RetryOf,
         ])
         .order_by_desc(run::Column::ScheduledAt)
         .order_by_desc(run::Column::Id)

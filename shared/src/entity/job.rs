@@ -41,6 +41,15 @@ pub struct Model {
     pub misfire: String,
     /// When a one-shot job (`@at`) ran: it is done and not published again.
     pub done_at: Option<DateTimeUtc>,
+    /// `KEY=VALUE` lines: a shell job's extra environment (see [`crate::job::parse_env`]).
+    pub env: String,
+    /// The directory a shell job starts in; empty = the executor's own working directory.
+    pub workdir: String,
+    /// How many times a run that ends `failed`, `timeout`, `lost` or `no_executor` is run
+    /// again (0 = never).
+    pub retries: i32,
+    /// Seconds before the first retry; each next one waits twice as long, at most an hour.
+    pub retry_delay_secs: i32,
 }
 
 /// No relations are navigated through the ORM.

@@ -27,11 +27,15 @@ pub struct Model {
     pub output: Option<String>,
     /// Why the run is not `succeeded`, in words.
     pub error: Option<String>,
-    /// `schedule` or `manual`.
+    /// `schedule`, `manual` or `retry`.
     pub trigger: String,
     /// When the run passed its timeout while still running under the `abandon` or `sync`
     /// policy (the overrun flag); the run itself goes on.
     pub overrun_at: Option<DateTimeUtc>,
+    /// 1 for a run of a tick or a run-now; 2, 3, … for its retries.
+    pub attempt: i32,
+    /// A retry's first attempt (its run id); NULL for a first attempt.
+    pub retry_of: Option<i64>,
 }
 
 /// No relations are navigated through the ORM.

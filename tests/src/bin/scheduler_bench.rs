@@ -66,6 +66,8 @@ fn spec(id: i64, rng: &mut rand::rngs::StdRng) -> JobSpec {
         timeout_policy: TimeoutPolicy::Abandon,
         time_zone: time_zone.to_owned(),
         misfire: Default::default(),
+        env: Vec::new(),
+        workdir: String::new(),
     }
 }
 

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A cluster whose monitors mail `OPS` through `sink` (and text `+15550001` through `sms`),
 /// checking every 200 ms; `extra` are more `[alarm]` keys. The grace is long (no dispatcher
 /// alarm in tests without one) unless `extra` shortens it.
-async fn alarm_cluster(
+pub(crate) async fn alarm_cluster(
     backend: Backend,
     machines: &[(&str, &str)],
     sms: Option<&SmsGateway>,
@@ -111,7 +111,7 @@ fn find<'a>(mails: &'a [Mail], subject: &str) -> Option<&'a Mail> {
     mails.iter().find(|m| m.subject.contains(subject))
 }
 
-async fn wait_mail(sink: &SmtpSink, subject: &str) -> Mail {
+pub(crate) async fn wait_mail(sink: &SmtpSink, subject: &str) -> Mail {
     let mails = sink
         .wait_for(&format!("a mail {subject:?}"), WAIT, |m| {
             find(m, subject).is_some()

@@ -577,7 +577,7 @@ async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
     c.start_dispatcher("disp-0");
     let api = Api::start(&mut c).await;
     // Once a year: every run here is a manual one.
-    let quick = c.insert_job("quick", "0 0 1 1 *", "echo now").await;
+    let quick = c.insert_job("quick", "0 0 1 1 *", "echo now$SUFFIX").await;
     let long = c
         .insert_job_with(
             "long",
@@ -639,6 +639,29 @@ async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
             &taken["scheduled_at"]
         )
     );
+
+    // A run-now's own variables: a bad line is a 400, a body of another shape a 422; neither
+    // runs anything (the audit below holds the runs made). A good one: at the end.
+    let (status, answer) = api
+        .admin(
+            "POST",
+            &format!("/api/v1/jobs/{quick}/run"),
+            Some(json!({"env": "GOCRON_RUN_ID=1"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        error(&answer).contains("GOCRON_RUN_ID is gocron's own"),
+        "{answer}"
+    );
+    let (status, answer) = api
+        .admin(
+            "POST",
+            &format!("/api/v1/jobs/{quick}/run"),
+            Some(json!({"environment": "A=1"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
 
     // last_run, in a job and in a page of jobs (null for a job that never ran).
     let shown = api.get(&format!("/api/v1/jobs/{quick}")).await;
@@ -751,6 +774,29 @@ async fn run_now_and_kill_through_the_api_and_the_cluster_as_it_stands() {
             ("job.run", quick, run_id)
         ]
     );
+
+    // A run-now's own variables reach the command, and the audit names them (not their values).
+    let (status, taken) = api
+        .admin(
+            "POST",
+            &format!("/api/v1/jobs/{quick}/run"),
+            Some(json!({"env": "SUFFIX=-with-env"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{taken}");
+    let with_env = taken["run_id"].as_i64().expect("run_id");
+    let run = wait_until(
+        "the run with variables",
+        Duration::from_secs(30),
+        || async {
+            let run = api.get(&format!("/api/v1/runs/{with_env}")).await;
+            (run["status"] == "succeeded").then_some(run)
+        },
+    )
+    .await;
+    assert_eq!(run["output"], json!("now-with-env\n"));
+    let audit = api.get("/api/v1/audit").await;
+    assert_eq!(audit["audit"][0]["after"]["env"], json!(["SUFFIX"]));
     c.shutdown().await;
 }
 

@@ -53,7 +53,7 @@ async fn run_now(c: &Cluster, job: i64) {
         async move { (etcd.get(key, None).await.ok()?.count() == 1).then_some(()) }
     })
     .await;
-    control::run_now(&mut etcd.clone(), &keys, job)
+    control::run_now(&mut etcd.clone(), &keys, job, "")
         .await
         .expect("run-now request");
 }

@@ -47,7 +47,7 @@ async fn run_now(c: &Cluster, job: i64) -> DateTimeUtc {
         async move { (etcd.get(key, None).await.ok()?.count() == 1).then_some(()) }
     })
     .await;
-    control::run_now(&mut etcd.clone(), &keys, job)
+    control::run_now(&mut etcd.clone(), &keys, job, "")
         .await
         .expect("run-now request")
 }
@@ -492,7 +492,7 @@ async fn a_run_now_request_that_comes_before_its_job_is_served_when_the_job_does
     // No monitor yet: the row is not published, and the request reaches the dispatcher first.
     let job = c.insert_job("early", "0 0 1 1 *", "echo early").await;
     let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    let requested = control::run_now(&mut c.etcd().await, &keys, job)
+    let requested = control::run_now(&mut c.etcd().await, &keys, job, "")
         .await
         .expect("run-now request");
     c.start_monitor();

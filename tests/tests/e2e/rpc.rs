@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use gocron_shared::job::{JobKind, JobSpec, TimeoutPolicy, Trigger};
-use gocron_shared::rpc::{self, OutputRequest, Refused, RunRequest, Secret};
+use gocron_shared::rpc::{self, OutputRequest, Refused, RunRequest, Secret, WireRequest};
 use gocron_shared::runs::RunLog;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 
@@ -27,13 +27,16 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
             id: 1,
             name: "intruder".into(),
             rule: "@daily".into(),
-            command: format!("echo ran >> {}", marker.display()),
+            // `$MARK` is the job's own variable: only the JSON shape of a request carries it.
+            command: format!("echo \"${{MARK:-no env}}\" >> {}", marker.display()),
             kind: JobKind::Shell,
             machine: String::new(),
             timeout_secs: 0,
             timeout_policy: TimeoutPolicy::Abandon,
             time_zone: String::new(),
             misfire: Default::default(),
+            env: vec![("MARK".into(), "ran".into())],
+            workdir: String::new(),
         },
         scheduled_ms: tick.timestamp_millis(),
         timeout_ms: 0,
@@ -45,10 +48,39 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         .unwrap();
     let ctx = || rpc::context(Duration::from_secs(5));
 
+    let send = |request: RunRequest| {
+        let client = client.clone();
+        async move {
+            match request.to_wire() {
+                WireRequest::V1(r) => client.start_run(ctx(), r).await.unwrap(),
+                WireRequest::Json(r) => client.start_run_json(ctx(), r).await.unwrap(),
+            }
+        }
+    };
+    // Both shapes of a request: the first (no env) and JSON.
+    let first_shape = |secret: &str| {
+        let mut r = request(secret);
+        r.job.env.clear();
+        r
+    };
+    assert!(matches!(first_shape("").to_wire(), WireRequest::V1(_)));
+    assert!(matches!(request("").to_wire(), WireRequest::Json(_)));
     for wrong in ["", "not-the-secret-at-all-0123456789"] {
-        let answer = client.start_run(ctx(), request(wrong)).await.unwrap();
-        assert_eq!(answer.unwrap_err(), Refused::Unauthorized);
+        assert_eq!(
+            send(request(wrong)).await.unwrap_err(),
+            Refused::Unauthorized
+        );
+        assert_eq!(
+            send(first_shape(wrong)).await.unwrap_err(),
+            Refused::Unauthorized
+        );
     }
+    // A request that does not decode is an error value, and the connection still serves.
+    let answer = client
+        .start_run_json(ctx(), "{\"run_id\": 1".into())
+        .await
+        .unwrap();
+    assert!(matches!(answer, Err(Refused::Malformed(_))), "{answer:?}");
     // A run's output is read with the secret only (checked before the run is looked for).
     let right = c.base_config().rpc.secret;
     let output = |secret: Secret| OutputRequest {
@@ -65,16 +97,11 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
     assert_eq!(answer.unwrap().unwrap_err(), Refused::NotRunning(run_id));
     // The right secret, same request: it runs. So the refusals above were the secret's doing,
     // and they left the run untouched (still claimable, still `dispatched`).
-    let answer = client
-        .start_run(
-            ctx(),
-            RunRequest {
-                secret: right,
-                ..request("")
-            },
-        )
-        .await
-        .unwrap();
+    let answer = send(RunRequest {
+        secret: right,
+        ..request("")
+    })
+    .await;
     assert!(answer.is_ok(), "{answer:?}");
     wait_until("the authorized run", Duration::from_secs(10), || async {
         (lines(&marker) == ["ran"]).then_some(())

@@ -14,7 +14,7 @@ use super::view::{self, Section};
 use super::{AdminAction, Ids, PageError, Posted, Signed};
 use crate::auth::{Admin, Reader, Role, Session};
 use crate::error::ApiError;
-use crate::extract::{Body, Id, Query};
+use crate::extract::{Body, Id, OptionalBody, Query};
 use crate::jobs::{self, Enabled, JobInput, JobRow};
 use crate::{AppState, actions, runs};
 
@@ -54,6 +54,18 @@ pub struct JobForm {
     /// `misfire`.
     #[serde(default)]
     pub misfire: String,
+    /// `env`.
+    #[serde(default)]
+    pub env: String,
+    /// `workdir`.
+    #[serde(default)]
+    pub workdir: String,
+    /// `retries`.
+    #[serde(default)]
+    pub retries: String,
+    /// `retry_delay_secs`.
+    #[serde(default)]
+    pub retry_delay_secs: String,
     /// `alarm_emails`.
     #[serde(default)]
     pub alarm_emails: String,
@@ -79,6 +91,10 @@ impl JobForm {
             timeout_policy: row.timeout_policy.clone(),
             time_zone: row.time_zone.clone(),
             misfire: row.misfire.clone(),
+            env: row.env.clone(),
+            workdir: row.workdir.clone(),
+            retries: row.retries.to_string(),
+            retry_delay_secs: row.retry_delay_secs.to_string(),
             alarm_emails: row.alarm_emails.clone(),
             alarm_mobiles: row.alarm_mobiles.clone(),
             enabled: row.enabled.then(|| "on".into()),
@@ -92,6 +108,8 @@ impl JobForm {
             timeout_secs: "0".into(),
             timeout_policy: "abandon".into(),
             misfire: "skip".into(),
+            retries: "0".into(),
+            retry_delay_secs: "10".into(),
             enabled: Some("on".into()),
             ..JobForm::default()
         }
@@ -101,16 +119,17 @@ impl JobForm {
     /// existing one is switched with its buttons, so a form opened before someone disabled it
     /// cannot enable it again).
     fn input(&self, with_enabled: bool) -> Result<JobInput, ApiError> {
-        let timeout = self.timeout_secs.trim();
-        let timeout_secs = if timeout.is_empty() {
-            0
-        } else {
-            timeout.parse().map_err(|_| {
-                ApiError::Invalid(format!(
-                    "timeout_secs {timeout:?} must be a whole number of seconds"
-                ))
-            })?
+        let number = |name: &str, text: &str, empty: i32| {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(empty);
+            }
+            text.parse()
+                .map_err(|_| ApiError::Invalid(format!("{name} {text:?} must be a whole number")))
         };
+        let timeout_secs = number("timeout_secs", &self.timeout_secs, 0)?;
+        let retries = number("retries", &self.retries, 0)?;
+        let retry_delay_secs = number("retry_delay_secs", &self.retry_delay_secs, 10)?;
         Ok(JobInput {
             name: Some(self.name.trim().to_owned()),
             rule: Some(self.rule.trim().to_owned()),
@@ -125,6 +144,10 @@ impl JobForm {
             alarm_emails: Some(self.alarm_emails.trim().to_owned()),
             alarm_mobiles: Some(self.alarm_mobiles.trim().to_owned()),
             misfire: Some(self.misfire.clone()),
+            env: Some(self.env.replace("\r\n", "\n")),
+            workdir: Some(self.workdir.trim().to_owned()),
+            retries: Some(retries),
+            retry_delay_secs: Some(retry_delay_secs),
         })
     }
 }
@@ -198,6 +221,21 @@ fn job_form(
                         (choice("timeout_policy", &["abandon", "kill", "sync"], &form.timeout_policy))
                     }
                 }
+                div.row {
+                    div {
+                        label for="retries" { "Retries (0: none)" }
+                        input #retries type="number" min="0" max="100" name="retries" value=(form.retries);
+                    }
+                    div {
+                        label for="retry_delay_secs" { "First retry after (s, doubling)" }
+                        input #retry_delay_secs type="number" min="0" max="3600" name="retry_delay_secs" value=(form.retry_delay_secs);
+                    }
+                }
+                label for="env" { "Environment (KEY=VALUE lines, shell jobs)" }
+                textarea #env name="env" rows="2" placeholder="PATH=/opt/app/bin:/usr/bin:/bin" { "\n" (form.env) }
+                label for="workdir" { "Working directory (shell jobs)" }
+                input #workdir type="text" name="workdir" value=(form.workdir)
+                    placeholder="empty: the executor's own";
                 label for="alarm_emails" { "Alarm mails (comma-separated)" }
                 input #alarm_emails type="text" name="alarm_emails" value=(form.alarm_emails);
                 label for="alarm_mobiles" { "Alarm SMS (comma-separated)" }
@@ -394,7 +432,13 @@ pub async fn run_now(
     Ids(id): Ids<i64>,
     AdminAction(role): AdminAction,
 ) -> Result<Response, PageError> {
-    let (_, taken) = actions::run_now(State(state), Admin(role), Id(id)).await?;
+    let (_, taken) = actions::run_now(
+        State(state),
+        Admin(role),
+        Id(id),
+        OptionalBody(actions::RunNowBody::default()),
+    )
+    .await?;
     Ok(Redirect::to(&format!("/jobs/{id}/runs/{}", taken.0.run_id)).into_response())
 }
 
