@@ -478,6 +478,7 @@ impl Dispatcher {
             timeout_ms: run_timeout_ms(job, tick, following),
             trigger,
             dispatcher: inner.name.clone(),
+            attempt: retry.map_or(1, |r| r.attempt),
         };
         // Round-robin across all dispatchers: the group's dispatch count picks the first
         // executor to offer; each further one is offered the run at most once.

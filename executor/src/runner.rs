@@ -282,6 +282,7 @@ impl Runner {
             .env("GOCRON_RUN_ID", request.run_id.to_string())
             .env("GOCRON_SCHEDULED_AT", scheduled)
             .env("GOCRON_EXECUTOR", &self.executor_name)
+            .env("GOCRON_ATTEMPT", request.attempt.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

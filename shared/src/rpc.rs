@@ -147,6 +147,13 @@ pub struct RunRequest {
     pub trigger: Trigger,
     /// The dispatcher that sends it, for logs.
     pub dispatcher: String,
+    /// Which attempt the run is: 1, or 2, 3, … for retries (`GOCRON_ATTEMPT`).
+    #[serde(default = "first_attempt")]
+    pub attempt: i32,
+}
+
+fn first_attempt() -> i32 {
+    1
 }
 
 /// A run request as it goes on the wire.
@@ -164,6 +171,7 @@ impl RunRequest {
     pub fn to_wire(&self) -> WireRequest {
         let first_shape = self.job.env.is_empty()
             && self.job.workdir.is_empty()
+            && self.attempt == 1
             && matches!(self.trigger, Trigger::Schedule | Trigger::Manual);
         if first_shape {
             let job = &self.job;
@@ -222,6 +230,7 @@ impl From<v1::RunRequest> for RunRequest {
             timeout_ms: r.timeout_ms,
             trigger: r.trigger,
             dispatcher: r.dispatcher,
+            attempt: 1,
         }
     }
 }

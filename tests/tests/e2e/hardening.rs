@@ -250,10 +250,11 @@ async fn an_oversized_frame_is_refused_at_its_length_and_the_executor_goes_on() 
     c.start_executor("exec-a").await;
     let addr = c.executor_address("exec-a").await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    // A length prefix of 1 MiB (over the limit, under the old default of 8 MiB), then part of
-    // it: refused on the prefix, not after buffering the frame, and well before the
+    // A length prefix one byte over the limit (and under tokio's default of 8 MiB), then part
+    // of it: refused on the prefix, not after buffering the frame, and well before the
     // first-frame deadline.
-    let _ = stream.write_all(&(1u32 << 20).to_be_bytes()).await;
+    let over = gocron_shared::rpc::MAX_FRAME_BYTES as u32 + 1;
+    let _ = stream.write_all(&over.to_be_bytes()).await;
     let _ = stream.write_all(&[0u8; 16 * 1024]).await;
     assert!(
         closed_within(&mut stream, Duration::from_secs(3)).await,

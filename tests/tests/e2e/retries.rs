@@ -23,10 +23,11 @@ async fn run_now(c: &Cluster, job: i64) {
         .expect("run-now request");
 }
 
-/// A command that appends a line to `file` each run and fails until the `n`th run.
+/// A command that appends its attempt (`GOCRON_ATTEMPT`) to `file` each run and fails until
+/// the `n`th run.
 fn flaky(file: &std::path::Path, n: usize) -> String {
     let file = file.display();
-    format!("echo run >> {file}; [ $(wc -l < {file}) -ge {n} ]")
+    format!("echo \"$GOCRON_ATTEMPT\" >> {file}; [ $(wc -l < {file}) -ge {n} ]")
 }
 
 /// (trigger, attempt, retry_of, status) of each run.
@@ -34,6 +35,11 @@ fn shape(runs: &[run::Model]) -> Vec<(String, i32, Option<i64>, String)> {
     runs.iter()
         .map(|r| (r.trigger.clone(), r.attempt, r.retry_of, r.status.clone()))
         .collect()
+}
+
+/// The lines `1`, `2`, … `n`.
+fn attempts(n: i32) -> Vec<String> {
+    (1..=n).map(|a| a.to_string()).collect()
 }
 
 fn s(text: &str) -> String {
@@ -123,7 +129,7 @@ async fn retried(backend: Backend) {
         (requests(&c).await == 0).then_some(())
     })
     .await;
-    assert_eq!((lines(&mends).len(), lines(&fails).len()), (3, 3));
+    assert_eq!((lines(&mends), lines(&fails)), (attempts(3), attempts(3)));
     let failed_alarms: Vec<_> = c
         .alarms()
         .await
@@ -183,6 +189,6 @@ async fn a_retry_due_while_no_dispatcher_runs_runs_once_when_one_is_back() {
         (requests(&c).await == 0).then_some(())
     })
     .await;
-    assert_eq!(lines(&out).len(), 2);
+    assert_eq!(lines(&out), attempts(2));
     c.shutdown().await;
 }

@@ -42,6 +42,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         timeout_ms: 0,
         trigger: Trigger::Manual,
         dispatcher: "intruder".into(),
+        attempt: 1,
     };
     let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
         .await

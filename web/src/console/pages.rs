@@ -536,7 +536,13 @@ pub fn run_table(job_id: i64, list: &[runs::RunSummary], tz: chrono_tz::Tz) -> M
                         td { (view::duration(r.started_at, r.finished_at)) }
                         td { (r.executor) }
                         td { @if let Some(c) = r.exit_code { (c) } }
-                        td { (r.trigger) }
+                        td {
+                            (r.trigger)
+                            // A retry names its attempt and the first one.
+                            @if let Some(first) = r.retry_of {
+                                " " span.hint title={ "retry of run " (first) } { "#" (r.attempt) }
+                            }
+                        }
                         td.error-text { @if let Some(e) = &r.error { (e) } }
                     }
                 }
@@ -581,6 +587,10 @@ pub async fn run(
         dl.facts {
             dt { "Tick" } dd { (view::time(r.scheduled_at, tz)) }
             dt { "Trigger" } dd { (r.trigger) }
+            @if let Some(first) = r.retry_of {
+                dt { "Attempt" }
+                dd { (r.attempt) ", retry of " a href={ "/jobs/" (r.job_id) "/runs/" (first) } { "run " (first) } }
+            }
             dt { "Executor" } dd { (r.executor) }
             dt { "Started" } dd { (view::maybe_time(r.started_at, tz)) }
             dt { "Finished" } dd { (view::maybe_time(r.finished_at, tz)) }
