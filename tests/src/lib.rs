@@ -297,6 +297,16 @@ impl Cluster {
         .await;
     }
 
+    /// Asks the dispatchers to run job `id` now, with `env` (`KEY=VALUE` lines) for that run,
+    /// once the monitor has published it; returns the request's instant (the run's tick).
+    pub async fn run_now(&self, id: i64, env: &str) -> DateTime<Utc> {
+        self.wait_published(id).await;
+        let keys = gocron_shared::keys::EtcdKeys::new(&self.base_config().etcd.prefix);
+        gocron_shared::control::run_now(&mut self.etcd().await, &keys, id, env)
+            .await
+            .expect("run-now request")
+    }
+
     /// Starts a dispatcher named `name`.
     pub fn start_dispatcher(&mut self, name: &str) {
         let config = self.config("DISPATCHER", &[("NAME", name)]);

@@ -4,8 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gocron_shared::control;
-use gocron_shared::keys::EtcdKeys;
 use gocron_tests::{Backend, Cluster, wait_until};
 use sea_orm::sqlx::{Connection as _, SqliteConnection};
 
@@ -43,21 +41,6 @@ async fn unlock_database(mut conn: SqliteConnection) {
     conn.close().await.expect("closing the test's connection");
 }
 
-/// Asks the dispatchers to run `job` now, once it is published.
-async fn run_now(c: &Cluster, job: i64) {
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    let etcd = c.etcd().await;
-    wait_until("the job published", Duration::from_secs(10), || {
-        let mut etcd = etcd.clone();
-        let key = keys.job(job);
-        async move { (etcd.get(key, None).await.ok()?.count() == 1).then_some(()) }
-    })
-    .await;
-    control::run_now(&mut etcd.clone(), &keys, job, "")
-        .await
-        .expect("run-now request");
-}
-
 async fn run_row(c: &Cluster, job: i64, id: i64) -> gocron_shared::entity::run::Model {
     c.runs(job)
         .await
@@ -81,7 +64,7 @@ async fn an_outcome_the_database_refused_survives_a_sigkill_and_is_recorded_afte
         go.display()
     );
     let job = c.insert_job("yearly", "0 0 1 1 *", &command).await;
-    run_now(&c, job).await;
+    c.run_now(job, "").await;
     let run = wait_until("the run going", Duration::from_secs(20), || async {
         c.runs(job)
             .await

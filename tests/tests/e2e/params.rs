@@ -7,15 +7,6 @@ use gocron_shared::control;
 use gocron_shared::keys::EtcdKeys;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 
-/// Asks the dispatchers to run `job` now with `env`, once it is published.
-async fn run_now(c: &Cluster, job: i64, env: &str) {
-    c.wait_published(job).await;
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    control::run_now(&mut c.etcd().await, &keys, job, env)
-        .await
-        .expect("run-now request");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_runs_with_its_env_in_its_workdir_and_a_run_now_adds_its_own_variables() {
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
@@ -42,7 +33,7 @@ async fn a_job_runs_with_its_env_in_its_workdir_and_a_run_now_adds_its_own_varia
             ],
         )
         .await;
-    run_now(&c, job, "").await;
+    c.run_now(job, "").await;
     let first = format!(
         "hello world|/opt/app/bin:/usr/bin:/bin|{}|none",
         workdir.display()
@@ -52,7 +43,7 @@ async fn a_job_runs_with_its_env_in_its_workdir_and_a_run_now_adds_its_own_varia
     })
     .await;
     // The run's own variables come on top of the job's, replacing one of the same name.
-    run_now(&c, job, "EXTRA=1\nGREETING=override").await;
+    c.run_now(job, "EXTRA=1\nGREETING=override").await;
     let second = format!(
         "override|/opt/app/bin:/usr/bin:/bin|{}|1",
         workdir.display()
@@ -64,7 +55,7 @@ async fn a_job_runs_with_its_env_in_its_workdir_and_a_run_now_adds_its_own_varia
     )
     .await;
     // ... for that run only.
-    run_now(&c, job, "").await;
+    c.run_now(job, "").await;
     wait_until("a plain run again", Duration::from_secs(20), || async {
         (lines(&out) == [first.clone(), second.clone(), first.clone()]).then_some(())
     })

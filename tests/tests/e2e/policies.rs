@@ -36,22 +36,6 @@ fn alive(pid: i32) -> bool {
     })
 }
 
-/// Asks the dispatchers to run `job` now, once it is published (a dispatcher ignores a request
-/// for a job it does not schedule); returns the request's instant.
-async fn run_now(c: &Cluster, job: i64) -> DateTimeUtc {
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    let etcd = c.etcd().await;
-    wait_until("the job published", Duration::from_secs(10), || {
-        let mut etcd = etcd.clone();
-        let key = keys.job(job);
-        async move { (etcd.get(key, None).await.ok()?.count() == 1).then_some(()) }
-    })
-    .await;
-    control::run_now(&mut etcd.clone(), &keys, job, "")
-        .await
-        .expect("run-now request")
-}
-
 fn executed(runs: &[gocron_shared::entity::run::Model]) -> Vec<&gocron_shared::entity::run::Model> {
     runs.iter().filter(|r| r.status != "skipped").collect()
 }
@@ -210,7 +194,7 @@ async fn run_now_goes_through_the_dispatchers_and_kill_stops_the_run() {
     let config = c.base_config();
     let keys = EtcdKeys::new(&config.etcd.prefix);
     let etcd = c.etcd().await;
-    let requested = run_now(&c, job).await;
+    let requested = c.run_now(job, "").await;
     let run = wait_until("the manual run going", Duration::from_secs(20), || async {
         c.runs(job)
             .await
@@ -262,7 +246,7 @@ async fn run_now_goes_through_the_dispatchers_and_kill_stops_the_run() {
     ));
 
     // The job is free again: a second request runs it again.
-    let again: DateTimeUtc = run_now(&c, job).await;
+    let again: DateTimeUtc = c.run_now(job, "").await;
     let second = wait_until("a second manual run", Duration::from_secs(20), || async {
         c.runs(job)
             .await
@@ -358,7 +342,7 @@ async fn a_job_that_leaves_a_background_process_ends_with_its_main_process_and_s
         pids.display()
     );
     let job = c.insert_job("forks", "0 0 1 1 *", &command).await;
-    run_now(&c, job).await;
+    c.run_now(job, "").await;
     let runs = c.wait_for_finished(job, 1, Duration::from_secs(20)).await;
     let r = &runs[0];
     assert_eq!(r.status, "succeeded", "{r:#?}");

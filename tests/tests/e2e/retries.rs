@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use gocron_shared::control;
 use gocron_shared::entity::run;
 use gocron_shared::keys::EtcdKeys;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
@@ -13,15 +12,6 @@ use gocron_tests::{Backend, Cluster, lines, wait_until};
 use crate::alarms::{alarm_cluster, wait_mail};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Runs `job` now, once it is published.
-async fn run_now(c: &Cluster, job: i64) {
-    c.wait_published(job).await;
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    control::run_now(&mut c.etcd().await, &keys, job, "")
-        .await
-        .expect("run-now request");
-}
 
 /// A command that appends its attempt (`GOCRON_ATTEMPT`) to `file` each run and fails until
 /// the `n`th run.
@@ -88,8 +78,8 @@ async fn retried(backend: Backend) {
     let broken = c
         .insert_job_with("broken", "0 0 1 1 *", &flaky(&fails, 100), &retrying(2))
         .await;
-    run_now(&c, mended).await;
-    run_now(&c, broken).await;
+    c.run_now(mended, "").await;
+    c.run_now(broken, "").await;
 
     // Fails twice, then succeeds: two retries of the first run, and no third.
     let runs = c.wait_for_finished(mended, 3, WAIT).await;
@@ -159,7 +149,7 @@ async fn a_retry_due_while_no_dispatcher_runs_runs_once_when_one_is_back() {
             &[("retries", 1.into()), ("retry_delay_secs", 3.into())],
         )
         .await;
-    run_now(&c, job).await;
+    c.run_now(job, "").await;
     // The first attempt failed and its retry is requested: the only dispatcher stops.
     wait_until("the retry requested", WAIT, || async {
         (requests(&c).await == 1).then_some(())
