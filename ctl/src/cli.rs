@@ -100,6 +100,17 @@ enum Command {
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
     },
+    /// Report an event: every enabled job with rule `@event NAME` runs once for it.
+    Event {
+        /// The event's name, e.g. order.paid.
+        name: String,
+        /// Handed to each run as GOCRON_EVENT_PAYLOAD and on stdin.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Reporting the same name and key again fires nothing more.
+        #[arg(long)]
+        dedup_key: Option<String>,
+    },
     /// Kill a run in flight.
     Kill {
         /// The run.
@@ -183,6 +194,9 @@ struct JobFields {
     /// `retry_delay_secs`: seconds before the first retry (doubling for each next one).
     #[arg(long)]
     retry_delay_secs: Option<i64>,
+    /// `delay_secs`: for an `@event` job, seconds between the event and its run.
+    #[arg(long)]
+    delay_secs: Option<i64>,
 }
 
 impl JobFields {
@@ -208,6 +222,7 @@ impl JobFields {
         put("workdir", self.workdir.clone().map(Value::from));
         put("retries", self.retries.map(Value::from));
         put("retry_delay_secs", self.retry_delay_secs.map(Value::from));
+        put("delay_secs", self.delay_secs.map(Value::from));
         Value::Object(body)
     }
 }
@@ -485,6 +500,20 @@ async fn api_command(api: &Api, command: &Command) -> Result<Value, (u8, String)
             let body = (!env.is_empty()).then(|| serde_json::json!({"env": env.join("\n")}));
             api.call(Method::POST, &format!("/jobs/{job}/run"), body)
                 .await
+        }
+        Command::Event {
+            name,
+            payload,
+            dedup_key,
+        } => {
+            let mut body = serde_json::json!({"name": name});
+            if let Some(payload) = payload {
+                body["payload"] = payload.as_str().into();
+            }
+            if let Some(key) = dedup_key {
+                body["dedup_key"] = key.as_str().into();
+            }
+            api.call(Method::POST, "/events", Some(body)).await
         }
         Command::Kill { run } => {
             api.call(Method::POST, &format!("/runs/{run}/kill"), None)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::entity::job;
-use gocron_shared::job::{JobSpec, Misfire, RetryOf, TimeoutPolicy, Trigger};
+use gocron_shared::job::{JobSpec, Misfire, Origin, RunStatus, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
@@ -110,9 +110,10 @@ impl Dispatcher {
     /// Fires `tick` if this dispatcher wins it.
     pub async fn fire(self, tick: Tick) -> Handover {
         let (job, schedule) = (tick.job, tick.schedule);
-        let (following, trigger, retry, tick) = (tick.following, tick.trigger, tick.retry, tick.at);
+        let (following, trigger, tick, origin) =
+            (tick.following, tick.trigger, tick.at, tick.origin);
         let outcome = self
-            .fire_inner(&job, &schedule, tick, following, trigger, retry)
+            .fire_inner(&job, &schedule, tick, following, trigger, origin)
             .await;
         if schedule.is_one_shot()
             && trigger == Trigger::Schedule
@@ -165,16 +166,45 @@ impl Dispatcher {
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
-        retry: Option<RetryOf>,
+        origin: Option<Origin>,
     ) -> Handover {
-        let won = match self.win(job, tick, trigger).await {
+        let source_id = origin.as_ref().map_or(0, |o| o.source_id);
+        let won = match self.win(job, tick, trigger, source_id).await {
             Ok(Some(won)) => won,
             Ok(None) => return Handover::Lost,
             Err(failed) => return failed,
         };
-        // A run-now or a retry is not a tick of the rule: nothing before it was missed.
+        // A run-now, a retry or an event is not a tick of the rule: nothing before it was
+        // missed. A delayed event's run that comes too late takes the misfire policy.
         if trigger != Trigger::Schedule {
-            return self.run(job, tick, following, trigger, retry, won).await;
+            let late = (Utc::now() - tick).to_std().unwrap_or_default() > self.inner.max_late;
+            let delayed = origin
+                .as_ref()
+                .and_then(|o| o.event.as_ref())
+                .is_some_and(|e| e.delayed);
+            if late && delayed && job.misfire == Misfire::Skip {
+                let why = format!(
+                    "the delayed event's run was due at {tick}, when no dispatcher could fire it (misfire skip)"
+                );
+                return match self
+                    .inner
+                    .runs
+                    .settled(
+                        job.id,
+                        tick,
+                        trigger,
+                        origin.as_ref(),
+                        RunStatus::Missed,
+                        why.clone(),
+                    )
+                    .await
+                {
+                    Ok(Some(_)) => Handover::Missed(why),
+                    Ok(None) => Handover::Lost,
+                    Err(e) => Handover::Failed(format!("{why}; and recording it failed: {e}")),
+                };
+            }
+            return self.run(job, tick, following, trigger, origin, won).await;
         }
         // The ticks between the last one fired and this one were missed (every dispatcher was
         // down or stalled); so is this one if it comes too late.
@@ -193,7 +223,7 @@ impl Dispatcher {
         if late {
             return handled;
         }
-        let won = match self.win(job, tick, trigger).await {
+        let won = match self.win(job, tick, trigger, 0).await {
             Ok(Some(won)) => won,
             Ok(None) => return Handover::Lost,
             Err(failed) => return failed,
@@ -224,13 +254,20 @@ impl Dispatcher {
         job: &JobSpec,
         tick: DateTime<Utc>,
         trigger: Trigger,
+        source_id: i64,
     ) -> Result<Option<Won>, Handover> {
         let mut attempt = 0;
         loop {
             match self
                 .inner
                 .lock
-                .acquire(job.id, tick.timestamp_millis(), trigger, &job.machine)
+                .acquire(
+                    job.id,
+                    tick.timestamp_millis(),
+                    trigger,
+                    source_id,
+                    &job.machine,
+                )
                 .await
             {
                 Ok(won) => return Ok(won),
@@ -314,7 +351,7 @@ impl Dispatcher {
             }
             let won = match last.take_if(|_| i + 1 == n) {
                 Some(won) => won,
-                None => match self.win(job, at, Trigger::Schedule).await {
+                None => match self.win(job, at, Trigger::Schedule, 0).await {
                     Ok(Some(won)) => won,
                     Ok(None) => continue,
                     Err(failed) => {
@@ -390,7 +427,7 @@ impl Dispatcher {
         tick: DateTime<Utc>,
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
-        retry: Option<RetryOf>,
+        origin: Option<Origin>,
         won: Won,
     ) -> Handover {
         let inner = &self.inner;
@@ -403,8 +440,10 @@ impl Dispatcher {
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.
+        // An event's run is work of its own: it is not skipped for one still going.
         if let Some(previous) = self.live(in_flight).await.first()
             && job.timeout_policy == TimeoutPolicy::Abandon
+            && trigger != Trigger::Event
         {
             let holder = previous.holder.as_ref().map(Holder::label);
             let why = format!(
@@ -414,7 +453,7 @@ impl Dispatcher {
             );
             return match inner
                 .runs
-                .skipped(job.id, tick, trigger, retry, why.clone())
+                .skipped(job.id, tick, trigger, origin.as_ref(), why.clone())
                 .await
             {
                 Ok(Some(_)) => Handover::Skipped(why),
@@ -425,7 +464,7 @@ impl Dispatcher {
 
         let run_id = match inner
             .runs
-            .insert_attempt(job.id, tick, trigger, retry)
+            .insert_attempt(job.id, tick, trigger, origin.as_ref())
             .await
         {
             Ok(Some(id)) => id,
@@ -478,7 +517,8 @@ impl Dispatcher {
             timeout_ms: run_timeout_ms(job, tick, following),
             trigger,
             dispatcher: inner.name.clone(),
-            attempt: retry.map_or(1, |r| r.attempt),
+            attempt: origin.as_ref().map_or(1, |o| o.attempt.max(1)),
+            event: origin.and_then(|o| o.event),
         };
         // Round-robin across all dispatchers: the group's dispatch count picks the first
         // executor to offer; each further one is offered the run at most once.

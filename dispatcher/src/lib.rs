@@ -8,8 +8,8 @@
 //!
 //! [`run`] is the whole daemon; `main` only parses flags and handles signals.
 
+pub mod deferred;
 pub mod dispatch;
-pub mod retry;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::Config;
-use gocron_shared::control::{RetryRequest, RunNow};
-use gocron_shared::job::{JobSpec, RetryOf};
+use gocron_shared::control::RunNow;
+use gocron_shared::job::{JobSpec, Origin, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
 use gocron_shared::registry::{self, MirrorEvent, Registration};
@@ -27,8 +27,8 @@ use gocron_shared::runs::RunLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::deferred::{Deferred, Key, Request as DeferredRequest};
 use crate::dispatch::{Dispatcher, Handover};
-use crate::retry::Retries;
 use crate::scheduler::Scheduler;
 
 /// How long hand-overs under way may take to finish at shutdown.
@@ -92,10 +92,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut jobs = registry::mirror(etcd.clone(), keys.jobs(), watches.clone());
     let mut requests = registry::mirror(etcd.clone(), keys.manual(), watches.clone());
     let mut retry_requests = registry::mirror(etcd.clone(), keys.retries(), watches.clone());
-    let mut retries = Retries::default();
-    // Retries whose firing failed or was shed, to fire again.
+    let mut event_requests = registry::mirror(etcd.clone(), keys.events(), watches.clone());
+    let mut deferred = Deferred::default();
+    // Deferred requests whose firing failed or was shed, to fire again.
     let (again_tx, mut again) = tokio::sync::mpsc::unbounded_channel();
-    // Retries wait until the jobs are read: a job not known before that is not gone.
+    // Deferred requests wait until the jobs are read: a job not known before that is not gone.
     let mut jobs_read = false;
     let dispatcher = Dispatcher::new(
         config.rpc.secret.clone(),
@@ -121,7 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(dispatcher = %name, "dispatcher ready");
 
     loop {
-        let next_retry = retries.next_ms().filter(|_| jobs_read);
+        let next_retry = deferred.next_ms().filter(|_| jobs_read);
         let sleep_ms = [scheduler.next_deadline(), next_retry]
             .into_iter()
             .flatten()
@@ -178,27 +179,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     }
                 }
             }
-            Some(event) = retry_requests.recv() => match event {
-                MirrorEvent::Put(key, value) => match retry_request(&keys, &key, &value) {
-                    Some((job_id, run_id, request)) => retries.put(job_id, run_id, request, request.due_ms),
-                    None => tracing::error!(%key, "retry request unreadable; ignored"),
-                },
-                MirrorEvent::Delete(key) => {
-                    if let Some((job_id, run_id)) = keys.retry_request(&key) {
-                        retries.delete(job_id, run_id);
-                    }
-                }
-                MirrorEvent::Resync | MirrorEvent::Synced => {}
-            },
-            Some((job_id, run_id, request)) = again.recv() => {
-                let later = Utc::now().timestamp_millis() + RETRY_AGAIN_MS;
-                retries.put(job_id, run_id, request, later);
+            Some(event) = retry_requests.recv() => {
+                deferred_event(&mut deferred, &keys, Trigger::Retry, event);
+            }
+            Some(event) = event_requests.recv() => {
+                deferred_event(&mut deferred, &keys, Trigger::Event, event);
+            }
+            Some((key, request)) = again.recv() => {
+                let later = Utc::now().timestamp_millis() + AGAIN_MS;
+                deferred.put(key, request, later);
             }
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
                 fire_due(&mut scheduler, &dispatcher, &ticks);
                 if jobs_read {
-                    for (job_id, run_id, request) in retries.due(Utc::now().timestamp_millis()) {
-                        fire_retry(&scheduler, &dispatcher, &etcd, &keys, &ticks, &again_tx, job_id, run_id, request);
+                    for (key, request) in deferred.due(Utc::now().timestamp_millis()) {
+                        fire_deferred(&scheduler, &dispatcher, &etcd, &keys, &ticks, &again_tx, key, request);
                     }
                 }
             }
@@ -352,61 +347,119 @@ fn serve_manual(
     // (Left in etcd when shed: it is served at the request's next read.)
 }
 
-/// How long after a failed or shed firing a retry is fired again.
-const RETRY_AGAIN_MS: i64 = 1000;
+/// How long after a failed or shed firing a deferred request is fired again.
+const AGAIN_MS: i64 = 1000;
 
-/// The (job id, run id, request) of a retry request's key and value.
-fn retry_request(keys: &EtcdKeys, key: &str, value: &[u8]) -> Option<(i64, i64, RetryRequest)> {
-    let (job_id, run_id) = keys.retry_request(key)?;
-    let request = serde_json::from_slice(value).ok()?;
-    Some((job_id, run_id, request))
+/// How long past its due time a deferred request for a job not scheduled here waits for the
+/// job (its publication may come after the request, through another watch) before it is
+/// dropped.
+const UNKNOWN_JOB_WAIT_MS: i64 = 30_000;
+
+/// Takes in a change under the retry or the event requests (`trigger` says which).
+fn deferred_event(deferred: &mut Deferred, keys: &EtcdKeys, trigger: Trigger, event: MirrorEvent) {
+    let parse = |key: &str| match trigger {
+        Trigger::Event => keys.event_request(key),
+        _ => keys.retry_request(key),
+    };
+    let key_of = |key: &str| {
+        parse(key).map(|(job_id, source_id)| Key {
+            trigger,
+            job_id,
+            source_id,
+        })
+    };
+    match event {
+        MirrorEvent::Put(key, value) => {
+            let request = key_of(&key).and_then(|k| {
+                let request = match trigger {
+                    Trigger::Event => DeferredRequest::Event(serde_json::from_slice(&value).ok()?),
+                    _ => DeferredRequest::Retry(serde_json::from_slice(&value).ok()?),
+                };
+                Some((k, request))
+            });
+            match request {
+                Some((k, request)) => {
+                    let due = request.due_ms();
+                    deferred.put(k, request, due);
+                }
+                None => tracing::error!(%key, "deferred request unreadable; ignored"),
+            }
+        }
+        MirrorEvent::Delete(key) => {
+            if let Some(k) = key_of(&key) {
+                deferred.delete(&k);
+            }
+        }
+        MirrorEvent::Resync | MirrorEvent::Synced => {}
+    }
 }
 
-/// Fires the retry of run `run_id` of job `job_id`, and deletes its request once it is served
-/// (here or by another dispatcher); sends it to `again` when it could not be.
+/// Fires a retry or an event's run, and deletes its request once it is served (here or by
+/// another dispatcher); sends it to `again` when it could not be.
 #[allow(clippy::too_many_arguments)]
-fn fire_retry(
+fn fire_deferred(
     scheduler: &Scheduler,
     dispatcher: &Dispatcher,
     etcd: &etcd_client::Client,
     keys: &EtcdKeys,
     ticks: &Ticks,
-    again: &tokio::sync::mpsc::UnboundedSender<(i64, i64, RetryRequest)>,
-    job_id: i64,
-    run_id: i64,
-    request: RetryRequest,
+    again: &tokio::sync::mpsc::UnboundedSender<(Key, DeferredRequest)>,
+    key: Key,
+    request: DeferredRequest,
 ) {
-    let key = keys.retry_request_key(job_id, run_id);
-    let retry = RetryOf {
-        attempt: request.attempt,
-        first_run: request.first_run,
+    let (job_id, source_id) = (key.job_id, key.source_id);
+    let (etcd_key, origin) = match &request {
+        DeferredRequest::Retry(r) => (
+            keys.retry_request_key(job_id, source_id),
+            Origin {
+                attempt: r.attempt,
+                first_run: Some(r.first_run),
+                source_id,
+                event: r.event.clone(),
+            },
+        ),
+        DeferredRequest::Event(e) => (
+            keys.event_request_key(job_id, source_id),
+            Origin {
+                attempt: 1,
+                first_run: None,
+                source_id,
+                event: Some(e.event.clone()),
+            },
+        ),
     };
-    let Some(due) = Utc.timestamp_millis_opt(request.due_ms).single() else {
+    let Some(due) = Utc.timestamp_millis_opt(request.due_ms()).single() else {
         return;
     };
     let mut etcd = etcd.clone();
-    let Some(tick) = scheduler.retry(job_id, due, retry) else {
+    let Some(tick) = scheduler.deferred(job_id, due, key.trigger, origin) else {
+        if Utc::now().timestamp_millis() - request.due_ms() < UNKNOWN_JOB_WAIT_MS {
+            // Perhaps published a moment ago, through the other watch.
+            let _ = again.send((key, request));
+            return;
+        }
         // Disabled, invalid or deleted since: not run. Every dispatcher agrees.
         tracing::warn!(
             job_id,
-            run_id,
-            "retry of a job that is not scheduled (disabled, invalid or deleted); dropped"
+            source_id,
+            trigger = %key.trigger,
+            "deferred run of a job that is not scheduled (disabled, invalid or deleted); dropped"
         );
         tokio::spawn(async move {
-            let _ = etcd.delete(key, None).await;
+            let _ = etcd.delete(etcd_key, None).await;
         });
         return;
     };
-    let (dispatcher, again_tx) = (dispatcher.clone(), again.clone());
+    let (dispatcher, again_tx, retried) = (dispatcher.clone(), again.clone(), request.clone());
     let fired = ticks.spawn(async move {
         if matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
-            let _ = again_tx.send((job_id, run_id, request));
+            let _ = again_tx.send((key, retried));
         } else {
-            let _ = etcd.delete(key, None).await;
+            let _ = etcd.delete(etcd_key, None).await;
         }
     });
     if !fired {
-        let _ = again.send((job_id, run_id, request));
+        let _ = again.send((key, request));
     }
 }
 

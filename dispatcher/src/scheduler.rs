@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
-use gocron_shared::job::{JobSpec, RetryOf, Trigger};
+use gocron_shared::job::{JobSpec, Origin, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::registry::{MirrorEvent, Resync};
 use gocron_shared::rule::Schedule;
@@ -33,10 +33,11 @@ pub struct Tick {
     pub at: DateTime<Utc>,
     /// The job's following tick, if any: a run with `timeout_secs = 0` may last until then.
     pub following: Option<DateTime<Utc>>,
-    /// A tick of the rule, an operator's run-now request made at `at`, or a retry due at `at`.
+    /// A tick of the rule, an operator's run-now request made at `at`, or a retry or an
+    /// event's run due at `at`.
     pub trigger: Trigger,
-    /// For a retry, which attempt it is and of which run.
-    pub retry: Option<RetryOf>,
+    /// For a retry or an event's run, where it comes from.
+    pub origin: Option<Origin>,
 }
 
 /// Every job this dispatcher schedules.
@@ -76,21 +77,27 @@ impl Scheduler {
             at: requested,
             following: entry.schedule.next_after(requested),
             trigger: Trigger::Manual,
-            retry: None,
+            origin: None,
         })
     }
 
-    /// The tick of a retry of job `job_id` due at `due` (`None`: the job is not scheduled here:
-    /// disabled, invalid, deleted).
-    pub fn retry(&self, job_id: i64, due: DateTime<Utc>, retry: RetryOf) -> Option<Tick> {
+    /// The tick of a retry or an event's run (`trigger`) of job `job_id`, due at `due`
+    /// (`None`: the job is not scheduled here: disabled, invalid, deleted, or not yet known).
+    pub fn deferred(
+        &self,
+        job_id: i64,
+        due: DateTime<Utc>,
+        trigger: Trigger,
+        origin: Origin,
+    ) -> Option<Tick> {
         let entry = self.jobs.get(&job_id)?;
         Some(Tick {
             job: entry.spec.clone(),
             schedule: entry.schedule.clone(),
             at: due,
             following: entry.schedule.next_after(due),
-            trigger: Trigger::Retry,
-            retry: Some(retry),
+            trigger,
+            origin: Some(origin),
         })
     }
 
@@ -285,7 +292,7 @@ impl Scheduler {
                 at: tick,
                 following,
                 trigger: Trigger::Schedule,
-                retry: None,
+                origin: None,
             });
             if let Some(next) = following {
                 self.queue
@@ -321,7 +328,7 @@ impl Scheduler {
             at,
             following: schedule.next_after(at),
             trigger: Trigger::Schedule,
-            retry: None,
+            origin: None,
         })
     }
 }

@@ -283,11 +283,21 @@ impl Runner {
             .env("GOCRON_SCHEDULED_AT", scheduled)
             .env("GOCRON_EXECUTOR", &self.executor_name)
             .env("GOCRON_ATTEMPT", request.attempt.to_string())
-            .stdin(Stdio::null())
+            .stdin(if request.event.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
+        if let Some(event) = &request.event {
+            command
+                .env("GOCRON_EVENT_ID", event.id.to_string())
+                .env("GOCRON_EVENT_NAME", &event.name)
+                .env("GOCRON_EVENT_PAYLOAD", &event.payload);
+        }
         if !request.job.workdir.is_empty() {
             command.current_dir(&request.job.workdir);
         }
@@ -314,6 +324,15 @@ impl Runner {
                 };
             }
         };
+        // The event's payload on stdin, then end of file; a command that does not read it
+        // closes the pipe, which is not an error.
+        if let (Some(mut stdin), Some(event)) = (child.stdin.take(), &request.event) {
+            let payload = event.payload.clone().into_bytes();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = stdin.write_all(&payload).await;
+            });
+        }
         // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
         let child_group = child.id();
         let stop_reading = CancellationToken::new();

@@ -27,7 +27,7 @@ use gocron_shared::alarm::config::AlarmConfig;
 use gocron_shared::alarm::message::{AlarmFacts, JobFacts, RunFacts};
 use gocron_shared::control::{self, RetryRequest};
 use gocron_shared::entity::{job, run};
-use gocron_shared::job::{RunStatus, is_retried, retry_delay, validate};
+use gocron_shared::job::{EventRef, RunStatus, is_retried, retry_delay, validate};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rule::Schedule;
@@ -181,8 +181,20 @@ pub struct Checker {
     fences: Fences,
     etcd: etcd_client::Client,
     keys: EtcdKeys,
-    /// Retries to request, found by this pass: (job, run to retry, request).
-    retries: Vec<(i64, i64, RetryRequest)>,
+    /// Retries to request, found by this pass: (job, run to retry, request, where its first
+    /// attempt came from).
+    retries: Vec<(i64, i64, RetryRequest, Lineage)>,
+}
+
+/// Where a retried run's first attempt came from.
+#[derive(Debug, Clone, Copy)]
+enum Lineage {
+    /// A tick or a run-now.
+    Plain,
+    /// This event's run.
+    Event(i64),
+    /// Ask this first attempt.
+    FirstRun(i64),
 }
 
 /// What the checks need besides the alarm store.
@@ -374,7 +386,9 @@ impl Checker {
         self.jobs = jobs;
         let findings = found?;
         // Before the marks move past the runs to retry: a request not put is found again.
-        for (job_id, run_id, request) in std::mem::take(&mut self.retries) {
+        for (job_id, run_id, mut request, lineage) in std::mem::take(&mut self.retries) {
+            // A retry of an event's run runs for the same event.
+            request.event = self.event_of(lineage).await?;
             control::request_retry(&mut self.etcd, &self.keys, job_id, run_id, &request)
                 .await
                 .map_err(|e| DbErr::Custom(format!("requesting a retry of run {run_id}: {e}")))?;
@@ -419,6 +433,38 @@ impl Checker {
         }
         self.save_marks(now).await?;
         Ok(report)
+    }
+
+    /// The event a retried run's first attempt ran for, if it was an event's run.
+    async fn event_of(&self, lineage: Lineage) -> Result<Option<EventRef>, DbErr> {
+        let db = self.store.db();
+        let event_id = match lineage {
+            Lineage::Plain => return Ok(None),
+            Lineage::Event(id) => id,
+            Lineage::FirstRun(first) => {
+                let first: Option<(String, i64)> = run::Entity::find_by_id(first)
+                    .select_only()
+                    .column(run::Column::Trigger)
+                    .column(run::Column::SourceId)
+                    .into_tuple()
+                    .one(db)
+                    .await?;
+                match first {
+                    Some((trigger, id)) if trigger == "event" => id,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        // Gone (deleted by hand): the retry runs without it, as a run of that event.
+        let row = gocron_shared::entity::event::Entity::find_by_id(event_id)
+            .one(db)
+            .await?;
+        Ok(Some(EventRef {
+            id: event_id,
+            name: row.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+            payload: row.and_then(|e| e.payload).unwrap_or_default(),
+            delayed: false,
+        }))
     }
 
     async fn find(
@@ -784,7 +830,12 @@ impl Checker {
                 let record = jobs.get(&row.job_id);
                 if let Some(request) = retry(row, status, record) {
                     // Not alarmed: the last attempt's failure is.
-                    self.retries.push((row.job_id, row.id, request));
+                    let lineage = match row.trigger.as_str() {
+                        "event" => Lineage::Event(row.source_id),
+                        "retry" => Lineage::FirstRun(request.first_run),
+                        _ => Lineage::Plain,
+                    };
+                    self.retries.push((row.job_id, row.id, request, lineage));
                     self.open.remove(&row.id);
                     return;
                 }
@@ -1132,6 +1183,7 @@ struct RunHead {
     overrun_at: Option<DateTime<Utc>>,
     attempt: i32,
     retry_of: Option<i64>,
+    source_id: i64,
 }
 
 /// A query of run rows without their output.
@@ -1151,6 +1203,7 @@ fn heads() -> sea_orm::Select<run::Entity> {
         C::OverrunAt,
         C::Attempt,
         C::RetryOf,
+        C::SourceId,
     ])
 }
 
@@ -1177,6 +1230,7 @@ async fn read_runs(
             overrun_at: h.overrun_at,
             attempt: h.attempt,
             retry_of: h.retry_of,
+            source_id: h.source_id,
         })
         .collect();
     let failed: Vec<i64> = rows
@@ -1216,6 +1270,7 @@ fn retry(row: &run::Model, status: RunStatus, job: Option<&JobRecord>) -> Option
         due_ms: due.timestamp_millis(),
         attempt: row.attempt + 1,
         first_run: row.retry_of.unwrap_or(row.id),
+        event: None,
     })
 }
 

@@ -24,6 +24,7 @@
 //! - [`sync`]: change log (or, now and then, the whole table) → verdicts → etcd.
 //! - [`lost`]: runs in flight whose holder is gone become `lost`.
 //! - [`checks`]: the health checks, each pass's findings recorded as alarms.
+//! - [`events`]: `cron_event` rows → one request per subscribed `@event` job → dispatchers.
 //! - [`alarms`]: the alarm table: record once, claim, quiet period, daily cap, send, retry.
 //! - [`ledger`]: every tick of every job ends with a row (`missed` when nobody wrote one).
 //! - [`health`]: the checks and sender loops and their etcd views.
@@ -31,6 +32,7 @@
 
 pub mod alarms;
 pub mod checks;
+pub mod events;
 pub mod health;
 pub mod ledger;
 pub mod lost;
@@ -156,6 +158,13 @@ pub async fn run_with(
     // Until the executor instances have been read, every run would look lost.
     let mut seen_instances = false;
     let default_tz: Tz = config.dispatcher.time_zone;
+    let mut events = events::EventFeed::new(
+        db.clone(),
+        etcd.clone(),
+        keys.clone(),
+        config.machines.clone(),
+        default_tz,
+    );
     let mut publisher = Publisher::new(
         db,
         etcd,
@@ -190,6 +199,12 @@ pub async fn run_with(
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = publisher.pass() => {}
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    result = events.pass() => if let Err(e) = result {
+                        tracing::warn!(error = %e, "cannot hand events over; trying again at the next poll");
+                    },
                 }
             }
         }

@@ -75,7 +75,7 @@ impl RunNow {
 
 /// A retry request's etcd value (`{prefix}/retry/{job}/{run}`, JSON): the monitor puts it when
 /// run `run` ended so that its job runs it again; the dispatcher that fires the retry deletes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryRequest {
     /// When the retry is due (Unix ms): its run row's `scheduled_at`, and its lock's instant.
     pub due_ms: i64,
@@ -83,6 +83,9 @@ pub struct RetryRequest {
     pub attempt: i32,
     /// The first attempt's run id (`cron_run.retry_of`).
     pub first_run: i64,
+    /// When the first attempt was an event's run, the event: the retry gets it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<crate::job::EventRef>,
 }
 
 /// Puts the request to retry run `run_id` of job `job_id` (no lease: it waits for a dispatcher
@@ -97,6 +100,32 @@ pub async fn request_retry(
 ) -> Result<(), ControlError> {
     let value = serde_json::to_string(request).unwrap_or_default();
     etcd.put(keys.retry_request_key(job_id, run_id), value, None)
+        .await?;
+    Ok(())
+}
+
+/// An event request's etcd value (`{prefix}/event/{job}/{event}`, JSON): the monitor puts one
+/// for each job subscribed to an event it reads in `cron_event`; the dispatcher that fires the
+/// run deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRequest {
+    /// When the run is due (Unix ms): the event's `created_at` plus the job's `delay_secs`;
+    /// the run row's `scheduled_at`.
+    pub due_ms: i64,
+    /// The event's name, payload and whether the job waits for it.
+    pub event: crate::job::EventRef,
+}
+
+/// Puts the request to run job `job_id` for event `event_id` (no lease, like a retry).
+pub async fn request_event(
+    etcd: &mut Client,
+    keys: &EtcdKeys,
+    job_id: i64,
+    event_id: i64,
+    request: &EventRequest,
+) -> Result<(), ControlError> {
+    let value = serde_json::to_string(request).unwrap_or_default();
+    etcd.put(keys.event_request_key(job_id, event_id), value, None)
         .await?;
     Ok(())
 }

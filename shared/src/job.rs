@@ -116,7 +116,7 @@ text_enum!(RunStatus, "status",
     RunStatus::Skipped => "skipped", RunStatus::Missed => "missed");
 
 /// Why a run exists (`cron_run.trigger`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// A tick of the job's rule.
@@ -126,10 +126,12 @@ pub enum Trigger {
     /// An earlier attempt of it ended `failed`, `timeout`, `lost` or `no_executor`, and the
     /// job has `retries` left.
     Retry,
+    /// An event the job (`@event NAME`) is subscribed to was inserted into `cron_event`.
+    Event,
 }
 
 text_enum!(Trigger, "trigger", Trigger::Schedule => "schedule", Trigger::Manual => "manual",
-    Trigger::Retry => "retry");
+    Trigger::Retry => "retry", Trigger::Event => "event");
 
 /// The most `cron_job.retries`.
 pub const MAX_RETRIES: i32 = 100;
@@ -137,15 +139,43 @@ pub const MAX_RETRIES: i32 = 100;
 /// The longest delay before a retry (the doubling stops there).
 pub const MAX_RETRY_DELAY_SECS: i64 = 3600;
 
-/// What makes a run a retry: which attempt it is (the first run is attempt 1) and the first
-/// run's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryOf {
-    /// `cron_run.attempt`: 2 for the first retry.
+/// Where a run that is neither a tick of the rule nor a run-now comes from (trigger `retry` or
+/// `event`): what its row records, and what its command is told.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Origin {
+    /// `cron_run.attempt`: 1, or 2, 3, … for retries.
     pub attempt: i32,
-    /// `cron_run.retry_of`: the first attempt's run id.
-    pub first_run: i64,
+    /// `cron_run.retry_of`: a retry's first attempt (its run id).
+    pub first_run: Option<i64>,
+    /// `cron_run.source_id`: the run a retry follows, or the event's id. Part of the row's
+    /// unique key, so that two retries or two events due in the same millisecond are two runs.
+    pub source_id: i64,
+    /// The event of an event's run, or of a retry of one.
+    pub event: Option<EventRef>,
 }
+
+/// The event a run is for: `GOCRON_EVENT_NAME`, and `GOCRON_EVENT_PAYLOAD` (also on stdin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    /// `cron_event.id`.
+    pub id: i64,
+    /// `cron_event.name`.
+    pub name: String,
+    /// `cron_event.payload` (empty when NULL).
+    pub payload: String,
+    /// Whether the job waits `delay_secs` after the event: then, fired later than
+    /// `[dispatcher] max_late_ms` after it was due, the run takes the job's misfire policy
+    /// (`skip`: recorded `missed`).
+    #[serde(default)]
+    pub delayed: bool,
+}
+
+/// The longest `cron_job.delay_secs` (30 days).
+pub const MAX_EVENT_DELAY_SECS: i32 = 30 * 86_400;
+
+/// The largest event payload handed to a command (bytes); a larger event's runs are recorded
+/// `skipped`, saying so.
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// How long after attempt `attempt` ended the next one starts: `first_delay_secs`, doubling
 /// with each attempt, at most [`MAX_RETRY_DELAY_SECS`].
@@ -381,6 +411,12 @@ pub fn validate(
             "is longer than {MAX_ENV_CHARS} characters"
         )));
     }
+    if !(0..=MAX_EVENT_DELAY_SECS).contains(&row.delay_secs) {
+        return Err(JobError::Column(format!(
+            "delay_secs {} must be between 0 and {MAX_EVENT_DELAY_SECS}",
+            row.delay_secs
+        )));
+    }
     let env = parse_env(&row.env).map_err(JobError::Env)?;
     check_workdir(&spec.workdir)?;
     if spec.kind == JobKind::Http && !(env.is_empty() && spec.workdir.is_empty()) {
@@ -404,7 +440,12 @@ pub fn validate(
     if bytes > MAX_JOB_TEXT_BYTES {
         return Err(JobError::TooLong { bytes });
     }
-    spec.schedule(default_tz)?;
+    let schedule = spec.schedule(default_tz)?;
+    if row.delay_secs != 0 && schedule.rule().event().is_none() {
+        return Err(JobError::Column(
+            "delay_secs applies to @event jobs only".into(),
+        ));
+    }
     if !machines.is_known(&spec.machine) {
         return Err(JobError::Machine {
             machine: spec.machine.clone(),
@@ -442,6 +483,7 @@ mod tests {
             workdir: String::new(),
             retries: 0,
             retry_delay_secs: 10,
+            delay_secs: 0,
         }
     }
 
@@ -506,6 +548,17 @@ mod tests {
                 "retry_delay_secs 3601 must be between 0 and 3600",
             ),
             (Box::new(|r| r.env = "1A=x".into()), "not a variable name"),
+            (
+                Box::new(|r| r.delay_secs = 5),
+                "delay_secs applies to @event jobs only",
+            ),
+            (
+                Box::new(|r| {
+                    r.rule = "@event order.paid".into();
+                    r.delay_secs = -1;
+                }),
+                "delay_secs -1 must be between 0 and 2592000",
+            ),
             (Box::new(|r| r.env = "A=x".repeat(2000)), "longer than 4096"),
             (
                 Box::new(|r| r.workdir = "tmp/work".into()),

@@ -105,6 +105,22 @@ impl EtcdKeys {
         Some((job.parse().ok()?, run.parse().ok()?))
     }
 
+    /// The folder of event requests.
+    pub fn events(&self) -> String {
+        format!("{}/event/", self.prefix)
+    }
+
+    /// The request to run job `job_id` for event `event_id`.
+    pub fn event_request_key(&self, job_id: i64, event_id: i64) -> String {
+        format!("{}{job_id}/{event_id}", self.events())
+    }
+
+    /// The (job id, event id) of a key under [`EtcdKeys::events`].
+    pub fn event_request(&self, key: &str) -> Option<(i64, i64)> {
+        let (job, event) = key.strip_prefix(&self.events())?.split_once('/')?;
+        Some((job.parse().ok()?, event.parse().ok()?))
+    }
+
     /// The job id of a key under [`EtcdKeys::jobs`].
     pub fn job_id(&self, key: &str) -> Option<i64> {
         key.strip_prefix(&self.jobs())?.parse().ok()
@@ -138,6 +154,11 @@ impl RedisKeys {
     /// The lock of one retry of one job, at the instant it is due.
     pub fn retry(&self, job_id: i64, due_ms: i64) -> String {
         format!("{}:retry:{job_id}:{due_ms}", self.prefix)
+    }
+
+    /// The lock of one event's run of one job.
+    pub fn event(&self, job_id: i64, event_id: i64) -> String {
+        format!("{}:event:{job_id}:{event_id}", self.prefix)
     }
 
     /// How far a job has been scheduled: its latest tick fired (Unix ms).
@@ -218,5 +239,9 @@ mod tests {
         assert_eq!(k.retry_request_key(4, 12), "/gocron/retry/4/12");
         assert_eq!(k.retry_request("/gocron/retry/4/12"), Some((4, 12)));
         assert_eq!(k.retry_request("/gocron/manual/4/12"), None);
+        assert_eq!(r.event(4, 7), "gc:event:4:7");
+        assert_eq!(k.event_request_key(4, 7), "/gocron/event/4/7");
+        assert_eq!(k.event_request("/gocron/event/4/7"), Some((4, 7)));
+        assert_eq!(k.event_request("/gocron/retry/4/7"), None);
     }
 }

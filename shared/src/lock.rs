@@ -152,13 +152,15 @@ impl Fences {
     }
 
     /// Tries to win tick `scheduled_ms` of job `job_id` (for `Trigger::Manual`, the run-now
-    /// request made at that instant). `Ok(Some(won))`: this caller won (now or in an earlier
-    /// attempt); `Ok(None)`: another won.
+    /// request made at that instant; for `Trigger::Retry`, the retry due then; for
+    /// `Trigger::Event`, event `source_id`). `Ok(Some(won))`: this caller won (now or in an
+    /// earlier attempt); `Ok(None)`: another won.
     pub async fn acquire(
         &self,
         job_id: i64,
         scheduled_ms: i64,
         trigger: Trigger,
+        source_id: i64,
         machine: &str,
     ) -> redis::RedisResult<Option<Won>> {
         let mut conn = self.conn.clone();
@@ -166,6 +168,7 @@ impl Fences {
             Trigger::Schedule => self.keys.tick(job_id, scheduled_ms),
             Trigger::Manual => self.keys.manual(job_id, scheduled_ms),
             Trigger::Retry => self.keys.retry(job_id, scheduled_ms),
+            Trigger::Event => self.keys.event(job_id, source_id),
         };
         let reply: Vec<redis::Value> = self
             .acquire

@@ -28,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(Audit),
             Box::new(JobEnvironment),
             Box::new(Retries),
+            Box::new(Events),
         ]
     }
 
@@ -657,5 +658,133 @@ impl MigrationTrait for Retries {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         drop_columns(manager.get_connection(), COLUMNS_0006).await
+    }
+}
+
+/// Events: the `cron_event` table, `cron_job.delay_secs`, and `cron_run.source_id` in the run's
+/// unique key, `(job_id, scheduled_at, trigger, source_id)`: two events (or two retries) due in
+/// the same millisecond are two runs. SQLite cannot change a table's unique constraint, so there
+/// `cron_run` is copied into a new table (ids and the id sequence kept) inside one savepoint.
+struct Events;
+
+impl MigrationName for Events {
+    fn name(&self) -> &str {
+        "m0007_events"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0007: &[(&str, &str, [&str; 3])] = &[
+    ("cron_job", "delay_secs", ["INTEGER NOT NULL DEFAULT 0"; 3]),
+    ("cron_run", "source_id", ["BIGINT NOT NULL DEFAULT 0"; 3]),
+];
+
+/// `cron_run` rebuilt on SQLite with `source_id` in its unique key (the columns as the
+/// migrations before this one left them).
+const SQLITE_0007_RUN: &[&str] = &[
+    "SAVEPOINT m0007",
+    "DROP TABLE IF EXISTS cron_run_m0007",
+    r#"CREATE TABLE cron_run_m0007 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL,
+        scheduled_at TIMESTAMP NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at TIMESTAMP NULL,
+        finished_at TIMESTAMP NULL,
+        exit_code INTEGER NULL,
+        output TEXT NULL,
+        error TEXT NULL,
+        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        overrun_at TIMESTAMP NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        retry_of BIGINT NULL,
+        source_id BIGINT NOT NULL DEFAULT 0,
+        UNIQUE (job_id, scheduled_at, "trigger", source_id)
+    )"#,
+    r#"INSERT INTO cron_run_m0007 (id, job_id, scheduled_at, status, executor, started_at,
+        finished_at, exit_code, output, error, "trigger", overrun_at, attempt, retry_of)
+        SELECT id, job_id, scheduled_at, status, executor, started_at, finished_at, exit_code,
+        output, error, "trigger", overrun_at, attempt, retry_of FROM cron_run"#,
+    // Ids only grow (the monitor reads above a mark): the new sequence starts where the old one
+    // was, even past rows deleted since.
+    "DELETE FROM sqlite_sequence WHERE name = 'cron_run_m0007'",
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'cron_run_m0007', \
+        MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cron_run'), 0), \
+        COALESCE((SELECT MAX(id) FROM cron_run_m0007), 0))",
+    "DROP TABLE cron_run",
+    "ALTER TABLE cron_run_m0007 RENAME TO cron_run",
+    "RELEASE m0007",
+];
+
+const SQLITE_0007: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS cron_event (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name VARCHAR(255) NOT NULL,
+        payload TEXT NULL,
+        dedup_key VARCHAR(255) NULL,
+        created_at TIMESTAMP NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+        UNIQUE (name, dedup_key)
+    )"#];
+
+// `UTC_TIMESTAMP(3)`: the server's `CURRENT_TIMESTAMP` is in the session's time zone, and gocron
+// keeps every instant in UTC. (An expression default needs MySQL 8.0.13 or MariaDB 10.2.)
+const MYSQL_0007: &[&str] = &[
+    "ALTER TABLE cron_run DROP INDEX cron_run_tick, \
+        ADD UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`, source_id)",
+    r#"CREATE TABLE IF NOT EXISTS cron_event (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        payload MEDIUMTEXT NULL,
+        dedup_key VARCHAR(255) NULL,
+        created_at DATETIME(3) NOT NULL DEFAULT (UTC_TIMESTAMP(3)),
+        UNIQUE KEY cron_event_dedup (name, dedup_key)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"#,
+];
+
+const POSTGRES_0007: &[&str] = &[
+    r#"ALTER TABLE cron_run DROP CONSTRAINT IF EXISTS cron_run_tick,
+        ADD CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger", source_id)"#,
+    r#"CREATE TABLE IF NOT EXISTS cron_event (
+        id BIGSERIAL PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        payload TEXT NULL,
+        dedup_key VARCHAR(255) NULL,
+        created_at TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        CONSTRAINT cron_event_dedup UNIQUE (name, dedup_key)
+    )"#,
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Events {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            add_columns(db, &COLUMNS_0007[..1]).await?;
+            if !has_column(db, "cron_run", "source_id").await? {
+                for statement in SQLITE_0007_RUN {
+                    if let Err(e) = db.execute_unprepared(statement).await {
+                        let _ = db.execute_unprepared("ROLLBACK TO m0007").await;
+                        let _ = db.execute_unprepared("RELEASE m0007").await;
+                        return Err(e);
+                    }
+                }
+            }
+        } else {
+            add_columns(db, COLUMNS_0007).await?;
+        }
+        for statement in by_backend(backend, [SQLITE_0007, MYSQL_0007, POSTGRES_0007])? {
+            db.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS cron_event")
+            .await?;
+        // The unique key stays with source_id: dropping it would make retries and events due
+        // in the same millisecond collide again.
+        drop_columns(db, &COLUMNS_0007[..1]).await
     }
 }

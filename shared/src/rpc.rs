@@ -150,6 +150,10 @@ pub struct RunRequest {
     /// Which attempt the run is: 1, or 2, 3, … for retries (`GOCRON_ATTEMPT`).
     #[serde(default = "first_attempt")]
     pub attempt: i32,
+    /// For an event's run (or a retry of one), the event (`GOCRON_EVENT_ID`,
+    /// `GOCRON_EVENT_NAME`, `GOCRON_EVENT_PAYLOAD` and stdin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<crate::job::EventRef>,
 }
 
 fn first_attempt() -> i32 {
@@ -231,6 +235,7 @@ impl From<v1::RunRequest> for RunRequest {
             trigger: r.trigger,
             dispatcher: r.dispatcher,
             attempt: 1,
+            event: None,
         }
     }
 }

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::is_unique_violation;
 use crate::entity::run;
-use crate::job::{RetryOf, RunStatus, Trigger};
+use crate::job::{Origin, RunStatus, Trigger};
 
 /// The most writes committed in one transaction: large, so that under a backlog a run's start
 /// and finish usually share a batch and merge into one write.
@@ -66,6 +66,31 @@ pub struct Outcome {
     pub output: String,
 }
 
+/// The columns of a run row that say where it comes from (see [`Origin`]).
+#[derive(Debug, Clone, Copy)]
+struct Lineage {
+    attempt: i32,
+    first_run: Option<i64>,
+    source_id: i64,
+}
+
+impl Lineage {
+    fn of(origin: Option<&Origin>) -> Lineage {
+        origin.map_or(
+            Lineage {
+                attempt: 1,
+                first_run: None,
+                source_id: 0,
+            },
+            |o| Lineage {
+                attempt: o.attempt.max(1),
+                first_run: o.first_run,
+                source_id: o.source_id,
+            },
+        )
+    }
+}
+
 enum Write {
     Insert {
         job_id: i64,
@@ -74,8 +99,8 @@ enum Write {
         /// `None`: a `dispatched` row; `Some((status, why))`: a row final at once (`skipped`,
         /// `missed`).
         settled: Option<(RunStatus, String)>,
-        /// What makes it a retry (trigger `retry`).
-        retry: Option<RetryOf>,
+        /// Its attempt, first attempt and source (a retry, an event).
+        lineage: Lineage,
         reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
     },
     Start {
@@ -146,20 +171,21 @@ impl RunLog {
             .await
     }
 
-    /// [`RunLog::insert`], for a retry when `retry` says so (its `attempt` and `retry_of`).
+    /// [`RunLog::insert`], for a run that comes from `origin` (a retry, an event: its
+    /// `attempt`, `retry_of` and `source_id`).
     pub async fn insert_attempt(
         &self,
         job_id: i64,
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
-        retry: Option<RetryOf>,
+        origin: Option<&Origin>,
     ) -> Result<Option<i64>, DbErr> {
         self.submit(|reply| Write::Insert {
             job_id,
             scheduled_at,
             trigger,
             settled: None,
-            retry,
+            lineage: Lineage::of(origin),
             reply,
         })
         .await
@@ -172,7 +198,7 @@ impl RunLog {
         job_id: i64,
         scheduled_at: DateTime<Utc>,
         trigger: Trigger,
-        retry: Option<RetryOf>,
+        origin: Option<&Origin>,
         why: String,
     ) -> Result<Option<i64>, DbErr> {
         self.submit(|reply| Write::Insert {
@@ -180,7 +206,29 @@ impl RunLog {
             scheduled_at,
             trigger,
             settled: Some((RunStatus::Skipped, why)),
-            retry,
+            lineage: Lineage::of(origin),
+            reply,
+        })
+        .await
+    }
+
+    /// Inserts a row final at once (`skipped`, `missed`) for a run that comes from `origin`,
+    /// saying why; `Ok(None)` when it already has a row.
+    pub async fn settled(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        trigger: Trigger,
+        origin: Option<&Origin>,
+        status: RunStatus,
+        why: String,
+    ) -> Result<Option<i64>, DbErr> {
+        self.submit(|reply| Write::Insert {
+            job_id,
+            scheduled_at,
+            trigger,
+            settled: Some((status, why)),
+            lineage: Lineage::of(origin),
             reply,
         })
         .await
@@ -199,7 +247,7 @@ impl RunLog {
             scheduled_at,
             trigger: Trigger::Schedule,
             settled: Some((RunStatus::Missed, why)),
-            retry: None,
+            lineage: Lineage::of(None),
             reply,
         })
         .await
@@ -557,7 +605,7 @@ fn insert_row(write: &Write) -> run::ActiveModel {
         scheduled_at,
         trigger,
         settled,
-        retry,
+        lineage,
         ..
     } = write
     else {
@@ -572,8 +620,9 @@ fn insert_row(write: &Write) -> run::ActiveModel {
         trigger: Set(trigger.as_str().to_owned()),
         error: Set(settled.as_ref().map(|(_, why)| why.clone())),
         finished_at: Set(settled.as_ref().map(|_| Utc::now())),
-        attempt: Set(retry.map_or(1, |r| r.attempt)),
-        retry_of: Set(retry.map(|r| r.first_run)),
+        attempt: Set(lineage.attempt),
+        retry_of: Set(lineage.first_run),
+        source_id: Set(lineage.source_id),
         ..Default::default()
     }
 }
@@ -595,8 +644,14 @@ async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec
             job_id,
             scheduled_at,
             trigger,
+            lineage,
             ..
-        } => (*job_id, stored(*scheduled_at), trigger.as_str()),
+        } => (
+            *job_id,
+            stored(*scheduled_at),
+            trigger.as_str(),
+            lineage.source_id,
+        ),
         _ => unreachable!("insert_ids of inserts"),
     };
     let keys: Vec<_> = writes.iter().map(|w| key(w)).collect();
@@ -611,31 +666,37 @@ async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec
         .map(|k| k.1)
         .max()
         .expect("a group is never empty");
-    let rows: Vec<(i64, i64, DateTime<Utc>, String)> = run::Entity::find()
+    let rows: Vec<(i64, i64, DateTime<Utc>, String, i64)> = run::Entity::find()
         .select_only()
         .column(run::Column::Id)
         .column(run::Column::JobId)
         .column(run::Column::ScheduledAt)
         .column(run::Column::Trigger)
+        .column(run::Column::SourceId)
         .filter(run::Column::JobId.is_in(jobs))
         .filter(run::Column::ScheduledAt.gte(first))
         .filter(run::Column::ScheduledAt.lte(last))
         .into_tuple()
         .all(db)
         .await?;
-    let ids: std::collections::HashMap<(i64, i64, &str), i64> = rows
+    let ids: std::collections::HashMap<(i64, i64, &str, i64), i64> = rows
         .iter()
-        .map(|(id, job, at, trigger)| ((*job, at.timestamp_millis(), trigger.as_str()), *id))
+        .map(|(id, job, at, trigger, source)| {
+            (
+                (*job, at.timestamp_millis(), trigger.as_str(), *source),
+                *id,
+            )
+        })
         .collect();
     keys.iter()
-        .map(
-            |(job, at, trigger)| match ids.get(&(*job, at.timestamp_millis(), *trigger)) {
+        .map(|(job, at, trigger, source)| {
+            match ids.get(&(*job, at.timestamp_millis(), *trigger, *source)) {
                 Some(id) => Ok(Found::Inserted(Some(*id))),
                 None => Err(DbErr::Custom(format!(
                     "inserted the run row of job {job} at {at}, then could not read it back"
                 ))),
-            },
-        )
+            }
+        })
         .collect()
 }
 

@@ -239,6 +239,7 @@ mod tests {
             overrun_at: None,
             attempt: 1,
             retry_of: None,
+            source_id: 0,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct JobRow {
     pub retries: i32,
     /// `retry_delay_secs`.
     pub retry_delay_secs: i32,
+    /// `delay_secs`: for an `@event` job, how long after the event it runs.
+    pub delay_secs: i32,
     /// `created_at`.
     pub created_at: DateTime<Utc>,
     /// `updated_at`.
@@ -91,6 +93,7 @@ impl From<&job::Model> for JobRow {
             workdir: m.workdir.clone(),
             retries: m.retries,
             retry_delay_secs: m.retry_delay_secs,
+            delay_secs: m.delay_secs,
             created_at: m.created_at,
             updated_at: m.updated_at,
             last_error: m.last_error.clone(),
@@ -236,6 +239,8 @@ pub struct JobInput {
     pub retries: Option<i32>,
     /// `retry_delay_secs` (default 10).
     pub retry_delay_secs: Option<i32>,
+    /// `delay_secs` (default 0): for an `@event` job.
+    pub delay_secs: Option<i32>,
 }
 
 impl JobInput {
@@ -264,7 +269,8 @@ impl JobInput {
             env,
             workdir,
             retries,
-            retry_delay_secs
+            retry_delay_secs,
+            delay_secs
         );
         if let Some(enabled) = self.enabled {
             row.enabled = enabled.column()?;
@@ -418,6 +424,7 @@ pub async fn create(
         workdir: String::new(),
         retries: 0,
         retry_delay_secs: 10,
+        delay_secs: 0,
     };
     let mut active = job::ActiveModel {
         created_at: Set(now),
@@ -439,6 +446,7 @@ pub async fn create(
     active.workdir = Set(row.workdir.clone());
     active.retries = Set(row.retries);
     active.retry_delay_secs = Set(row.retry_delay_secs);
+    active.delay_secs = Set(row.delay_secs);
     check(&state, &row)?;
     let txn = state.db().begin().await?;
     let id = job::Entity::insert(active).exec(&txn).await?.last_insert_id;
@@ -527,6 +535,7 @@ pub async fn update(
             workdir: None,
             retries: None,
             retry_delay_secs: None,
+            delay_secs: None,
         }
     );
     input.apply(&mut row, &mut active)?;

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod cluster;
 pub mod console;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod jobs;
 pub mod openapi;
@@ -189,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/executors", get(cluster::executors))
         .route("/dispatchers", get(cluster::dispatchers))
         .route("/alarms", get(alarms::list))
+        .route("/events", get(events::list).post(events::create))
         .route("/audit", get(audit::list))
         .route("/rules/next", get(jobs::next))
         .route("/openapi.json", get(openapi::document))

@@ -20,6 +20,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/api/v1/executors"),
     ("get", "/api/v1/dispatchers"),
     ("get", "/api/v1/alarms"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/events"),
     ("get", "/api/v1/audit"),
     ("get", "/api/v1/rules/next"),
     ("get", "/api/v1/openapi.json"),
@@ -103,6 +105,8 @@ pub fn spec() -> Value {
             "description": "How many times a run ending failed, timeout, lost or no_executor is run again."},
         "retry_delay_secs": {"type": "integer", "minimum": 0, "maximum": 3600,
             "description": "Seconds before the first retry; doubling for each next one, at most 3600."},
+        "delay_secs": {"type": "integer", "minimum": 0, "maximum": 2592000,
+            "description": "For an @event job: seconds between the event and its run."},
     });
     let mut job = job_columns.clone();
     for (k, v) in [
@@ -206,6 +210,20 @@ pub fn spec() -> Value {
                             "error": {"type": ["string", "null"]},
                             "created_at": stamp, "sent_at": nullable_stamp}}},
                     "total": {"type": "integer"}}},
+                "Event": {"type": "object", "properties": {
+                    "id": {"type": "integer", "description": "GOCRON_EVENT_ID; the source_id of its runs."},
+                    "name": string, "payload": {"type": ["string", "null"]},
+                    "dedup_key": {"type": ["string", "null"]}, "created_at": stamp,
+                    "duplicate": {"type": "boolean",
+                        "description": "Present (true) when this is the event reported earlier with the same dedup_key."}}},
+                "EventInput": {"type": "object", "required": ["name"], "additionalProperties": false,
+                    "properties": {
+                        "name": {"type": "string", "description": "The jobs with rule @event NAME run."},
+                        "payload": {"type": "string", "description": "GOCRON_EVENT_PAYLOAD and stdin; at most 65536 bytes."},
+                        "dedup_key": {"type": "string", "description": "The same name and key again fires nothing more."}}},
+                "EventPage": {"type": "object", "properties": {
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                    "total": {"type": "integer"}}},
                 "AuditPage": {"type": "object", "properties": {
                     "audit": {"type": "array", "items": {"$ref": "#/components/schemas/Audit"}},
                     "total": {"type": "integer"}}},
@@ -287,6 +305,14 @@ pub fn spec() -> Value {
                         query("job_id", "integer", "Alarms about this job."),
                         page, per_page],
                     "responses": with(auth(), json!({"200": ok("The page.", "AlarmPage")}))}},
+            "/api/v1/events": {
+                "get": {"summary": "A page of events, newest first.",
+                    "parameters": [query("name", "string", "Events of this name."), page, per_page],
+                    "responses": with(auth(), json!({"200": ok("The page.", "EventPage")}))},
+                "post": {"summary": "Reports an event (a cron_event row): every enabled @event job subscribed to its name runs once.",
+                    "requestBody": with(body("EventInput"), json!({"required": true})),
+                    "responses": with(write(), json!({"201": ok("The event.", "Event"),
+                        "200": ok("The event reported earlier with this dedup_key; nothing more fires.", "Event")}))}},
             "/api/v1/runs/{id}": {
                 "parameters": [id()],
                 "get": {"summary": "One run, every cron_run column.",

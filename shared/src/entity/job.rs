@@ -50,6 +50,8 @@ pub struct Model {
     pub retries: i32,
     /// Seconds before the first retry; each next one waits twice as long, at most an hour.
     pub retry_delay_secs: i32,
+    /// For an `@event` job: seconds between an event and its run (0 = at once).
+    pub delay_secs: i32,
 }
 
 /// No relations are navigated through the ORM.

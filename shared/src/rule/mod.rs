@@ -15,7 +15,8 @@
 //! - Macros `@yearly @annually @monthly @weekly @daily @midnight @hourly`; `@every <duration>`
 //!   (`90s`, `1h30m`, `2d`; 1 s to 100 years) aligned to the Unix epoch, so every dispatcher
 //!   computes the same instants and a restart never shifts them; `@at <RFC 3339 instant>`, a
-//!   one-shot rule ([`Rule::is_one_shot`]).
+//!   one-shot rule ([`Rule::is_one_shot`]); `@event <name>`, no instants at all: the job runs
+//!   when an event of that name is inserted into `cron_event` ([`Rule::event`]).
 //!
 //! Day-of-month and day-of-week combine by cronie's rule: when either field's text starts with
 //! `*` (or `?`), a day must match both; when neither does, a day matching *either* runs. So
@@ -87,6 +88,32 @@ pub enum Rule {
     Every(Duration),
     /// `@at`: a single instant (millisecond precision).
     At(DateTime<Utc>),
+    /// `@event`: no instants; the job runs once for each event of this name.
+    Event(String),
+}
+
+/// The longest event name.
+pub const MAX_EVENT_NAME: usize = 255;
+
+/// Checks an event name: 1 to [`MAX_EVENT_NAME`] characters, letters, digits and `. _ - : /`.
+pub fn check_event_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("@event needs an event name, such as @event order.paid".into());
+    }
+    if name.chars().count() > MAX_EVENT_NAME {
+        return Err(format!(
+            "the event name is longer than {MAX_EVENT_NAME} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')))
+    {
+        return Err(format!(
+            "the event name {name:?} holds {c:?} (allowed: letters, digits, . _ - : /)"
+        ));
+    }
+    Ok(())
 }
 
 impl Rule {
@@ -113,6 +140,11 @@ impl Rule {
         let expansion = match name.as_str() {
             "@every" => return parse_duration(arg).map(Rule::Every).map_err(err),
             "@at" => return parse_instant(arg).map(Rule::At).map_err(err),
+            "@event" => {
+                return check_event_name(arg)
+                    .map(|()| Rule::Event(arg.to_owned()))
+                    .map_err(err);
+            }
             "@yearly" | "@annually" => "0 0 1 1 *",
             "@monthly" => "0 0 1 * *",
             "@weekly" => "0 0 * * 0",
@@ -120,7 +152,7 @@ impl Rule {
             "@hourly" => "0 * * * *",
             _ => {
                 return Err(err(format!(
-                    "unknown macro {name:?} (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every @at)"
+                    "unknown macro {name:?} (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every @at @event)"
                 )));
             }
         };
@@ -137,6 +169,14 @@ impl Rule {
     /// [`Schedule::next_after`] is `None` for good.
     pub fn is_one_shot(&self) -> bool {
         matches!(self, Rule::At(_))
+    }
+
+    /// The event an `@event` rule is subscribed to.
+    pub fn event(&self) -> Option<&str> {
+        match self {
+            Rule::Event(name) => Some(name),
+            _ => None,
+        }
     }
 }
 
@@ -167,6 +207,7 @@ impl Schedule {
                 Utc.timestamp_millis_opt(k * period_ms).single()
             }
             Rule::At(at) => (*at > after).then_some(*at),
+            Rule::Event(_) => None,
             Rule::Cron(expr) => {
                 // Cron instants are whole seconds: the first candidate is the next second.
                 let t0 = after.timestamp() + 1;
@@ -304,6 +345,7 @@ impl fmt::Display for Schedule {
         match &self.rule {
             Rule::Every(d) => write!(f, "@every {}s in {}", d.as_secs(), self.tz),
             Rule::At(at) => write!(f, "@at {}", at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            Rule::Event(name) => write!(f, "@event {name}"),
             Rule::Cron(expr) => write!(f, "{} in {}", expr.source(), self.tz),
         }
     }

@@ -478,6 +478,33 @@ fn at_is_one_shot() {
 }
 
 #[test]
+fn event_rules_name_their_event_and_never_tick() {
+    let schedule = Schedule::new("@event  order.paid ", Tz::UTC).unwrap();
+    assert_eq!(schedule.rule().event(), Some("order.paid"));
+    assert!(!schedule.is_one_shot());
+    assert_eq!(schedule.next_after(at("2026-04-30T00:00:00Z")), None);
+    assert_eq!(schedule.to_string(), "@event order.paid");
+    assert_eq!(
+        Schedule::new("@daily", Tz::UTC).unwrap().rule().event(),
+        None
+    );
+    for (rule, message) in [
+        (
+            "@event",
+            "@event needs an event name, such as @event order.paid",
+        ),
+        (
+            "@event order paid",
+            "the event name \"order paid\" holds ' ' (allowed: letters, digits, . _ - : /)",
+        ),
+    ] {
+        assert_eq!(Schedule::new(rule, Tz::UTC).unwrap_err().message, message);
+    }
+    let long = format!("@event {}", "e".repeat(256));
+    assert!(Schedule::new(&long, Tz::UTC).is_err());
+}
+
+#[test]
 fn new_york_spring_forward() {
     // 2026-03-08: 02:00 EST becomes 03:00 EDT (07:00Z); 02:00-02:59 does not exist.
     let from = "2026-03-07T12:00:00Z";
@@ -824,7 +851,7 @@ fn invalid_rules_say_what_and_where() {
         ),
         (
             "@often",
-            "unknown macro \"@often\" (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every @at)",
+            "unknown macro \"@often\" (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every @at @event)",
         ),
         ("@daily 5", "@daily takes no argument, found \"5\""),
         (

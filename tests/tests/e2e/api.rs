@@ -357,7 +357,7 @@ async fn the_openapi_document_lists_routes_that_exist_and_need_a_token() {
             assert_eq!(status, expected, "{method} {path}: {answer}");
         }
     }
-    assert_eq!(operations, 17);
+    assert_eq!(operations, 19);
     c.shutdown().await;
 }
 
@@ -1156,5 +1156,79 @@ async fn pages_at_100k_jobs() {
             started.elapsed()
         );
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_reported_once_per_dedup_key_and_run_their_jobs() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    let api = Api::start(&mut c).await;
+    let out = c.path("paid.txt");
+    let job = c
+        .insert_job(
+            "on-paid",
+            "@event order.paid",
+            &format!(
+                "echo \"$GOCRON_EVENT_ID $GOCRON_EVENT_PAYLOAD\" >> {}",
+                out.display()
+            ),
+        )
+        .await;
+    c.wait_published(job).await;
+    let paid = json!({"name": "order.paid", "payload": "order 7", "dedup_key": "o7"});
+    // A viewer may only read.
+    let (status, _) = api
+        .call("POST", "/api/v1/events", Some(VIEWER), Some(paid.clone()))
+        .await;
+    assert_eq!(status, 403);
+    let (status, first) = api
+        .admin("POST", "/api/v1/events", Some(paid.clone()))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(
+        (first["name"].as_str(), first.get("duplicate")),
+        (Some("order.paid"), None)
+    );
+    // Reported again: the stored event, and nothing more fires.
+    let (status, again) = api.admin("POST", "/api/v1/events", Some(paid)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["id"].clone(), again["duplicate"].clone()),
+        (first["id"].clone(), json!(true))
+    );
+    for (body, needle) in [
+        (json!({"name": "order paid"}), "holds ' '"),
+        (
+            json!({"name": "x", "payload": "y".repeat(65537)}),
+            "at most 65536",
+        ),
+    ] {
+        let (status, answer) = api.admin("POST", "/api/v1/events", Some(body)).await;
+        assert_eq!(status, 422, "{answer}");
+        assert!(error(&answer).contains(needle), "{answer}");
+    }
+    let (status, answer) = api
+        .admin(
+            "POST",
+            "/api/v1/events",
+            Some(json!({"name": "x", "colour": "red"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let runs = c.wait_for_finished(job, 1, Duration::from_secs(60)).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].trigger.as_str(), runs[0].source_id),
+        ("event", first["id"].as_i64().unwrap())
+    );
+    assert_eq!(
+        gocron_tests::lines(&out),
+        [format!("{} order 7", first["id"])]
+    );
+    let page = api.get("/api/v1/events?name=order.paid").await;
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["events"][0]["payload"], "order 7");
     c.shutdown().await;
 }

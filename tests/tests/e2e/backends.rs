@@ -38,6 +38,7 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
         // Undo the harness's own migration, so that the daemons race on an empty schema...
         let c = Cluster::new(backend, &[]).await;
         for table in [
+            "cron_event",
             "cron_audit",
             "cron_alarm_state",
             "cron_alarm",
@@ -57,6 +58,23 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
             vec!["old".into(), "@daily".into(), "true".into()],
         )
         .await;
+        // Runs 1-3, the last one deleted since: ids must go on from 4 (SQLite rebuilds
+        // `cron_run` to change its unique key).
+        let day = |d: i64| Utc.timestamp_opt(1_767_225_600 + d * 86_400, 0).unwrap();
+        for d in 1..=3 {
+            c.sql(
+                "INSERT INTO cron_run (job_id, scheduled_at, status, output) VALUES (1, ?, 'succeeded', 'kept')",
+                vec![day(d).into()],
+            )
+            .await;
+        }
+        // A table created just now: its ids start at 1.
+        let (ids, top) = ([1_i64, 2], 3_i64);
+        assert_eq!(
+            c.sql("DELETE FROM cron_run WHERE id = ?", vec![top.into()])
+                .await,
+            1
+        );
         let never = tokio_util::sync::CancellationToken::new();
         let racers: Vec<_> = (0..4)
             .map(|_| {
@@ -84,6 +102,25 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
         );
         c.sql("SELECT COUNT(*) FROM cron_alarm", vec![]).await;
         c.sql("SELECT COUNT(*) FROM cron_audit", vec![]).await;
+        c.sql("SELECT COUNT(*) FROM cron_event", vec![]).await;
+        let kept = c.runs(1).await;
+        assert_eq!(
+            kept.iter()
+                .map(|r| (r.id, r.output.as_deref(), r.source_id, r.attempt))
+                .collect::<Vec<_>>(),
+            [(ids[0], Some("kept"), 0, 1), (ids[1], Some("kept"), 0, 1)],
+            "{backend:?}"
+        );
+        c.sql(
+            "INSERT INTO cron_run (job_id, scheduled_at, status) VALUES (1, ?, 'succeeded')",
+            vec![day(4).into()],
+        )
+        .await;
+        let next = c.runs(1).await.last().map(|r| r.id);
+        assert!(
+            next > Some(top),
+            "{backend:?}: a deleted id came back: {next:?}"
+        );
         c.shutdown().await;
     }
 }
@@ -118,6 +155,25 @@ async fn the_database_refuses_a_second_run_of_the_same_tick() {
             .exec(&c.db)
             .await
             .unwrap();
+        // So are two events' runs due in the same millisecond; one event's twice is refused.
+        let event = |source: i64| run::ActiveModel {
+            source_id: Set(source),
+            ..row(Trigger::Event)
+        };
+        for source in [7, 8] {
+            run::Entity::insert(event(source))
+                .exec(&c.db)
+                .await
+                .unwrap();
+        }
+        let err = run::Entity::insert(event(7))
+            .exec(&c.db)
+            .await
+            .expect_err("an event's second run must be refused");
+        assert!(
+            gocron_shared::db::is_unique_violation(&err),
+            "{backend:?}: {err}"
+        );
         // Millisecond precision survives the round trip.
         let stored = run::Entity::find().all(&c.db).await.unwrap();
         assert!(

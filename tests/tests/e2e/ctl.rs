@@ -111,6 +111,19 @@ async fn gocronctl_manages_jobs_and_runs_through_the_api() {
     )
     .await;
 
+    // An event, reported twice with one dedup key: one row, the second answer says so.
+    let event = ["event", "ctl.done", "--payload", "p", "--dedup-key", "k"];
+    let first = ctl_json(server, &event).await;
+    assert_eq!(
+        (first["name"].as_str(), first["payload"].as_str()),
+        (Some("ctl.done"), Some("p"))
+    );
+    let again = ctl_json(server, &event).await;
+    assert_eq!(
+        (again["id"].clone(), again["duplicate"].clone()),
+        (first["id"].clone(), Value::from(true))
+    );
+
     // Exit codes: a viewer's change is refused (1), an invalid rule is a validation error (2)
     // with the monitor's words, no server is a usage error (2), an unreachable one is 1.
     let refused = ctl(server, VIEWER, &["job", "disable", &id.to_string()]).await;

@@ -31,7 +31,7 @@ async fn win_and_die(c: &Cluster, job: i64, ticks: &[DateTime<Utc>]) {
     let fences = c.fences().await;
     for t in ticks {
         let won = fences
-            .acquire(job, t.timestamp_millis(), Trigger::Schedule, "")
+            .acquire(job, t.timestamp_millis(), Trigger::Schedule, 0, "")
             .await
             .expect("redis");
         assert!(won.is_some(), "the test should win the tick at {t}");

@@ -28,7 +28,7 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
             .cloned()
             .map(|lock| {
                 tokio::spawn(async move {
-                    lock.acquire(7, tick * 1000, Trigger::Schedule, "g")
+                    lock.acquire(7, tick * 1000, Trigger::Schedule, 0, "g")
                         .await
                         .unwrap()
                         .map(|w| w.sequence)
@@ -47,7 +47,7 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
         // The winner asking again gets the same count; the others still lose.
         assert_eq!(
             locks[w]
-                .acquire(7, tick * 1000, Trigger::Schedule, "g")
+                .acquire(7, tick * 1000, Trigger::Schedule, 0, "g")
                 .await
                 .unwrap()
                 .map(|w| w.sequence),
@@ -56,7 +56,7 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
         let loser = (w + 1) % 3;
         assert_eq!(
             locks[loser]
-                .acquire(7, tick * 1000, Trigger::Schedule, "g")
+                .acquire(7, tick * 1000, Trigger::Schedule, 0, "g")
                 .await
                 .unwrap(),
             None
@@ -123,7 +123,7 @@ async fn a_run_has_one_holder() {
 
     // The tick's winner sees the runs in flight; the all-jobs scan finds them too.
     let won = fences
-        .acquire(3, 1_000, Trigger::Schedule, "g")
+        .acquire(3, 1_000, Trigger::Schedule, 0, "g")
         .await
         .unwrap()
         .unwrap();

@@ -7,6 +7,7 @@ mod api;
 mod backends;
 mod console;
 mod ctl;
+mod events;
 mod faults;
 mod hardening;
 mod jobs;

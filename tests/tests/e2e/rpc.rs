@@ -43,6 +43,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         trigger: Trigger::Manual,
         dispatcher: "intruder".into(),
         attempt: 1,
+        event: None,
     };
     let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
         .await

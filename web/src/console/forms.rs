@@ -66,6 +66,9 @@ pub struct JobForm {
     /// `retry_delay_secs`.
     #[serde(default)]
     pub retry_delay_secs: String,
+    /// `delay_secs`.
+    #[serde(default)]
+    pub delay_secs: String,
     /// `alarm_emails`.
     #[serde(default)]
     pub alarm_emails: String,
@@ -95,6 +98,7 @@ impl JobForm {
             workdir: row.workdir.clone(),
             retries: row.retries.to_string(),
             retry_delay_secs: row.retry_delay_secs.to_string(),
+            delay_secs: row.delay_secs.to_string(),
             alarm_emails: row.alarm_emails.clone(),
             alarm_mobiles: row.alarm_mobiles.clone(),
             enabled: row.enabled.then(|| "on".into()),
@@ -110,6 +114,7 @@ impl JobForm {
             misfire: "skip".into(),
             retries: "0".into(),
             retry_delay_secs: "10".into(),
+            delay_secs: "0".into(),
             enabled: Some("on".into()),
             ..JobForm::default()
         }
@@ -130,6 +135,7 @@ impl JobForm {
         let timeout_secs = number("timeout_secs", &self.timeout_secs, 0)?;
         let retries = number("retries", &self.retries, 0)?;
         let retry_delay_secs = number("retry_delay_secs", &self.retry_delay_secs, 10)?;
+        let delay_secs = number("delay_secs", &self.delay_secs, 0)?;
         Ok(JobInput {
             name: Some(self.name.trim().to_owned()),
             rule: Some(self.rule.trim().to_owned()),
@@ -148,6 +154,7 @@ impl JobForm {
             workdir: Some(self.workdir.trim().to_owned()),
             retries: Some(retries),
             retry_delay_secs: Some(retry_delay_secs),
+            delay_secs: Some(delay_secs),
         })
     }
 }
@@ -229,6 +236,10 @@ fn job_form(
                     div {
                         label for="retry_delay_secs" { "First retry after (s, doubling)" }
                         input #retry_delay_secs type="number" min="0" max="3600" name="retry_delay_secs" value=(form.retry_delay_secs);
+                    }
+                    div {
+                        label for="delay_secs" { "Event delay (s, @event jobs)" }
+                        input #delay_secs type="number" min="0" max="2592000" name="delay_secs" value=(form.delay_secs);
                     }
                 }
                 label for="env" { "Environment (KEY=VALUE lines, shell jobs)" }
