@@ -197,6 +197,12 @@ struct JobFields {
     /// `delay_secs`: for an `@event` job, seconds between the event and its run.
     #[arg(long)]
     delay_secs: Option<i64>,
+    /// `on_success`: jobs (ids or names, comma-separated) started when a run succeeds.
+    #[arg(long)]
+    on_success: Option<String>,
+    /// `on_failure`: jobs started when a run fails for good.
+    #[arg(long)]
+    on_failure: Option<String>,
 }
 
 impl JobFields {
@@ -223,6 +229,8 @@ impl JobFields {
         put("retries", self.retries.map(Value::from));
         put("retry_delay_secs", self.retry_delay_secs.map(Value::from));
         put("delay_secs", self.delay_secs.map(Value::from));
+        put("on_success", self.on_success.clone().map(Value::from));
+        put("on_failure", self.on_failure.clone().map(Value::from));
         Value::Object(body)
     }
 }

@@ -1,7 +1,8 @@
 //! The deferred requests this dispatcher knows of, in order of when to fire them: retries
 //! (`{prefix}/retry/{job}/{run}`, put by the monitor when a run ended so that its job runs it
 //! again) and events' runs (`{prefix}/event/{job}/{event}`, put by the monitor for each job
-//! subscribed to an event it read in `cron_event`).
+//! subscribed to an event it read in `cron_event`) and chained runs (`{prefix}/chain/{job}/{run}`,
+//! put by the monitor for each job a run's `on_success` or `on_failure` names).
 //!
 //! Every dispatcher keeps every request; when one is due, each races for its lock like for a
 //! tick (a retry's keyed by the job and the instant it is due, an event's by the job and the
@@ -12,18 +13,18 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use gocron_shared::control::{EventRequest, RetryRequest};
+use gocron_shared::control::{ChainRequest, EventRequest, RetryRequest};
 use gocron_shared::job::Trigger;
 
 /// A request's identity: its kind, its job, and what it comes from (the run a retry follows,
 /// the event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    /// `Retry` or `Event`.
+    /// `Retry`, `Event` or `Chain`.
     pub trigger: Trigger,
     /// The job to run.
     pub job_id: i64,
-    /// The run retried, or the event.
+    /// The run retried, the event, or the parent run.
     pub source_id: i64,
 }
 
@@ -34,6 +35,8 @@ pub enum Request {
     Retry(RetryRequest),
     /// An event's run.
     Event(EventRequest),
+    /// A chained run.
+    Chain(ChainRequest),
 }
 
 impl Request {
@@ -42,6 +45,7 @@ impl Request {
         match self {
             Request::Retry(r) => r.due_ms,
             Request::Event(e) => e.due_ms,
+            Request::Chain(c) => c.due_ms,
         }
     }
 }

@@ -518,6 +518,7 @@ impl Dispatcher {
             trigger,
             dispatcher: inner.name.clone(),
             attempt: origin.as_ref().map_or(1, |o| o.attempt.max(1)),
+            parent_run: origin.as_ref().and_then(|o| o.parent_run),
             event: origin.and_then(|o| o.event),
         };
         // Round-robin across all dispatchers: the group's dispatch count picks the first

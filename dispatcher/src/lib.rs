@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut requests = registry::mirror(etcd.clone(), keys.manual(), watches.clone());
     let mut retry_requests = registry::mirror(etcd.clone(), keys.retries(), watches.clone());
     let mut event_requests = registry::mirror(etcd.clone(), keys.events(), watches.clone());
+    let mut chain_requests = registry::mirror(etcd.clone(), keys.chains(), watches.clone());
     let mut deferred = Deferred::default();
     // Deferred requests whose firing failed or was shed, to fire again.
     let (again_tx, mut again) = tokio::sync::mpsc::unbounded_channel();
@@ -184,6 +185,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             Some(event) = event_requests.recv() => {
                 deferred_event(&mut deferred, &keys, Trigger::Event, event);
+            }
+            Some(event) = chain_requests.recv() => {
+                deferred_event(&mut deferred, &keys, Trigger::Chain, event);
             }
             Some((key, request)) = again.recv() => {
                 let later = Utc::now().timestamp_millis() + AGAIN_MS;
@@ -355,10 +359,11 @@ const AGAIN_MS: i64 = 1000;
 /// dropped.
 const UNKNOWN_JOB_WAIT_MS: i64 = 30_000;
 
-/// Takes in a change under the retry or the event requests (`trigger` says which).
+/// Takes in a change under the retry, event or chain requests (`trigger` says which).
 fn deferred_event(deferred: &mut Deferred, keys: &EtcdKeys, trigger: Trigger, event: MirrorEvent) {
     let parse = |key: &str| match trigger {
         Trigger::Event => keys.event_request(key),
+        Trigger::Chain => keys.chain_request(key),
         _ => keys.retry_request(key),
     };
     let key_of = |key: &str| {
@@ -373,6 +378,7 @@ fn deferred_event(deferred: &mut Deferred, keys: &EtcdKeys, trigger: Trigger, ev
             let request = key_of(&key).and_then(|k| {
                 let request = match trigger {
                     Trigger::Event => DeferredRequest::Event(serde_json::from_slice(&value).ok()?),
+                    Trigger::Chain => DeferredRequest::Chain(serde_json::from_slice(&value).ok()?),
                     _ => DeferredRequest::Retry(serde_json::from_slice(&value).ok()?),
                 };
                 Some((k, request))
@@ -394,7 +400,7 @@ fn deferred_event(deferred: &mut Deferred, keys: &EtcdKeys, trigger: Trigger, ev
     }
 }
 
-/// Fires a retry or an event's run, and deletes its request once it is served (here or by
+/// Fires a retry, an event's run or a chained run, and deletes its request once it is served (here or by
 /// another dispatcher); sends it to `again` when it could not be.
 #[allow(clippy::too_many_arguments)]
 fn fire_deferred(
@@ -416,6 +422,17 @@ fn fire_deferred(
                 first_run: Some(r.first_run),
                 source_id,
                 event: r.event.clone(),
+                parent_run: None,
+            },
+        ),
+        DeferredRequest::Chain(_) => (
+            keys.chain_request_key(job_id, source_id),
+            Origin {
+                attempt: 1,
+                first_run: None,
+                source_id,
+                event: None,
+                parent_run: Some(source_id),
             },
         ),
         DeferredRequest::Event(e) => (
@@ -425,6 +442,7 @@ fn fire_deferred(
                 first_run: None,
                 source_id,
                 event: Some(e.event.clone()),
+                parent_run: None,
             },
         ),
     };

@@ -298,6 +298,9 @@ impl Runner {
                 .env("GOCRON_EVENT_NAME", &event.name)
                 .env("GOCRON_EVENT_PAYLOAD", &event.payload);
         }
+        if let Some(parent) = request.parent_run {
+            command.env("GOCRON_PARENT_RUN_ID", parent.to_string());
+        }
         if !request.job.workdir.is_empty() {
             command.current_dir(&request.job.workdir);
         }

@@ -81,6 +81,8 @@ pub struct JobRecord {
     timeout_policy: Box<str>,
     retries: i32,
     retry_delay_secs: i32,
+    on_success: Box<str>,
+    on_failure: Box<str>,
 }
 
 /// Feeds formatted text to a hasher, without building the text.
@@ -115,6 +117,8 @@ impl JobRecord {
             timeout_policy: row.timeout_policy.as_str().into(),
             retries: row.retries,
             retry_delay_secs: row.retry_delay_secs,
+            on_success: row.on_success.trim().into(),
+            on_failure: row.on_failure.trim().into(),
         }
     }
 
@@ -184,6 +188,9 @@ pub struct Checker {
     /// Retries to request, found by this pass: (job, run to retry, request, where its first
     /// attempt came from).
     retries: Vec<(i64, i64, RetryRequest, Lineage)>,
+    /// Chained runs to request, found by this pass: (parent run, its end, which column, the
+    /// column's text).
+    chains: Vec<(i64, DateTime<Utc>, &'static str, Box<str>)>,
 }
 
 /// Where a retried run's first attempt came from.
@@ -254,6 +261,7 @@ impl Checker {
             etcd: seams.etcd,
             keys: seams.keys,
             retries: Vec::new(),
+            chains: Vec::new(),
             store,
             config,
             machines,
@@ -399,6 +407,31 @@ impl Checker {
                 due_ms = request.due_ms,
                 "retry requested"
             );
+        }
+        for (parent, ended, column, text) in std::mem::take(&mut self.chains) {
+            let db = self.store.db().clone();
+            let children = match gocron_shared::chain::resolve(&db, column, &text).await? {
+                Ok(ids) => ids,
+                Err(why) => {
+                    // The job's last_error says so too (the monitor's verdict).
+                    tracing::warn!(run_id = parent, "chained runs not started: {why}");
+                    continue;
+                }
+            };
+            let request = control::ChainRequest {
+                due_ms: ended.timestamp_millis(),
+            };
+            for child in children {
+                control::request_chain(&mut self.etcd, &self.keys, child, parent, &request)
+                    .await
+                    .map_err(|e| DbErr::Custom(format!("requesting run {parent}'s chain: {e}")))?;
+                tracing::info!(
+                    run_id = parent,
+                    job_id = child,
+                    column,
+                    "chained run requested"
+                );
+            }
         }
         self.gauge(live);
         self.settle_orphans().await;
@@ -839,6 +872,14 @@ impl Checker {
                     self.open.remove(&row.id);
                     return;
                 }
+                if let Some(job) = record
+                    && !job.on_failure.is_empty()
+                    && is_retried(status)
+                {
+                    let ended = row.finished_at.unwrap_or(row.scheduled_at);
+                    self.chains
+                        .push((row.id, ended, "on_failure", job.on_failure.clone()));
+                }
                 let why = row.error.as_deref().unwrap_or("no reason recorded");
                 let retries = record.map_or(0, |j| j.retries);
                 let attempts = if row.attempt > 1 || retries > 0 {
@@ -862,6 +903,13 @@ impl Checker {
                 *last = (*last).max(row.id);
             }
             RunStatus::Succeeded => {
+                if let Some(job) = jobs.get(&row.job_id)
+                    && !job.on_success.is_empty()
+                {
+                    let ended = row.finished_at.unwrap_or(row.scheduled_at);
+                    self.chains
+                        .push((row.id, ended, "on_success", job.on_success.clone()));
+                }
                 if let Some(&failed) = self.failing.get(&row.job_id)
                     && failed < row.id
                 {

@@ -258,6 +258,7 @@ impl EventFeed {
             first_run: None,
             source_id: row.id,
             event: None,
+            parent_run: None,
         };
         self.runs
             .settled(

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chrono_tz::Tz;
 use etcd_client::{Client, Txn, TxnOp};
 use gocron_shared::entity::{job, job_change};
-use gocron_shared::job::validate;
+use gocron_shared::job::{JobError, validate};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::MachineGroups;
@@ -421,7 +421,21 @@ impl Publisher {
         let mut row = row;
         if let Some(row) = &mut row {
             report.rows += 1;
-            let verdict = validate(row, &self.machines, self.default_tz);
+            let mut verdict = validate(row, &self.machines, self.default_tz);
+            if verdict.is_ok()
+                && !(row.on_success.trim().is_empty() && row.on_failure.trim().is_empty())
+            {
+                match gocron_shared::chain::check(&self.db, row).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => verdict = Err(JobError::Chain(why)),
+                    Err(e) => {
+                        // Looked at again next pass.
+                        tracing::warn!(job_id = id, error = %e, "cannot check the job's chains");
+                        self.pending.insert(id);
+                        return;
+                    }
+                }
+            }
             let error = verdict.as_ref().err().map(ToString::to_string);
             if row.last_error != error {
                 if !self.record_verdict(row, error.as_deref()).await {

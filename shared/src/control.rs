@@ -116,6 +116,28 @@ pub struct EventRequest {
     pub event: crate::job::EventRef,
 }
 
+/// A chain request's etcd value (`{prefix}/chain/{job}/{parent run}`, JSON): the monitor puts
+/// one for each job a run's `on_success` or `on_failure` names when the run ends so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRequest {
+    /// When the run is due (Unix ms): when the parent run ended.
+    pub due_ms: i64,
+}
+
+/// Puts the request to run job `job_id` after parent run `parent_run` (no lease).
+pub async fn request_chain(
+    etcd: &mut Client,
+    keys: &EtcdKeys,
+    job_id: i64,
+    parent_run: i64,
+    request: &ChainRequest,
+) -> Result<(), ControlError> {
+    let value = serde_json::to_string(request).unwrap_or_default();
+    etcd.put(keys.chain_request_key(job_id, parent_run), value, None)
+        .await?;
+    Ok(())
+}
+
 /// Puts the request to run job `job_id` for event `event_id` (no lease, like a retry).
 pub async fn request_event(
     etcd: &mut Client,

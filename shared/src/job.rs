@@ -128,10 +128,49 @@ pub enum Trigger {
     Retry,
     /// An event the job (`@event NAME`) is subscribed to was inserted into `cron_event`.
     Event,
+    /// A run of a job naming this one in `on_success` or `on_failure` ended so.
+    Chain,
 }
 
 text_enum!(Trigger, "trigger", Trigger::Schedule => "schedule", Trigger::Manual => "manual",
-    Trigger::Retry => "retry", Trigger::Event => "event");
+    Trigger::Retry => "retry", Trigger::Event => "event", Trigger::Chain => "chain");
+
+/// The longest `cron_job.on_success` and `on_failure` (characters).
+pub const MAX_CHAIN_CHARS: usize = 1024;
+
+/// One job named in `on_success` or `on_failure`: by id, or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChainTarget {
+    /// A job id (the entry is all digits).
+    Id(i64),
+    /// A job name (anything else).
+    Name(String),
+}
+
+/// Parses `on_success` or `on_failure`: job ids or names, separated by commas (spaces around
+/// each trimmed, empty entries skipped), each at most once.
+pub fn parse_chain(text: &str) -> Result<Vec<ChainTarget>, String> {
+    if text.chars().count() > MAX_CHAIN_CHARS {
+        return Err(format!("is longer than {MAX_CHAIN_CHARS} characters"));
+    }
+    let mut targets = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let target = if entry.bytes().all(|b| b.is_ascii_digit()) {
+            ChainTarget::Id(
+                entry
+                    .parse()
+                    .map_err(|_| format!("job id {entry} is out of range"))?,
+            )
+        } else {
+            ChainTarget::Name(entry.to_owned())
+        };
+        if targets.contains(&target) {
+            return Err(format!("names {entry} twice"));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
 
 /// The most `cron_job.retries`.
 pub const MAX_RETRIES: i32 = 100;
@@ -152,6 +191,8 @@ pub struct Origin {
     pub source_id: i64,
     /// The event of an event's run, or of a retry of one.
     pub event: Option<EventRef>,
+    /// A chained run's parent run (`GOCRON_PARENT_RUN_ID`).
+    pub parent_run: Option<i64>,
 }
 
 /// The event a run is for: `GOCRON_EVENT_NAME`, and `GOCRON_EVENT_PAYLOAD` (also on stdin).
@@ -278,6 +319,10 @@ pub enum JobError {
     /// Occurs when `workdir` is not an absolute path, or is set on an `http` job.
     #[error("workdir {0}")]
     Workdir(String),
+    /// Occurs when `on_success` or `on_failure` does not parse, names a job that does not exist
+    /// (or a name more than one job has), or closes a cycle of chains.
+    #[error("{0}")]
+    Chain(String),
     /// Occurs when the job's texts (command, name, rule, machine, time zone) are too long to be
     /// handed to an executor in one run request (see [`crate::rpc::MAX_FRAME_BYTES`]).
     #[error(
@@ -417,6 +462,12 @@ pub fn validate(
             row.delay_secs
         )));
     }
+    for (column, text) in [
+        ("on_success", &row.on_success),
+        ("on_failure", &row.on_failure),
+    ] {
+        parse_chain(text).map_err(|e| JobError::Chain(format!("{column} {e}")))?;
+    }
     let env = parse_env(&row.env).map_err(JobError::Env)?;
     check_workdir(&spec.workdir)?;
     if spec.kind == JobKind::Http && !(env.is_empty() && spec.workdir.is_empty()) {
@@ -484,6 +535,8 @@ mod tests {
             retries: 0,
             retry_delay_secs: 10,
             delay_secs: 0,
+            on_success: String::new(),
+            on_failure: String::new(),
         }
     }
 
@@ -548,6 +601,14 @@ mod tests {
                 "retry_delay_secs 3601 must be between 0 and 3600",
             ),
             (Box::new(|r| r.env = "1A=x".into()), "not a variable name"),
+            (
+                Box::new(|r| r.on_success = "3, nightly, 3".into()),
+                "on_success names 3 twice",
+            ),
+            (
+                Box::new(|r| r.on_failure = "9".repeat(30)),
+                "on_failure job id 999999999999999999999999999999 is out of range",
+            ),
             (
                 Box::new(|r| r.delay_secs = 5),
                 "delay_secs applies to @event jobs only",

@@ -105,6 +105,22 @@ impl EtcdKeys {
         Some((job.parse().ok()?, run.parse().ok()?))
     }
 
+    /// The folder of chain requests.
+    pub fn chains(&self) -> String {
+        format!("{}/chain/", self.prefix)
+    }
+
+    /// The request to run job `job_id` after parent run `parent_run`.
+    pub fn chain_request_key(&self, job_id: i64, parent_run: i64) -> String {
+        format!("{}{job_id}/{parent_run}", self.chains())
+    }
+
+    /// The (job id, parent run id) of a key under [`EtcdKeys::chains`].
+    pub fn chain_request(&self, key: &str) -> Option<(i64, i64)> {
+        let (job, run) = key.strip_prefix(&self.chains())?.split_once('/')?;
+        Some((job.parse().ok()?, run.parse().ok()?))
+    }
+
     /// The folder of event requests.
     pub fn events(&self) -> String {
         format!("{}/event/", self.prefix)
@@ -154,6 +170,11 @@ impl RedisKeys {
     /// The lock of one retry of one job, at the instant it is due.
     pub fn retry(&self, job_id: i64, due_ms: i64) -> String {
         format!("{}:retry:{job_id}:{due_ms}", self.prefix)
+    }
+
+    /// The lock of one chained run of one job, after parent run `parent_run`.
+    pub fn chain(&self, job_id: i64, parent_run: i64) -> String {
+        format!("{}:chain:{job_id}:{parent_run}", self.prefix)
     }
 
     /// The lock of one event's run of one job.
@@ -240,6 +261,9 @@ mod tests {
         assert_eq!(k.retry_request("/gocron/retry/4/12"), Some((4, 12)));
         assert_eq!(k.retry_request("/gocron/manual/4/12"), None);
         assert_eq!(r.event(4, 7), "gc:event:4:7");
+        assert_eq!(r.chain(4, 7), "gc:chain:4:7");
+        assert_eq!(k.chain_request_key(4, 7), "/gocron/chain/4/7");
+        assert_eq!(k.chain_request("/gocron/chain/4/7"), Some((4, 7)));
         assert_eq!(k.event_request_key(4, 7), "/gocron/event/4/7");
         assert_eq!(k.event_request("/gocron/event/4/7"), Some((4, 7)));
         assert_eq!(k.event_request("/gocron/retry/4/7"), None);

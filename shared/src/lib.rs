@@ -26,6 +26,7 @@
 //! - [`daemon`]: what the three `main`s share: flags, logging, signals, retry with backoff.
 
 pub mod alarm;
+pub mod chain;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -169,6 +169,7 @@ impl Fences {
             Trigger::Manual => self.keys.manual(job_id, scheduled_ms),
             Trigger::Retry => self.keys.retry(job_id, scheduled_ms),
             Trigger::Event => self.keys.event(job_id, source_id),
+            Trigger::Chain => self.keys.chain(job_id, source_id),
         };
         let reply: Vec<redis::Value> = self
             .acquire

@@ -29,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(JobEnvironment),
             Box::new(Retries),
             Box::new(Events),
+            Box::new(Chains),
         ]
     }
 
@@ -786,5 +787,39 @@ impl MigrationTrait for Events {
         // The unique key stays with source_id: dropping it would make retries and events due
         // in the same millisecond collide again.
         drop_columns(db, &COLUMNS_0007[..1]).await
+    }
+}
+
+/// Chains: `cron_job.on_success` and `on_failure`.
+struct Chains;
+
+impl MigrationName for Chains {
+    fn name(&self) -> &str {
+        "m0008_chains"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0008: &[(&str, &str, [&str; 3])] = &[
+    (
+        "cron_job",
+        "on_success",
+        ["VARCHAR(1024) NOT NULL DEFAULT ''"; 3],
+    ),
+    (
+        "cron_job",
+        "on_failure",
+        ["VARCHAR(1024) NOT NULL DEFAULT ''"; 3],
+    ),
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Chains {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_columns(manager.get_connection(), COLUMNS_0008).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        drop_columns(manager.get_connection(), COLUMNS_0008).await
     }
 }

@@ -154,6 +154,9 @@ pub struct RunRequest {
     /// `GOCRON_EVENT_NAME`, `GOCRON_EVENT_PAYLOAD` and stdin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<crate::job::EventRef>,
+    /// For a chained run, its parent run (`GOCRON_PARENT_RUN_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run: Option<i64>,
 }
 
 fn first_attempt() -> i32 {
@@ -236,6 +239,7 @@ impl From<v1::RunRequest> for RunRequest {
             dispatcher: r.dispatcher,
             attempt: 1,
             event: None,
+            parent_run: None,
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct JobRow {
     pub retry_delay_secs: i32,
     /// `delay_secs`: for an `@event` job, how long after the event it runs.
     pub delay_secs: i32,
+    /// `on_success`: jobs (ids or names) started when a run succeeds.
+    pub on_success: String,
+    /// `on_failure`: jobs started when a run fails for good.
+    pub on_failure: String,
     /// `created_at`.
     pub created_at: DateTime<Utc>,
     /// `updated_at`.
@@ -94,6 +98,8 @@ impl From<&job::Model> for JobRow {
             retries: m.retries,
             retry_delay_secs: m.retry_delay_secs,
             delay_secs: m.delay_secs,
+            on_success: m.on_success.clone(),
+            on_failure: m.on_failure.clone(),
             created_at: m.created_at,
             updated_at: m.updated_at,
             last_error: m.last_error.clone(),
@@ -241,6 +247,10 @@ pub struct JobInput {
     pub retry_delay_secs: Option<i32>,
     /// `delay_secs` (default 0): for an `@event` job.
     pub delay_secs: Option<i32>,
+    /// `on_success` (default empty).
+    pub on_success: Option<String>,
+    /// `on_failure` (default empty).
+    pub on_failure: Option<String>,
 }
 
 impl JobInput {
@@ -270,7 +280,9 @@ impl JobInput {
             workdir,
             retries,
             retry_delay_secs,
-            delay_secs
+            delay_secs,
+            on_success,
+            on_failure
         );
         if let Some(enabled) = self.enabled {
             row.enabled = enabled.column()?;
@@ -425,6 +437,8 @@ pub async fn create(
         retries: 0,
         retry_delay_secs: 10,
         delay_secs: 0,
+        on_success: String::new(),
+        on_failure: String::new(),
     };
     let mut active = job::ActiveModel {
         created_at: Set(now),
@@ -447,6 +461,8 @@ pub async fn create(
     active.retries = Set(row.retries);
     active.retry_delay_secs = Set(row.retry_delay_secs);
     active.delay_secs = Set(row.delay_secs);
+    active.on_success = Set(row.on_success.clone());
+    active.on_failure = Set(row.on_failure.clone());
     check(&state, &row)?;
     let txn = state.db().begin().await?;
     let id = job::Entity::insert(active).exec(&txn).await?.last_insert_id;
@@ -536,6 +552,8 @@ pub async fn update(
             retries: None,
             retry_delay_secs: None,
             delay_secs: None,
+            on_success: None,
+            on_failure: None,
         }
     );
     input.apply(&mut row, &mut active)?;

@@ -107,6 +107,8 @@ pub fn spec() -> Value {
             "description": "Seconds before the first retry; doubling for each next one, at most 3600."},
         "delay_secs": {"type": "integer", "minimum": 0, "maximum": 2592000,
             "description": "For an @event job: seconds between the event and its run."},
+        "on_success": {"type": "string", "description": "Jobs (ids or names, comma-separated) started when a run succeeds."},
+        "on_failure": {"type": "string", "description": "Jobs started when a run ends failed, timeout, lost or no_executor with no retry left."},
     });
     let mut job = job_columns.clone();
     for (k, v) in [

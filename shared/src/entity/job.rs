@@ -52,6 +52,11 @@ pub struct Model {
     pub retry_delay_secs: i32,
     /// For an `@event` job: seconds between an event and its run (0 = at once).
     pub delay_secs: i32,
+    /// Jobs (ids or names, comma-separated) started when a run of this one succeeds.
+    pub on_success: String,
+    /// Jobs started when a run of this one fails for good (`failed`, `timeout`, `lost` or
+    /// `no_executor`, with no retry left).
+    pub on_failure: String,
 }
 
 /// No relations are navigated through the ORM.

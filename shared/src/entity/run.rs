@@ -27,7 +27,7 @@ pub struct Model {
     pub output: Option<String>,
     /// Why the run is not `succeeded`, in words.
     pub error: Option<String>,
-    /// `schedule`, `manual`, `retry` or `event`.
+    /// `schedule`, `manual`, `retry`, `event` or `chain`.
     pub trigger: String,
     /// When the run passed its timeout while still running under the `abandon` or `sync`
     /// policy (the overrun flag); the run itself goes on.
@@ -37,7 +37,7 @@ pub struct Model {
     /// A retry's first attempt (its run id); NULL for a first attempt.
     pub retry_of: Option<i64>,
     /// What the run comes from: for a retry, the run it follows; for an event, the event's
-    /// `cron_event.id`; 0 for a tick or a run-now. Part of the unique key
+    /// `cron_event.id`; for a chained run, the parent run; 0 for a tick or a run-now. Part of the unique key
     /// `(job_id, scheduled_at, trigger, source_id)`.
     pub source_id: i64,
 }

@@ -5,6 +5,7 @@
 mod alarms;
 mod api;
 mod backends;
+mod chains;
 mod console;
 mod ctl;
 mod events;

@@ -69,6 +69,12 @@ pub struct JobForm {
     /// `delay_secs`.
     #[serde(default)]
     pub delay_secs: String,
+    /// `on_success`.
+    #[serde(default)]
+    pub on_success: String,
+    /// `on_failure`.
+    #[serde(default)]
+    pub on_failure: String,
     /// `alarm_emails`.
     #[serde(default)]
     pub alarm_emails: String,
@@ -99,6 +105,8 @@ impl JobForm {
             retries: row.retries.to_string(),
             retry_delay_secs: row.retry_delay_secs.to_string(),
             delay_secs: row.delay_secs.to_string(),
+            on_success: row.on_success.clone(),
+            on_failure: row.on_failure.clone(),
             alarm_emails: row.alarm_emails.clone(),
             alarm_mobiles: row.alarm_mobiles.clone(),
             enabled: row.enabled.then(|| "on".into()),
@@ -155,6 +163,8 @@ impl JobForm {
             retries: Some(retries),
             retry_delay_secs: Some(retry_delay_secs),
             delay_secs: Some(delay_secs),
+            on_success: Some(self.on_success.trim().to_owned()),
+            on_failure: Some(self.on_failure.trim().to_owned()),
         })
     }
 }
@@ -240,6 +250,16 @@ fn job_form(
                     div {
                         label for="delay_secs" { "Event delay (s, @event jobs)" }
                         input #delay_secs type="number" min="0" max="2592000" name="delay_secs" value=(form.delay_secs);
+                    }
+                }
+                div.row {
+                    div {
+                        label for="on_success" { "On success, start (job ids or names)" }
+                        input #on_success type="text" name="on_success" value=(form.on_success);
+                    }
+                    div {
+                        label for="on_failure" { "On failure, start" }
+                        input #on_failure type="text" name="on_failure" value=(form.on_failure);
                     }
                 }
                 label for="env" { "Environment (KEY=VALUE lines, shell jobs)" }
