@@ -203,6 +203,9 @@ struct JobFields {
     /// `on_failure`: jobs started when a run fails for good.
     #[arg(long)]
     on_failure: Option<String>,
+    /// `route`: round_robin, random, least_busy or hash.
+    #[arg(long)]
+    route: Option<String>,
 }
 
 impl JobFields {
@@ -231,6 +234,7 @@ impl JobFields {
         put("delay_secs", self.delay_secs.map(Value::from));
         put("on_success", self.on_success.clone().map(Value::from));
         put("on_failure", self.on_failure.clone().map(Value::from));
+        put("route", self.route.clone().map(Value::from));
         Value::Object(body)
     }
 }

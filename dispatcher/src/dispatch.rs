@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::entity::job;
-use gocron_shared::job::{JobSpec, Misfire, Origin, RunStatus, TimeoutPolicy, Trigger};
+use gocron_shared::job::{JobSpec, Misfire, Origin, Route, RunStatus, TimeoutPolicy, Trigger};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
@@ -22,6 +22,25 @@ use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret, T
 use gocron_shared::runs::RunLog;
 use tarpc::client::RpcError;
 use tokio::sync::watch;
+
+/// How long the `least_busy` route waits for an executor to say how busy it is.
+const LOAD_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The rendezvous-hashing score of executor `name` for job `job_id`: the job goes to the
+/// live executor with the highest score. A fixed function (FNV-1a, then a 64-bit finaliser),
+/// so that every dispatcher, of any build, ranks alike.
+pub fn rendezvous(job_id: i64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in job_id.to_le_bytes().iter().chain(name.as_bytes()) {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
 
 /// Everything a tick needs; cheap to clone into each tick's task.
 #[derive(Clone)]
@@ -521,12 +540,10 @@ impl Dispatcher {
             parent_run: origin.as_ref().and_then(|o| o.parent_run),
             event: origin.and_then(|o| o.event),
         };
-        // Round-robin across all dispatchers: the group's dispatch count picks the first
-        // executor to offer; each further one is offered the run at most once.
-        let first = ((sequence - 1) % candidates.len() as u64) as usize;
+        // The job's route orders the executors; each is offered the run at most once.
+        let order = self.order(job, &candidates, sequence).await;
         let mut refusals = Vec::new();
-        for i in 0..candidates.len() {
-            let executor = candidates[(first + i) % candidates.len()];
+        for executor in order {
             match self.offer(executor, request.clone()).await {
                 Ok(label) => return Handover::Started(label),
                 Err(Offer::InHand(why)) => return Handover::InHand(why),
@@ -549,6 +566,65 @@ impl Dispatcher {
     }
 
     /// Offers the run to one executor, within one `rpc_timeout` for connect and call together.
+    /// The order in which `candidates` are offered a run of `job` (see [`Route`]); `sequence`
+    /// is the group's dispatch count, across all dispatchers.
+    async fn order<'a>(
+        &self,
+        job: &JobSpec,
+        candidates: &[&'a ExecutorInfo],
+        sequence: u64,
+    ) -> Vec<&'a ExecutorInfo> {
+        let n = candidates.len();
+        let rotated = |first: usize| (0..n).map(|i| candidates[(first + i) % n]).collect();
+        match job.route {
+            Route::RoundRobin => rotated(((sequence.max(1) - 1) % n as u64) as usize),
+            Route::Random => rotated(rand::random_range(0..n)),
+            Route::Hash => {
+                let mut ranked = candidates.to_vec();
+                ranked.sort_by_key(|e| std::cmp::Reverse(rendezvous(job.id, &e.name)));
+                ranked
+            }
+            Route::LeastBusy => {
+                let loads =
+                    futures::future::join_all(candidates.iter().map(|e| self.load(e))).await;
+                let first = ((sequence.max(1) - 1) % n as u64) as usize;
+                // Fewest runs going first; ties in round-robin order; no answer last.
+                let mut ranked: Vec<(usize, usize, &ExecutorInfo)> = candidates
+                    .iter()
+                    .zip(loads)
+                    .enumerate()
+                    .map(|(i, (e, load))| (load.unwrap_or(usize::MAX), (i + n - first) % n, *e))
+                    .collect();
+                ranked.sort_by_key(|(load, turn, _)| (*load, *turn));
+                ranked.into_iter().map(|(.., e)| e).collect()
+            }
+        }
+    }
+
+    /// How many runs `executor` has going (`None`: no answer within [`LOAD_TIMEOUT`]).
+    async fn load(&self, executor: &ExecutorInfo) -> Option<usize> {
+        let inner = &self.inner;
+        let ask = async {
+            let client = inner
+                .clients
+                .get(executor.address, inner.rpc_timeout, &inner.tls)
+                .await
+                .ok()?;
+            match client
+                .load(rpc::context(LOAD_TIMEOUT), inner.secret.clone())
+                .await
+            {
+                Ok(Ok(load)) => Some(load.running),
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    inner.clients.forget(executor.address);
+                    None
+                }
+            }
+        };
+        tokio::time::timeout(LOAD_TIMEOUT, ask).await.ok().flatten()
+    }
+
     async fn offer(&self, executor: &ExecutorInfo, request: RunRequest) -> Result<String, Offer> {
         let deadline = self.inner.rpc_timeout;
         match tokio::time::timeout(deadline, self.offer_inner(executor, request)).await {
@@ -669,5 +745,37 @@ impl Clients {
         {
             *client = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rendezvous;
+
+    fn first<'a>(job: i64, names: &[&'a str]) -> &'a str {
+        names
+            .iter()
+            .copied()
+            .max_by_key(|n| rendezvous(job, n))
+            .expect("names")
+    }
+
+    #[test]
+    fn rendezvous_spreads_jobs_and_a_leaving_executor_moves_only_its_own() {
+        let all = ["exec-a", "exec-b", "exec-c", "exec-d"];
+        let before: Vec<&str> = (1..=1000).map(|job| first(job, &all)).collect();
+        for name in all {
+            let share = before.iter().filter(|n| **n == name).count();
+            assert!((150..=350).contains(&share), "{name}: {share} of 1000");
+        }
+        let left = ["exec-a", "exec-b", "exec-d"];
+        for (job, was) in (1..=1000).zip(&before) {
+            let now = first(job, &left);
+            if *was != "exec-c" {
+                assert_eq!(now, *was, "job {job} moved though its executor stayed");
+            }
+        }
+        // A fixed function: every dispatcher, of any build, ranks alike (computed by hand).
+        assert_eq!(rendezvous(1, "exec-a"), 5_659_634_275_859_959_913);
     }
 }

@@ -370,6 +370,7 @@ mod tests {
             misfire: Default::default(),
             env: Vec::new(),
             workdir: String::new(),
+            route: Default::default(),
         }
     }
 

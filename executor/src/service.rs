@@ -10,7 +10,7 @@ use gocron_shared::live::Holder;
 use gocron_shared::lock::Fences;
 use gocron_shared::machine::ExecutorInfo;
 use gocron_shared::rpc::{
-    Accepted, ExecutorRpc, KillRequest, MAX_OUTPUT_WAIT, OutputChunk, OutputRequest, Refused,
+    Accepted, ExecutorRpc, KillRequest, Load, MAX_OUTPUT_WAIT, OutputChunk, OutputRequest, Refused,
     RunRequest, Secret, v1,
 };
 use gocron_shared::runs::{RUNNING_AFTER, RunLog};
@@ -253,6 +253,17 @@ impl ExecutorRpc for Service {
         } else {
             Err(Refused::NotRunning(request.run_id))
         }
+    }
+
+    async fn load(self, _: tarpc::context::Context, secret: Secret) -> Result<Load, Refused> {
+        let inner = &self.inner;
+        if !inner.secret.matches(&secret) {
+            return Err(Refused::Unauthorized);
+        }
+        Ok(Load {
+            running: inner.max - inner.slots.available_permits(),
+            max: inner.max,
+        })
     }
 
     async fn run_output(

@@ -75,6 +75,8 @@ pub enum Misfire {
 }
 
 text_enum!(JobKind, "kind", JobKind::Shell => "shell", JobKind::Http => "http");
+text_enum!(Route, "route", Route::RoundRobin => "round_robin", Route::Random => "random",
+    Route::LeastBusy => "least_busy", Route::Hash => "hash");
 text_enum!(Misfire, "misfire", Misfire::Skip => "skip", Misfire::Once => "once", Misfire::All => "all");
 text_enum!(TimeoutPolicy, "timeout_policy",
     TimeoutPolicy::Abandon => "abandon", TimeoutPolicy::Kill => "kill", TimeoutPolicy::Sync => "sync");
@@ -114,6 +116,24 @@ text_enum!(RunStatus, "status",
     RunStatus::NoExecutor => "no_executor", RunStatus::Timeout => "timeout",
     RunStatus::Killed => "killed", RunStatus::Lost => "lost",
     RunStatus::Skipped => "skipped", RunStatus::Missed => "missed");
+
+/// Which executor of the group is offered a run first (`cron_job.route`); the others are
+/// offered it in turn when it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The group's executors in turn, across all dispatchers (a counter in Redis).
+    #[default]
+    RoundRobin,
+    /// One at random.
+    Random,
+    /// The one with the fewest runs going (each is asked; one that does not answer is last).
+    LeastBusy,
+    /// The same one for a job as long as it is alive (rendezvous hashing of job and executor
+    /// names), the next one by the same hash when it is not; an executor joining takes over
+    /// only the jobs it now ranks first for.
+    Hash,
+}
 
 /// Why a run exists (`cron_run.trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -266,6 +286,13 @@ pub struct JobSpec {
     /// executor's own working directory.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub workdir: String,
+    /// `cron_job.route`.
+    #[serde(default, skip_serializing_if = "is_round_robin")]
+    pub route: Route,
+}
+
+fn is_round_robin(route: &Route) -> bool {
+    *route == Route::RoundRobin
 }
 
 impl JobSpec {
@@ -435,6 +462,7 @@ pub fn validate(
         misfire: row.misfire.parse().map_err(JobError::Column)?,
         env: Vec::new(),
         workdir: row.workdir.trim().to_owned(),
+        route: row.route.trim().parse().map_err(JobError::Column)?,
     };
     if spec.command.trim().is_empty() {
         return Err(JobError::EmptyCommand);
@@ -537,6 +565,7 @@ mod tests {
             delay_secs: 0,
             on_success: String::new(),
             on_failure: String::new(),
+            route: "round_robin".into(),
         }
     }
 
@@ -601,6 +630,7 @@ mod tests {
                 "retry_delay_secs 3601 must be between 0 and 3600",
             ),
             (Box::new(|r| r.env = "1A=x".into()), "not a variable name"),
+            (Box::new(|r| r.route = "nearest".into()), "route"),
             (
                 Box::new(|r| r.on_success = "3, nightly, 3".into()),
                 "on_success names 3 twice",

@@ -790,12 +790,12 @@ impl MigrationTrait for Events {
     }
 }
 
-/// Chains: `cron_job.on_success` and `on_failure`.
+/// Chains (`cron_job.on_success` and `on_failure`) and routes (`cron_job.route`).
 struct Chains;
 
 impl MigrationName for Chains {
     fn name(&self) -> &str {
-        "m0008_chains"
+        "m0008_chains_routes"
     }
 }
 
@@ -810,6 +810,11 @@ const COLUMNS_0008: &[(&str, &str, [&str; 3])] = &[
         "cron_job",
         "on_failure",
         ["VARCHAR(1024) NOT NULL DEFAULT ''"; 3],
+    ),
+    (
+        "cron_job",
+        "route",
+        ["VARCHAR(16) NOT NULL DEFAULT 'round_robin'"; 3],
     ),
 ];
 

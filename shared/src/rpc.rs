@@ -49,6 +49,18 @@ pub trait ExecutorRpc {
     /// to the request later (with a default) then passes between releases both ways, where a
     /// bincode frame's shape is fixed. [`Refused::Malformed`] when it does not decode.
     async fn start_run_json(request: String) -> Result<Accepted, Refused>;
+    /// How many runs this executor has going, and how many it takes (for the `least_busy`
+    /// route). Executors of earlier releases do not answer it (they are asked last).
+    async fn load(secret: Secret) -> Result<Load, Refused>;
+}
+
+/// What [`ExecutorRpc::load`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Runs going now.
+    pub running: usize,
+    /// `[executor] max_concurrent`.
+    pub max: usize,
 }
 
 /// The most bytes of output one [`OutputChunk`] carries. Shown as text, a byte takes at most 3
@@ -232,6 +244,7 @@ impl From<v1::RunRequest> for RunRequest {
                 misfire: job.misfire,
                 env: Vec::new(),
                 workdir: String::new(),
+                route: Default::default(),
             },
             scheduled_ms: r.scheduled_ms,
             timeout_ms: r.timeout_ms,

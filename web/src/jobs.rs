@@ -67,6 +67,8 @@ pub struct JobRow {
     pub on_success: String,
     /// `on_failure`: jobs started when a run fails for good.
     pub on_failure: String,
+    /// `route`: which executor of the group gets a run first.
+    pub route: String,
     /// `created_at`.
     pub created_at: DateTime<Utc>,
     /// `updated_at`.
@@ -100,6 +102,7 @@ impl From<&job::Model> for JobRow {
             delay_secs: m.delay_secs,
             on_success: m.on_success.clone(),
             on_failure: m.on_failure.clone(),
+            route: m.route.clone(),
             created_at: m.created_at,
             updated_at: m.updated_at,
             last_error: m.last_error.clone(),
@@ -251,6 +254,8 @@ pub struct JobInput {
     pub on_success: Option<String>,
     /// `on_failure` (default empty).
     pub on_failure: Option<String>,
+    /// `route` (default `round_robin`).
+    pub route: Option<String>,
 }
 
 impl JobInput {
@@ -282,7 +287,8 @@ impl JobInput {
             retry_delay_secs,
             delay_secs,
             on_success,
-            on_failure
+            on_failure,
+            route
         );
         if let Some(enabled) = self.enabled {
             row.enabled = enabled.column()?;
@@ -439,6 +445,7 @@ pub async fn create(
         delay_secs: 0,
         on_success: String::new(),
         on_failure: String::new(),
+        route: "round_robin".into(),
     };
     let mut active = job::ActiveModel {
         created_at: Set(now),
@@ -463,6 +470,7 @@ pub async fn create(
     active.delay_secs = Set(row.delay_secs);
     active.on_success = Set(row.on_success.clone());
     active.on_failure = Set(row.on_failure.clone());
+    active.route = Set(row.route.clone());
     check(&state, &row)?;
     let txn = state.db().begin().await?;
     let id = job::Entity::insert(active).exec(&txn).await?.last_insert_id;
@@ -554,6 +562,7 @@ pub async fn update(
             delay_secs: None,
             on_success: None,
             on_failure: None,
+            route: None,
         }
     );
     input.apply(&mut row, &mut active)?;

@@ -109,6 +109,8 @@ pub fn spec() -> Value {
             "description": "For an @event job: seconds between the event and its run."},
         "on_success": {"type": "string", "description": "Jobs (ids or names, comma-separated) started when a run succeeds."},
         "on_failure": {"type": "string", "description": "Jobs started when a run ends failed, timeout, lost or no_executor with no retry left."},
+        "route": {"type": "string", "enum": ["round_robin", "random", "least_busy", "hash"],
+            "description": "Which executor of the group is offered a run first."},
     });
     let mut job = job_columns.clone();
     for (k, v) in [

@@ -57,6 +57,9 @@ pub struct Model {
     /// Jobs started when a run of this one fails for good (`failed`, `timeout`, `lost` or
     /// `no_executor`, with no retry left).
     pub on_failure: String,
+    /// Which executor of the group gets a run first: `round_robin`, `random`, `least_busy`,
+    /// `hash`.
+    pub route: String,
 }
 
 /// No relations are navigated through the ORM.

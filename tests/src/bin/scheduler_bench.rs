@@ -68,6 +68,7 @@ fn spec(id: i64, rng: &mut rand::rngs::StdRng) -> JobSpec {
         misfire: Default::default(),
         env: Vec::new(),
         workdir: String::new(),
+        route: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ mod pipeline;
 mod policies;
 mod retention;
 mod retries;
+mod routes;
 mod rpc;
 mod rules;
 mod scale;

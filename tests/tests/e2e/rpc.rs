@@ -37,6 +37,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
             misfire: Default::default(),
             env: vec![("MARK".into(), "ran".into())],
             workdir: String::new(),
+            route: Default::default(),
         },
         scheduled_ms: tick.timestamp_millis(),
         timeout_ms: 0,

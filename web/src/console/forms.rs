@@ -75,6 +75,9 @@ pub struct JobForm {
     /// `on_failure`.
     #[serde(default)]
     pub on_failure: String,
+    /// `route`.
+    #[serde(default)]
+    pub route: String,
     /// `alarm_emails`.
     #[serde(default)]
     pub alarm_emails: String,
@@ -107,6 +110,7 @@ impl JobForm {
             delay_secs: row.delay_secs.to_string(),
             on_success: row.on_success.clone(),
             on_failure: row.on_failure.clone(),
+            route: row.route.clone(),
             alarm_emails: row.alarm_emails.clone(),
             alarm_mobiles: row.alarm_mobiles.clone(),
             enabled: row.enabled.then(|| "on".into()),
@@ -123,6 +127,7 @@ impl JobForm {
             retries: "0".into(),
             retry_delay_secs: "10".into(),
             delay_secs: "0".into(),
+            route: "round_robin".into(),
             enabled: Some("on".into()),
             ..JobForm::default()
         }
@@ -165,6 +170,7 @@ impl JobForm {
             delay_secs: Some(delay_secs),
             on_success: Some(self.on_success.trim().to_owned()),
             on_failure: Some(self.on_failure.trim().to_owned()),
+            route: (!self.route.is_empty()).then(|| self.route.clone()),
         })
     }
 }
@@ -260,6 +266,10 @@ fn job_form(
                     div {
                         label for="on_failure" { "On failure, start" }
                         input #on_failure type="text" name="on_failure" value=(form.on_failure);
+                    }
+                    div {
+                        label for="route" { "Route" }
+                        (choice("route", &["round_robin", "random", "least_busy", "hash"], &form.route))
                     }
                 }
                 label for="env" { "Environment (KEY=VALUE lines, shell jobs)" }
