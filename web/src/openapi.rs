@@ -132,10 +132,12 @@ pub fn spec() -> Value {
             "no_executor", "timeout", "killed", "lost", "skipped", "missed"]},
         "executor": string, "started_at": nullable_stamp, "finished_at": nullable_stamp,
         "exit_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
-        "trigger": {"type": "string", "enum": ["schedule", "manual", "retry"]},
+        "trigger": {"type": "string", "enum": ["schedule", "manual", "retry", "event", "chain"]},
         "overrun_at": nullable_stamp,
         "attempt": {"type": "integer", "minimum": 1},
         "retry_of": {"type": ["integer", "null"], "description": "A retry's first attempt."},
+        "source_id": {"type": "integer",
+            "description": "The event (trigger event), the parent run (chain), the run a retry follows; 0 otherwise."},
     });
     let mut run = run_columns.clone();
     run["output"] = json!({"type": ["string", "null"]});

@@ -39,7 +39,7 @@ pub struct RunView {
     pub output: Option<String>,
     /// `error`.
     pub error: Option<String>,
-    /// `trigger`: `schedule`, `manual` or `retry`.
+    /// `trigger`: `schedule`, `manual`, `retry`, `event` or `chain`.
     pub trigger: String,
     /// `overrun_at`.
     pub overrun_at: Option<DateTime<Utc>>,
@@ -47,6 +47,8 @@ pub struct RunView {
     pub attempt: i32,
     /// `retry_of`: a retry's first attempt.
     pub retry_of: Option<i64>,
+    /// `source_id`: the event, the parent run, or the run a retry follows; 0 for others.
+    pub source_id: i64,
 }
 
 impl From<run::Model> for RunView {
@@ -66,6 +68,7 @@ impl From<run::Model> for RunView {
             overrun_at: m.overrun_at,
             attempt: m.attempt,
             retry_of: m.retry_of,
+            source_id: m.source_id,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct RunSummary {
     pub attempt: i32,
     /// `retry_of`.
     pub retry_of: Option<i64>,
+    /// `source_id`.
+    pub source_id: i64,
 }
 
 /// The query of `GET /jobs/{id}/runs`.
@@ -156,6 +161,7 @@ pub async fn of_job(
             run::Column::OverrunAt,
             run::Column::Attempt,
             run::Column::RetryOf,
+            run::Column::SourceId,
         ])
         .order_by_desc(run::Column::ScheduledAt)
         .order_by_desc(run::Column::Id)

@@ -591,6 +591,12 @@ pub async fn run(
                 dt { "Attempt" }
                 dd { (r.attempt) ", retry of " a href={ "/jobs/" (r.job_id) "/runs/" (first) } { "run " (first) } }
             }
+            @if r.trigger == "event" {
+                dt { "Event" } dd { (r.source_id) }
+            }
+            @if r.trigger == "chain" {
+                dt { "Parent run" } dd { (r.source_id) }
+            }
             dt { "Executor" } dd { (r.executor) }
             dt { "Started" } dd { (view::maybe_time(r.started_at, tz)) }
             dt { "Finished" } dd { (view::maybe_time(r.finished_at, tz)) }
