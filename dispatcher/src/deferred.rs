@@ -57,6 +57,8 @@ pub struct Deferred {
     /// `(fire at, unix ms; key)`, earliest first; an entry whose request is gone or was put
     /// again with another time is stale, skipped when met.
     queue: BinaryHeap<Reverse<(i64, Key)>>,
+    /// When each request was first fired here (Unix ms).
+    first_fired: HashMap<Key, i64>,
 }
 
 impl Deferred {
@@ -76,6 +78,12 @@ impl Deferred {
     /// Forgets a request (deleted: fired, here or elsewhere).
     pub fn delete(&mut self, key: &Key) {
         self.pending.remove(key);
+        self.first_fired.remove(key);
+    }
+
+    /// How long ago (ms) the request was first fired here, `now_ms` being now: 0 the first time.
+    pub fn fired_for(&mut self, key: &Key, now_ms: i64) -> i64 {
+        now_ms - *self.first_fired.entry(*key).or_insert(now_ms)
     }
 
     /// When the earliest request is to fire (Unix ms).
@@ -154,6 +162,8 @@ mod tests {
         r.put(retry(2, 20), request(100), 100);
         r.put(retry(3, 30), request(200), 200);
         r.delete(&retry(3, 30));
+        assert_eq!(r.fired_for(&retry(1, 10), 500), 0);
+        assert_eq!(r.fired_for(&retry(1, 10), 800), 300);
         assert_eq!(r.next_ms(), Some(100));
         assert!(r.due(99).is_empty());
         assert_eq!(r.due(250), [(retry(2, 20), request(100))]);
@@ -180,6 +190,7 @@ mod tests {
                 name: "order.paid".into(),
                 payload: "{}".into(),
                 delayed: false,
+                requested_ms: 0,
             },
         });
         r.put(retry(1, 10), request(100), 100);

@@ -196,11 +196,12 @@ impl Dispatcher {
         // A run-now, a retry or an event is not a tick of the rule: nothing before it was
         // missed. A delayed event's run that comes too late takes the misfire policy.
         if trigger != Trigger::Schedule {
-            let late = (Utc::now() - tick).to_std().unwrap_or_default() > self.inner.max_late;
-            let delayed = origin
-                .as_ref()
-                .and_then(|o| o.event.as_ref())
-                .is_some_and(|e| e.delayed);
+            let event = origin.as_ref().and_then(|o| o.event.as_ref());
+            let since = event
+                .and_then(|e| Utc.timestamp_millis_opt(e.requested_ms).single())
+                .map_or(tick, |requested| requested.max(tick));
+            let late = (Utc::now() - since).to_std().unwrap_or_default() > self.inner.max_late;
+            let delayed = event.is_some_and(|e| e.delayed);
             if late && delayed && job.misfire == Misfire::Skip {
                 let why = format!(
                     "the delayed event's run was due at {tick}, when no dispatcher could fire it (misfire skip)"
@@ -248,6 +249,27 @@ impl Dispatcher {
             Err(failed) => return failed,
         };
         self.run(job, tick, following, trigger, None, won).await
+    }
+
+    /// Whether the run of `trigger` from `source_id` due at `at` has a row (it was fired, here
+    /// or by another dispatcher).
+    pub async fn has_run(
+        &self,
+        job_id: i64,
+        at: DateTime<Utc>,
+        trigger: Trigger,
+        source_id: i64,
+    ) -> Result<bool, sea_orm::DbErr> {
+        use sea_orm::PaginatorTrait as _;
+        let at = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
+        let n = gocron_shared::entity::run::Entity::find()
+            .filter(gocron_shared::entity::run::Column::JobId.eq(job_id))
+            .filter(gocron_shared::entity::run::Column::ScheduledAt.eq(at))
+            .filter(gocron_shared::entity::run::Column::Trigger.eq(trigger.as_str()))
+            .filter(gocron_shared::entity::run::Column::SourceId.eq(source_id))
+            .count(&self.inner.db)
+            .await?;
+        Ok(n > 0)
     }
 
     /// Marks a one-shot job done (`cron_job.done_at`): the monitor withdraws it, and it never
@@ -459,10 +481,11 @@ impl Dispatcher {
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.
-        // An event's run is work of its own: it is not skipped for one still going.
+        // An event's run (or its retry) is work of its own: not skipped for one still going.
         if let Some(previous) = self.live(in_flight).await.first()
             && job.timeout_policy == TimeoutPolicy::Abandon
             && trigger != Trigger::Event
+            && origin.as_ref().is_none_or(|o| o.event.is_none())
         {
             let holder = previous.holder.as_ref().map(Holder::label);
             let why = format!(

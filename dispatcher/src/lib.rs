@@ -196,8 +196,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {
                 fire_due(&mut scheduler, &dispatcher, &ticks);
                 if jobs_read {
-                    for (key, request) in deferred.due(Utc::now().timestamp_millis()) {
-                        fire_deferred(&scheduler, &dispatcher, &etcd, &keys, &ticks, &again_tx, key, request);
+                    let now = Utc::now().timestamp_millis();
+                    for (key, request) in deferred.due(now) {
+                        let waited = deferred.fired_for(&key, now);
+                        fire_deferred(&scheduler, &dispatcher, &etcd, &keys, &ticks, &again_tx, key, request, waited);
                     }
                 }
             }
@@ -354,8 +356,8 @@ fn serve_manual(
 /// How long after a failed or shed firing a deferred request is fired again.
 const AGAIN_MS: i64 = 1000;
 
-/// How long past its due time a deferred request for a job not scheduled here waits for the
-/// job (its publication may come after the request, through another watch) before it is
+/// How long a deferred request for a job not scheduled here (since it was first fired here)
+/// waits for the job (its publication may come after the request, through another watch) before it is
 /// dropped.
 const UNKNOWN_JOB_WAIT_MS: i64 = 30_000;
 
@@ -412,6 +414,7 @@ fn fire_deferred(
     again: &tokio::sync::mpsc::UnboundedSender<(Key, DeferredRequest)>,
     key: Key,
     request: DeferredRequest,
+    waited_ms: i64,
 ) {
     let (job_id, source_id) = (key.job_id, key.source_id);
     let (etcd_key, origin) = match &request {
@@ -451,7 +454,7 @@ fn fire_deferred(
     };
     let mut etcd = etcd.clone();
     let Some(tick) = scheduler.deferred(job_id, due, key.trigger, origin) else {
-        if Utc::now().timestamp_millis() - request.due_ms() < UNKNOWN_JOB_WAIT_MS {
+        if waited_ms < UNKNOWN_JOB_WAIT_MS {
             // Perhaps published a moment ago, through the other watch.
             let _ = again.send((key, request));
             return;
@@ -470,10 +473,29 @@ fn fire_deferred(
     };
     let (dispatcher, again_tx, retried) = (dispatcher.clone(), again.clone(), request.clone());
     let fired = ticks.spawn(async move {
-        if matches!(dispatcher.fire(tick).await, Handover::Failed(_)) {
-            let _ = again_tx.send((key, retried));
-        } else {
-            let _ = etcd.delete(etcd_key, None).await;
+        match dispatcher.clone().fire(tick).await {
+            Handover::Failed(_) => {
+                let _ = again_tx.send((key, retried));
+            }
+            // Another dispatcher holds the lock: it deletes the request once it has written
+            // the run's row. Until then the request is kept here too, should that one die first.
+            Handover::Lost => match dispatcher
+                .has_run(job_id, due, key.trigger, source_id)
+                .await
+            {
+                Ok(true) => {
+                    let _ = etcd.delete(etcd_key, None).await;
+                }
+                _ => {
+                    let still = etcd.get(etcd_key, None).await.map(|r| !r.kvs().is_empty());
+                    if still.unwrap_or(true) {
+                        let _ = again_tx.send((key, retried));
+                    }
+                }
+            },
+            _ => {
+                let _ = etcd.delete(etcd_key, None).await;
+            }
         }
     });
     if !fired {

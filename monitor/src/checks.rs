@@ -497,6 +497,7 @@ impl Checker {
             name: row.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
             payload: row.and_then(|e| e.payload).unwrap_or_default(),
             delayed: false,
+            requested_ms: 0,
         }))
     }
 

@@ -30,7 +30,7 @@ use sea_orm::{
 /// Events read per pass at most; the rest waits for the next pass.
 const PAGE: u64 = 500;
 /// How long a gap in event ids is read again before it is taken as a rolled-back insert.
-pub const GAP_WAIT: Duration = Duration::from_secs(60);
+pub const GAP_WAIT: Duration = Duration::from_secs(600);
 /// The widest gap tracked id by id.
 const MAX_GAP: i64 = 10_000;
 /// The shared mark's name in `cron_alarm_state`.
@@ -115,8 +115,18 @@ impl EventFeed {
             }
         };
         let now = Instant::now();
-        self.gaps
-            .retain(|_, since| now.duration_since(*since) < GAP_WAIT);
+        self.gaps.retain(|id, since| {
+            let waiting = now.duration_since(*since) < GAP_WAIT;
+            if !waiting {
+                // A refused duplicate (`dedup_key`) also leaves a gap on MySQL and PostgreSQL.
+                tracing::debug!(
+                    event_id = id,
+                    "an event id skipped {} s ago never showed up; taken as a rolled-back insert (an event committed later than that is not fired)",
+                    GAP_WAIT.as_secs()
+                );
+            }
+            waiting
+        });
         let mut rows = event::Entity::find()
             .filter(event::Column::Id.gt(mark))
             .order_by_asc(event::Column::Id)
@@ -148,6 +158,12 @@ impl EventFeed {
                     for gap in new_mark + 1..row.id {
                         self.gaps.insert(gap, now);
                     }
+                } else {
+                    tracing::warn!(
+                        from = new_mark + 1,
+                        to = row.id - 1,
+                        "event ids skipped by more than {MAX_GAP} at once are not waited for"
+                    );
                 }
                 new_mark = row.id;
             }
@@ -216,9 +232,20 @@ impl EventFeed {
                 name: row.name.trim().to_owned(),
                 payload: payload.clone(),
                 delayed: job.delay_secs > 0,
+                requested_ms: Utc::now().timestamp_millis(),
             };
             if payload.len() > MAX_EVENT_PAYLOAD_BYTES {
-                self.too_large(row, job.job_id, due, event).await?;
+                let why = format!(
+                    "the event's payload is {} bytes; at most {MAX_EVENT_PAYLOAD_BYTES} are handed to a command",
+                    payload.len()
+                );
+                self.unrunnable(row, job.job_id, due, why).await?;
+                continue;
+            }
+            if payload.contains('\0') {
+                let why = "the event's payload holds a NUL byte, which no environment variable can"
+                    .to_owned();
+                self.unrunnable(row, job.job_id, due, why).await?;
                 continue;
             }
             let request = EventRequest {
@@ -240,18 +267,14 @@ impl EventFeed {
         Ok(put)
     }
 
-    /// Records a run that cannot be handed to a command: the payload is too large.
-    async fn too_large(
+    /// Records a run that cannot be handed to a command (its payload), saying why.
+    async fn unrunnable(
         &self,
         row: &event::Model,
         job_id: i64,
         due: DateTime<Utc>,
-        event: EventRef,
+        why: String,
     ) -> Result<(), DbErr> {
-        let why = format!(
-            "the event's payload is {} bytes; at most {MAX_EVENT_PAYLOAD_BYTES} are handed to a command",
-            event.payload.len()
-        );
         tracing::error!(event_id = row.id, job_id, "{why}");
         let origin = Origin {
             attempt: 1,

@@ -229,6 +229,10 @@ pub struct EventRef {
     /// (`skip`: recorded `missed`).
     #[serde(default)]
     pub delayed: bool,
+    /// When the monitor handed the event over (Unix ms): lateness counts from here when it is
+    /// after the due time (a monitor that was slow to read the event did not make it late).
+    #[serde(default)]
+    pub requested_ms: i64,
 }
 
 /// The longest `cron_job.delay_secs` (30 days).

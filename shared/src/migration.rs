@@ -681,9 +681,8 @@ const COLUMNS_0007: &[(&str, &str, [&str; 3])] = &[
 ];
 
 /// `cron_run` rebuilt on SQLite with `source_id` in its unique key (the columns as the
-/// migrations before this one left them).
+/// migrations before this one left them), inside the savepoint `m0007`.
 const SQLITE_0007_RUN: &[&str] = &[
-    "SAVEPOINT m0007",
     "DROP TABLE IF EXISTS cron_run_m0007",
     r#"CREATE TABLE cron_run_m0007 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -715,7 +714,6 @@ const SQLITE_0007_RUN: &[&str] = &[
         COALESCE((SELECT MAX(id) FROM cron_run_m0007), 0))",
     "DROP TABLE cron_run",
     "ALTER TABLE cron_run_m0007 RENAME TO cron_run",
-    "RELEASE m0007",
 ];
 
 const SQLITE_0007: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS cron_event (
@@ -762,15 +760,26 @@ impl MigrationTrait for Events {
         let backend = db.get_database_backend();
         if backend == DbBackend::Sqlite {
             add_columns(db, &COLUMNS_0007[..1]).await?;
-            if !has_column(db, "cron_run", "source_id").await? {
-                for statement in SQLITE_0007_RUN {
-                    if let Err(e) = db.execute_unprepared(statement).await {
-                        let _ = db.execute_unprepared("ROLLBACK TO m0007").await;
-                        let _ = db.execute_unprepared("RELEASE m0007").await;
-                        return Err(e);
+            // A write first takes the database's write lock: a daemon migrating at the same
+            // moment has finished by then, and the check below sees its work.
+            db.execute_unprepared("SAVEPOINT m0007").await?;
+            let rebuilt = async {
+                db.execute_unprepared("DELETE FROM sqlite_sequence WHERE name = 'cron_run_m0007'")
+                    .await?;
+                if !has_column(db, "cron_run", "source_id").await? {
+                    for statement in SQLITE_0007_RUN {
+                        db.execute_unprepared(statement).await?;
                     }
                 }
+                Ok::<(), DbErr>(())
             }
+            .await;
+            if let Err(e) = rebuilt {
+                let _ = db.execute_unprepared("ROLLBACK TO m0007").await;
+                let _ = db.execute_unprepared("RELEASE m0007").await;
+                return Err(e);
+            }
+            db.execute_unprepared("RELEASE m0007").await?;
         } else {
             add_columns(db, COLUMNS_0007).await?;
         }
