@@ -73,6 +73,11 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     .await;
     b.fill("#command", HOSTILE_COMMAND).await;
     b.screenshot("02-new-job").await;
+    // The lower half of the form: retries, the event delay, chains, the route.
+    b.fill("#retries", "1").await;
+    b.script("const r = document.querySelector('#route'); r.value = 'hash'; r.scrollIntoView(); return 0")
+        .await;
+    b.screenshot("02b-new-job-more").await;
     b.click("#save").await;
     let path = b
         .wait_for_path("the new job's page", |p| {
@@ -84,6 +89,7 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     let row = c.job_by_name(HOSTILE_NAME).await;
     assert_eq!((row.id, row.rule.as_str()), (id, "*/2 * * * * *"));
     assert_eq!(row.command, HOSTILE_COMMAND);
+    assert_eq!((row.retries, row.route.as_str()), (1, "hash"));
 
     // It runs; its output is shown as text, script and markup included.
     let run = wait_until("a run of the new job", Duration::from_secs(30), || async {
