@@ -397,9 +397,13 @@ impl Checker {
         for (job_id, run_id, mut request, lineage) in std::mem::take(&mut self.retries) {
             // A retry of an event's run runs for the same event.
             request.event = self.event_of(lineage).await?;
-            control::request_retry(&mut self.etcd, &self.keys, job_id, run_id, &request)
-                .await
-                .map_err(|e| DbErr::Custom(format!("requesting a retry of run {run_id}: {e}")))?;
+            control::put_request(
+                &mut self.etcd,
+                self.keys.retry_request_key(job_id, run_id),
+                &request,
+            )
+            .await
+            .map_err(|e| DbErr::Custom(format!("requesting a retry of run {run_id}: {e}")))?;
             tracing::info!(
                 job_id,
                 run_id,
@@ -422,9 +426,13 @@ impl Checker {
                 due_ms: ended.timestamp_millis(),
             };
             for child in children {
-                control::request_chain(&mut self.etcd, &self.keys, child, parent, &request)
-                    .await
-                    .map_err(|e| DbErr::Custom(format!("requesting run {parent}'s chain: {e}")))?;
+                control::put_request(
+                    &mut self.etcd,
+                    self.keys.chain_request_key(child, parent),
+                    &request,
+                )
+                .await
+                .map_err(|e| DbErr::Custom(format!("requesting run {parent}'s chain: {e}")))?;
                 tracing::info!(
                     run_id = parent,
                     job_id = child,

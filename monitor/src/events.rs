@@ -252,9 +252,13 @@ impl EventFeed {
                 due_ms: due.timestamp_millis(),
                 event,
             };
-            control::request_event(&mut self.etcd, &self.keys, job.job_id, row.id, &request)
-                .await
-                .map_err(|e| DbErr::Custom(format!("requesting event {}'s run: {e}", row.id)))?;
+            control::put_request(
+                &mut self.etcd,
+                self.keys.event_request_key(job.job_id, row.id),
+                &request,
+            )
+            .await
+            .map_err(|e| DbErr::Custom(format!("requesting event {}'s run: {e}", row.id)))?;
             tracing::info!(
                 event_id = row.id,
                 name = %row.name,

@@ -88,22 +88,6 @@ pub struct RetryRequest {
     pub event: Option<crate::job::EventRef>,
 }
 
-/// Puts the request to retry run `run_id` of job `job_id` (no lease: it waits for a dispatcher
-/// however long that takes). Putting the same request twice is harmless: its lock and the run
-/// row's unique key make it run once.
-pub async fn request_retry(
-    etcd: &mut Client,
-    keys: &EtcdKeys,
-    job_id: i64,
-    run_id: i64,
-    request: &RetryRequest,
-) -> Result<(), ControlError> {
-    let value = serde_json::to_string(request).unwrap_or_default();
-    etcd.put(keys.retry_request_key(job_id, run_id), value, None)
-        .await?;
-    Ok(())
-}
-
 /// An event request's etcd value (`{prefix}/event/{job}/{event}`, JSON): the monitor puts one
 /// for each job subscribed to an event it reads in `cron_event`; the dispatcher that fires the
 /// run deletes it.
@@ -124,31 +108,17 @@ pub struct ChainRequest {
     pub due_ms: i64,
 }
 
-/// Puts the request to run job `job_id` after parent run `parent_run` (no lease).
-pub async fn request_chain(
+/// Puts a deferred request (a [`RetryRequest`], [`EventRequest`] or [`ChainRequest`]) under
+/// `key` (`EtcdKeys::retry_request_key`, `event_request_key`, `chain_request_key`), with no
+/// lease: it waits for a dispatcher however long that takes. Putting the same request twice is
+/// harmless: its lock and the run row's unique key make it run once.
+pub async fn put_request(
     etcd: &mut Client,
-    keys: &EtcdKeys,
-    job_id: i64,
-    parent_run: i64,
-    request: &ChainRequest,
+    key: String,
+    request: &impl Serialize,
 ) -> Result<(), ControlError> {
     let value = serde_json::to_string(request).unwrap_or_default();
-    etcd.put(keys.chain_request_key(job_id, parent_run), value, None)
-        .await?;
-    Ok(())
-}
-
-/// Puts the request to run job `job_id` for event `event_id` (no lease, like a retry).
-pub async fn request_event(
-    etcd: &mut Client,
-    keys: &EtcdKeys,
-    job_id: i64,
-    event_id: i64,
-    request: &EventRequest,
-) -> Result<(), ControlError> {
-    let value = serde_json::to_string(request).unwrap_or_default();
-    etcd.put(keys.event_request_key(job_id, event_id), value, None)
-        .await?;
+    etcd.put(key, value, None).await?;
     Ok(())
 }
 

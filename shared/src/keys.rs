@@ -85,8 +85,7 @@ impl EtcdKeys {
 
     /// The (job id, requested ms) of a key under [`EtcdKeys::manual`].
     pub fn manual_request(&self, key: &str) -> Option<(i64, i64)> {
-        let (job, ms) = key.strip_prefix(&self.manual())?.split_once('/')?;
-        Some((job.parse().ok()?, ms.parse().ok()?))
+        pair_under(&self.manual(), key)
     }
 
     /// The folder of retry requests.
@@ -101,8 +100,7 @@ impl EtcdKeys {
 
     /// The (job id, run id) of a key under [`EtcdKeys::retries`].
     pub fn retry_request(&self, key: &str) -> Option<(i64, i64)> {
-        let (job, run) = key.strip_prefix(&self.retries())?.split_once('/')?;
-        Some((job.parse().ok()?, run.parse().ok()?))
+        pair_under(&self.retries(), key)
     }
 
     /// The folder of chain requests.
@@ -117,8 +115,7 @@ impl EtcdKeys {
 
     /// The (job id, parent run id) of a key under [`EtcdKeys::chains`].
     pub fn chain_request(&self, key: &str) -> Option<(i64, i64)> {
-        let (job, run) = key.strip_prefix(&self.chains())?.split_once('/')?;
-        Some((job.parse().ok()?, run.parse().ok()?))
+        pair_under(&self.chains(), key)
     }
 
     /// The folder of event requests.
@@ -133,14 +130,19 @@ impl EtcdKeys {
 
     /// The (job id, event id) of a key under [`EtcdKeys::events`].
     pub fn event_request(&self, key: &str) -> Option<(i64, i64)> {
-        let (job, event) = key.strip_prefix(&self.events())?.split_once('/')?;
-        Some((job.parse().ok()?, event.parse().ok()?))
+        pair_under(&self.events(), key)
     }
 
     /// The job id of a key under [`EtcdKeys::jobs`].
     pub fn job_id(&self, key: &str) -> Option<i64> {
         key.strip_prefix(&self.jobs())?.parse().ok()
     }
+}
+
+/// The two ids of a key `{folder}{a}/{b}`.
+fn pair_under(folder: &str, key: &str) -> Option<(i64, i64)> {
+    let (a, b) = key.strip_prefix(folder)?.split_once('/')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// Redis key layout.

@@ -201,14 +201,14 @@ impl RunLog {
         origin: Option<&Origin>,
         why: String,
     ) -> Result<Option<i64>, DbErr> {
-        self.submit(|reply| Write::Insert {
+        self.settled(
             job_id,
             scheduled_at,
             trigger,
-            settled: Some((RunStatus::Skipped, why)),
-            lineage: Lineage::of(origin),
-            reply,
-        })
+            origin,
+            RunStatus::Skipped,
+            why,
+        )
         .await
     }
 

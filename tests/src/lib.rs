@@ -297,6 +297,23 @@ impl Cluster {
         .await;
     }
 
+    /// How many keys etcd holds under `folder` (e.g. `EtcdKeys::retries()`): the deferred
+    /// requests waiting for a dispatcher.
+    pub async fn etcd_keys_under(&self, folder: String) -> usize {
+        self.etcd()
+            .await
+            .get(folder, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("etcd")
+            .kvs()
+            .len()
+    }
+
+    /// The etcd key layout of this cluster.
+    pub fn etcd_keys(&self) -> gocron_shared::keys::EtcdKeys {
+        gocron_shared::keys::EtcdKeys::new(&self.base_config().etcd.prefix)
+    }
+
     /// Asks the dispatchers to run job `id` now, with `env` (`KEY=VALUE` lines) for that run,
     /// once the monitor has published it; returns the request's instant (the run's tick).
     pub async fn run_now(&self, id: i64, env: &str) -> DateTime<Utc> {

@@ -89,17 +89,8 @@ async fn chained(backend: Backend) {
         assert_eq!(lines(file), [parent.to_string()]);
     }
     // Nothing more: the requests are served, once.
-    let keys = gocron_shared::keys::EtcdKeys::new(&c.base_config().etcd.prefix);
-    let etcd = c.etcd().await;
-    wait_until("no chain request left", WAIT, || {
-        let (mut etcd, prefix) = (etcd.clone(), keys.chains());
-        async move {
-            let answer = etcd
-                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                .await
-                .ok()?;
-            answer.kvs().is_empty().then_some(())
-        }
+    wait_until("no chain request left", WAIT, || async {
+        (c.etcd_keys_under(c.etcd_keys().chains()).await == 0).then_some(())
     })
     .await;
     for job in [next, named, cleanup] {

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use gocron_shared::entity::{event, run};
-use gocron_shared::keys::EtcdKeys;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 use sea_orm::{EntityTrait, QueryOrder};
 
@@ -23,17 +22,7 @@ fn recorder(file: &std::path::Path) -> String {
 
 /// The event requests waiting in etcd.
 async fn requests(c: &Cluster) -> usize {
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    let answer = c
-        .etcd()
-        .await
-        .get(
-            keys.events(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .expect("etcd");
-    answer.kvs().len()
+    c.etcd_keys_under(c.etcd_keys().events()).await
 }
 
 /// Inserts an event with plain SQL, as a business system would; returns the rows inserted

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use gocron_shared::entity::run;
-use gocron_shared::keys::EtcdKeys;
 use gocron_tests::{Backend, Cluster, lines, wait_until};
 
 use crate::alarms::{alarm_cluster, wait_mail};
@@ -38,17 +37,7 @@ fn s(text: &str) -> String {
 
 /// The retry requests waiting in etcd.
 async fn requests(c: &Cluster) -> usize {
-    let keys = EtcdKeys::new(&c.base_config().etcd.prefix);
-    let answer = c
-        .etcd()
-        .await
-        .get(
-            keys.retries(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .expect("etcd");
-    answer.kvs().len()
+    c.etcd_keys_under(c.etcd_keys().retries()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
