@@ -203,7 +203,7 @@ struct JobFields {
     /// `on_failure`: jobs started when a run fails for good.
     #[arg(long)]
     on_failure: Option<String>,
-    /// `route`: round_robin, random, least_busy or hash.
+    /// `route`: round_robin, random, least_busy, hash, broadcast or shard.
     #[arg(long)]
     route: Option<String>,
 }

@@ -151,6 +151,7 @@ mod tests {
             attempt: 2,
             first_run: 1,
             event: None,
+            shard: None,
         })
     }
 

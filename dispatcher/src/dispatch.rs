@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use gocron_shared::config::DispatcherConfig;
 use gocron_shared::entity::job;
-use gocron_shared::job::{JobSpec, Misfire, Origin, Route, RunStatus, TimeoutPolicy, Trigger};
+use gocron_shared::job::{
+    JobSpec, Misfire, Origin, Route, RunStatus, Shard, TimeoutPolicy, Trigger,
+};
 use gocron_shared::keys::EtcdKeys;
 use gocron_shared::live::{self, Holder, LiveRun};
 use gocron_shared::rule::Schedule;
@@ -481,11 +483,14 @@ impl Dispatcher {
 
         // "Still running" is the job's runs in flight whose holder is alive now; the others
         // are lost, and the job is free to run again.
-        // An event's run (or its retry) is work of its own: not skipped for one still going.
+        // An event's run (or its retry) is work of its own: not skipped for one still going;
+        // so is the retry of one run of a fanned-out tick (its siblings may still be going).
         if let Some(previous) = self.live(in_flight).await.first()
             && job.timeout_policy == TimeoutPolicy::Abandon
             && trigger != Trigger::Event
-            && origin.as_ref().is_none_or(|o| o.event.is_none())
+            && origin
+                .as_ref()
+                .is_none_or(|o| o.event.is_none() && o.shard.is_none())
         {
             let holder = previous.holder.as_ref().map(Holder::label);
             let why = format!(
@@ -504,6 +509,32 @@ impl Dispatcher {
             };
         }
 
+        let live = inner.executors.borrow().clone();
+        let candidates = inner.machines.select(&job.machine, &live);
+        let request = RunRequest {
+            secret: inner.secret.clone(),
+            run_id: 0,
+            job: job.clone(),
+            scheduled_ms,
+            timeout_ms: run_timeout_ms(job, tick, following),
+            trigger,
+            dispatcher: inner.name.clone(),
+            attempt: origin.as_ref().map_or(1, |o| o.attempt.max(1)),
+            parent_run: origin.as_ref().and_then(|o| o.parent_run),
+            event: origin.as_ref().and_then(|o| o.event.clone()),
+            shard: origin.as_ref().and_then(|o| o.shard.clone()),
+        };
+        // A tick of a `broadcast` or `shard` job is one run per live executor of its group
+        // (its retries are one run each, of the place they keep).
+        if job.route.fans_out()
+            && request.shard.is_none()
+            && let Some(candidates) = candidates.as_ref().filter(|c| !c.is_empty())
+        {
+            return self
+                .fan_out(job, tick, origin.as_ref(), candidates, request)
+                .await;
+        }
+
         let run_id = match inner
             .runs
             .insert_attempt(job.id, tick, trigger, origin.as_ref())
@@ -515,56 +546,142 @@ impl Dispatcher {
             Ok(None) => return Handover::Lost,
             Err(e) => return Handover::Failed(format!("database: inserting the run row: {e}")),
         };
-        // In flight from now: held by this dispatcher until an executor claims it.
-        let handing = Holder::Dispatcher {
-            since_ms: Utc::now().timestamp_millis(),
-            name: inner.name.clone(),
-        };
-        if let Err(e) = inner.lock.hold(job.id, run_id, &handing).await {
-            tracing::warn!(run_id, error = %e, "cannot enter the run in the job's live runs");
-        }
-
-        let live = inner.executors.borrow().clone();
-        // Only for messages: built when there is something to report, not on every tick.
-        let group = || {
-            if job.machine.is_empty() {
-                "any executor".to_owned()
-            } else {
-                format!("machine group {:?}", job.machine)
-            }
-        };
-        let candidates = match inner.machines.select(&job.machine, &live) {
+        self.handing(job.id, run_id).await;
+        let candidates = match candidates {
             None => {
                 return self
                     .no_executor(
                         job.id,
                         run_id,
-                        format!("unknown {}: not in this dispatcher's conf.ini", group()),
+                        format!("unknown {}: not in this dispatcher's conf.ini", group(job)),
                     )
                     .await;
             }
             Some(c) if c.is_empty() => {
                 return self
-                    .no_executor(job.id, run_id, format!("no live executor in {}", group()))
+                    .no_executor(
+                        job.id,
+                        run_id,
+                        format!("no live executor in {}", group(job)),
+                    )
                     .await;
             }
             Some(c) => c,
         };
-
-        let request = RunRequest {
-            secret: inner.secret.clone(),
-            run_id,
-            job: job.clone(),
-            scheduled_ms,
-            timeout_ms: run_timeout_ms(job, tick, following),
-            trigger,
-            dispatcher: inner.name.clone(),
-            attempt: origin.as_ref().map_or(1, |o| o.attempt.max(1)),
-            parent_run: origin.as_ref().and_then(|o| o.parent_run),
-            event: origin.and_then(|o| o.event),
-        };
         // The job's route orders the executors; each is offered the run at most once.
-        let order = self.order(job, &candidates, sequence).await;
+        let order = match &request.shard {
+            Some(shard) => shard_order(job.route, &candidates, shard),
+            None => self.order(job, &candidates, sequence).await,
+        };
+        self.hand_over(job, RunRequest { run_id, ..request }, order)
+            .await
+    }
+
+    /// Enters run `run_id` in the job's live runs, held by this dispatcher until an executor
+    /// claims it.
+    async fn handing(&self, job_id: i64, run_id: i64) {
+        let inner = &self.inner;
+        let handing = Holder::Dispatcher {
+            since_ms: Utc::now().timestamp_millis(),
+            name: inner.name.clone(),
+        };
+        if let Err(e) = inner.lock.hold(job_id, run_id, &handing).await {
+            tracing::warn!(run_id, error = %e, "cannot enter the run in the job's live runs");
+        }
+    }
+
+    /// Fans a tick out over `candidates` (route `broadcast` or `shard`): one row per executor,
+    /// ordered by name, inserted together (all or none), then each run handed over at once.
+    async fn fan_out(
+        &self,
+        job: &JobSpec,
+        tick: DateTime<Utc>,
+        origin: Option<&Origin>,
+        candidates: &[&ExecutorInfo],
+        request: RunRequest,
+    ) -> Handover {
+        let inner = &self.inner;
+        let mut by_name = candidates.to_vec();
+        by_name.sort_by(|a, b| a.name.cmp(&b.name));
+        let total = by_name.len() as i32;
+        let ids = match inner
+            .runs
+            .insert_fanned_out(job.id, tick, request.trigger, origin, total)
+            .await
+        {
+            Ok(Some(ids)) => ids,
+            Ok(None) => return Handover::Lost,
+            Err(e) => return Handover::Failed(format!("database: inserting the run rows: {e}")),
+        };
+        for run_id in &ids {
+            self.handing(job.id, *run_id).await;
+        }
+        let offers = ids
+            .iter()
+            .zip(&by_name)
+            .zip(0..)
+            .map(|((run_id, executor), index)| {
+                let shard = Shard {
+                    index,
+                    total,
+                    executor: executor.name.clone(),
+                };
+                let order = shard_order(job.route, &by_name, &shard);
+                let request = RunRequest {
+                    run_id: *run_id,
+                    shard: Some(shard),
+                    ..request.clone()
+                };
+                self.hand_over(job, request, order)
+            });
+        let outcomes = futures::future::join_all(offers).await;
+        let summary = || {
+            outcomes
+                .iter()
+                .zip(0..)
+                .map(|(o, i)| format!("{i}/{total}: {o:?}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Handover::Started(_) | Handover::InHand(_)))
+        {
+            Handover::Started(summary())
+        } else if outcomes.iter().any(|o| matches!(o, Handover::Failed(_))) {
+            Handover::Failed(summary())
+        } else {
+            Handover::NoExecutor(summary())
+        }
+    }
+
+    /// Offers the run of `request` to the executors of `order` in turn; the first to take it
+    /// has it; none: the row says `no_executor`.
+    async fn hand_over(
+        &self,
+        job: &JobSpec,
+        request: RunRequest,
+        order: Vec<&ExecutorInfo>,
+    ) -> Handover {
+        let run_id = request.run_id;
+        if order.is_empty() {
+            let why = match &request.shard {
+                Some(s) => format!(
+                    "the executor of run {}/{} of the tick ({}) is not live in {} (route {})",
+                    s.index,
+                    s.total,
+                    if s.executor.is_empty() {
+                        "?"
+                    } else {
+                        &s.executor
+                    },
+                    group(job),
+                    job.route
+                ),
+                None => format!("no live executor in {}", group(job)),
+            };
+            return self.no_executor(job.id, run_id, why).await;
+        }
         let mut refusals = Vec::new();
         for executor in order {
             match self.offer(executor, request.clone()).await {
@@ -581,7 +698,7 @@ impl Dispatcher {
             run_id,
             format!(
                 "no executor of {} took the run: {}",
-                group(),
+                group(job),
                 refusals.join("; ")
             ),
         )
@@ -607,6 +724,8 @@ impl Dispatcher {
                 ranked.sort_by_key(|e| std::cmp::Reverse(rendezvous(job.id, &e.name)));
                 ranked
             }
+            // A fanned-out tick's runs are ordered by `shard_order`; here only if that changed.
+            Route::Broadcast | Route::Shard => rotated(0),
             Route::LeastBusy => {
                 let loads =
                     futures::future::join_all(candidates.iter().map(|e| self.load(e))).await;
@@ -719,6 +838,43 @@ impl Dispatcher {
     }
 }
 
+/// The job's machine group, for messages.
+fn group(job: &JobSpec) -> String {
+    if job.machine.is_empty() {
+        "any executor".to_owned()
+    } else {
+        format!("machine group {:?}", job.machine)
+    }
+}
+
+/// The executors offered one run of a fanned-out tick (or its retry), given its place `shard`:
+/// first the one it went to (by name), or else the one now at its index among `candidates`
+/// ordered by name; under `broadcast` that one alone (each executor's run is its own), under
+/// `shard` then the others in turn (a shard is work to be done, wherever it is done).
+fn shard_order<'a>(
+    route: Route,
+    candidates: &[&'a ExecutorInfo],
+    shard: &Shard,
+) -> Vec<&'a ExecutorInfo> {
+    let mut by_name = candidates.to_vec();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    let n = by_name.len();
+    let index = usize::try_from(shard.index).unwrap_or(0);
+    let first = if shard.executor.is_empty() {
+        (index < n).then_some(index)
+    } else {
+        by_name.iter().position(|e| e.name == shard.executor)
+    };
+    match (route, first) {
+        (Route::Broadcast, first) => first.map(|i| vec![by_name[i]]).unwrap_or_default(),
+        (_, _) if n == 0 => Vec::new(),
+        (_, first) => {
+            let first = first.unwrap_or(index % n);
+            (0..n).map(|i| by_name[(first + i) % n]).collect()
+        }
+    }
+}
+
 /// A run's timeout: `timeout_secs`, or until the job's following tick when that is 0.
 fn run_timeout_ms(job: &JobSpec, tick: DateTime<Utc>, following: Option<DateTime<Utc>>) -> u64 {
     if job.timeout_secs > 0 {
@@ -773,7 +929,58 @@ impl Clients {
 
 #[cfg(test)]
 mod tests {
-    use super::rendezvous;
+    use gocron_shared::job::{Route, Shard};
+    use gocron_shared::machine::ExecutorInfo;
+
+    use super::{rendezvous, shard_order};
+
+    fn executor(name: &str) -> ExecutorInfo {
+        ExecutorInfo {
+            name: name.into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            version: String::new(),
+            started_at: String::new(),
+            instance: String::new(),
+        }
+    }
+
+    /// The names `shard_order` offers a run at `index` (of executor `went_to`) among `live`.
+    fn offered(route: Route, live: &[&str], index: i32, went_to: &str) -> Vec<String> {
+        let live: Vec<ExecutorInfo> = live.iter().map(|n| executor(n)).collect();
+        let candidates: Vec<&ExecutorInfo> = live.iter().collect();
+        let shard = Shard {
+            index,
+            total: 3,
+            executor: went_to.into(),
+        };
+        shard_order(route, &candidates, &shard)
+            .into_iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_goes_back_to_its_executor_and_a_broadcast_run_nowhere_else() {
+        let live = ["exec-c", "exec-a", "exec-b"];
+        // Its own executor first (by name, wherever it now sorts), then the others in turn.
+        assert_eq!(
+            offered(Route::Shard, &live, 1, "exec-b"),
+            ["exec-b", "exec-c", "exec-a"]
+        );
+        assert_eq!(offered(Route::Broadcast, &live, 1, "exec-b"), ["exec-b"]);
+        // Its executor gone: a shard is work for whoever is there; a broadcast run is not.
+        let left = ["exec-c", "exec-a"];
+        assert_eq!(
+            offered(Route::Shard, &left, 1, "exec-b"),
+            ["exec-c", "exec-a"]
+        );
+        assert!(offered(Route::Broadcast, &left, 1, "exec-b").is_empty());
+        // No name (an older request): the executor now at its index.
+        assert_eq!(offered(Route::Broadcast, &live, 2, ""), ["exec-c"]);
+        assert!(offered(Route::Broadcast, &left, 2, "").is_empty());
+        assert_eq!(offered(Route::Shard, &left, 2, ""), ["exec-a", "exec-c"]);
+        assert!(offered(Route::Shard, &[], 0, "exec-a").is_empty());
+    }
 
     fn first<'a>(job: i64, names: &[&'a str]) -> &'a str {
         names

@@ -426,6 +426,7 @@ fn fire_deferred(
                 source_id,
                 event: r.event.clone(),
                 parent_run: None,
+                shard: r.shard.clone(),
             },
         ),
         DeferredRequest::Chain(_) => (
@@ -436,6 +437,7 @@ fn fire_deferred(
                 source_id,
                 event: None,
                 parent_run: Some(source_id),
+                shard: None,
             },
         ),
         DeferredRequest::Event(e) => (
@@ -446,6 +448,7 @@ fn fire_deferred(
                 source_id,
                 event: Some(e.event.clone()),
                 parent_run: None,
+                shard: None,
             },
         ),
     };

@@ -301,6 +301,11 @@ impl Runner {
         if let Some(parent) = request.parent_run {
             command.env("GOCRON_PARENT_RUN_ID", parent.to_string());
         }
+        if let Some(shard) = &request.shard {
+            command
+                .env("GOCRON_SHARD_INDEX", shard.index.to_string())
+                .env("GOCRON_SHARD_TOTAL", shard.total.to_string());
+        }
         if !request.job.workdir.is_empty() {
             command.current_dir(&request.job.workdir);
         }

@@ -1241,6 +1241,8 @@ struct RunHead {
     attempt: i32,
     retry_of: Option<i64>,
     source_id: i64,
+    shard_index: i32,
+    shard_total: i32,
 }
 
 /// A query of run rows without their output.
@@ -1261,6 +1263,8 @@ fn heads() -> sea_orm::Select<run::Entity> {
         C::Attempt,
         C::RetryOf,
         C::SourceId,
+        C::ShardIndex,
+        C::ShardTotal,
     ])
 }
 
@@ -1288,6 +1292,8 @@ async fn read_runs(
             attempt: h.attempt,
             retry_of: h.retry_of,
             source_id: h.source_id,
+            shard_index: h.shard_index,
+            shard_total: h.shard_total,
         })
         .collect();
     let failed: Vec<i64> = rows
@@ -1328,6 +1334,17 @@ fn retry(row: &run::Model, status: RunStatus, job: Option<&JobRecord>) -> Option
         attempt: row.attempt + 1,
         first_run: row.retry_of.unwrap_or(row.id),
         event: None,
+        // One run of a fanned-out tick: its retry keeps the place, and goes back to the
+        // executor that had it (`name@address` in the row), if it is live.
+        shard: (row.shard_total > 0).then(|| gocron_shared::job::Shard {
+            index: row.shard_index,
+            total: row.shard_total,
+            executor: row
+                .executor
+                .rsplit_once('@')
+                .map_or(row.executor.as_str(), |(name, _)| name)
+                .to_owned(),
+        }),
     })
 }
 

@@ -284,8 +284,7 @@ impl EventFeed {
             attempt: 1,
             first_run: None,
             source_id: row.id,
-            event: None,
-            parent_run: None,
+            ..Origin::default()
         };
         self.runs
             .settled(

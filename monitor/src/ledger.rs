@@ -12,12 +12,13 @@
 //! scheduling mark has reached it (a dispatcher won it, or won a later one, and handled the
 //! misfire window before it), or `catchup_secs` have passed too (no starting dispatcher looks
 //! that far back). A row that a slow dispatcher writes after the ledger's is refused by the
-//! unique `(job_id, scheduled_at, trigger)` key, and that dispatcher does not run the tick:
-//! the tick is accounted for once either way.
+//! run table's unique key (`job_id, scheduled_at, trigger, source_id, shard_index`: the ledger's
+//! row has the 0s that every write of a tick includes), and that dispatcher does not run the
+//! tick: the tick is accounted for once either way.
 //!
 //! Rows are learnt from the checks' scan of new runs (no query in the steady state); a tick
 //! whose row the scan has not shown (a monitor restart, a scan behind) is looked up by its job
-//! and instant on that unique key. How far each job is accounted for is kept in Redis
+//! and instant. How far each job is accounted for is kept in Redis
 //! (`{prefix}:accounted`), so a restarted monitor resumes where it was (at most
 //! [`MAX_BACKFILL`] back) instead of re-reading history or skipping its own downtime. Jobs are
 //! owed ticks from `grace_secs` after the monitor first publishes their rule; a job retimed or

@@ -86,6 +86,10 @@ pub struct RetryRequest {
     /// When the first attempt was an event's run, the event: the retry gets it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<crate::job::EventRef>,
+    /// When the first attempt was one run of a fanned-out tick (route `broadcast` or `shard`),
+    /// its place: the retry keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::job::Shard>,
 }
 
 /// An event request's etcd value (`{prefix}/event/{job}/{event}`, JSON): the monitor puts one

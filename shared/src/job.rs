@@ -76,7 +76,8 @@ pub enum Misfire {
 
 text_enum!(JobKind, "kind", JobKind::Shell => "shell", JobKind::Http => "http");
 text_enum!(Route, "route", Route::RoundRobin => "round_robin", Route::Random => "random",
-    Route::LeastBusy => "least_busy", Route::Hash => "hash");
+    Route::LeastBusy => "least_busy", Route::Hash => "hash", Route::Broadcast => "broadcast",
+    Route::Shard => "shard");
 text_enum!(Misfire, "misfire", Misfire::Skip => "skip", Misfire::Once => "once", Misfire::All => "all");
 text_enum!(TimeoutPolicy, "timeout_policy",
     TimeoutPolicy::Abandon => "abandon", TimeoutPolicy::Kill => "kill", TimeoutPolicy::Sync => "sync");
@@ -133,6 +134,34 @@ pub enum Route {
     /// names), the next one by the same hash when it is not; an executor joining takes over
     /// only the jobs it now ranks first for.
     Hash,
+    /// Every live executor of the group runs the tick: one run (row) per executor, each its
+    /// own, never offered to another executor (see [`Shard`]).
+    Broadcast,
+    /// Like `broadcast`, each run told its place (`GOCRON_SHARD_INDEX`, `GOCRON_SHARD_TOTAL`):
+    /// a shard is work to be done, so one its executor refuses is offered to the others.
+    Shard,
+}
+
+impl Route {
+    /// Whether a run of the job is one run per live executor (`broadcast`, `shard`).
+    pub fn fans_out(self) -> bool {
+        matches!(self, Route::Broadcast | Route::Shard)
+    }
+}
+
+/// One run of a tick fanned out over the group's executors (route `broadcast` or `shard`):
+/// `cron_run.shard_index` of `shard_total`, part of the row's unique key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// 0, 1, …, `total - 1`: the run's place among the executors of the tick, by name.
+    pub index: i32,
+    /// How many executors the tick was fanned out over.
+    pub total: i32,
+    /// The executor the run went to (its name), when it is a retry's: a retry of a
+    /// broadcast run goes back there (a shard's retry tries it first). Empty: the one now at
+    /// `index`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub executor: String,
 }
 
 /// Why a run exists (`cron_run.trigger`).
@@ -213,6 +242,8 @@ pub struct Origin {
     pub event: Option<EventRef>,
     /// A chained run's parent run (`GOCRON_PARENT_RUN_ID`).
     pub parent_run: Option<i64>,
+    /// A retry of one run of a fanned-out tick: that run's place (see [`Shard`]).
+    pub shard: Option<Shard>,
 }
 
 /// The event a run is for: `GOCRON_EVENT_NAME`, and `GOCRON_EVENT_PAYLOAD` (also on stdin).

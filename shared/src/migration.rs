@@ -30,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(Retries),
             Box::new(Events),
             Box::new(Chains),
+            Box::new(Shards),
         ]
     }
 
@@ -760,26 +761,7 @@ impl MigrationTrait for Events {
         let backend = db.get_database_backend();
         if backend == DbBackend::Sqlite {
             add_columns(db, &COLUMNS_0007[..1]).await?;
-            // A write first takes the database's write lock: a daemon migrating at the same
-            // moment has finished by then, and the check below sees its work.
-            db.execute_unprepared("SAVEPOINT m0007").await?;
-            let rebuilt = async {
-                db.execute_unprepared("DELETE FROM sqlite_sequence WHERE name = 'cron_run_m0007'")
-                    .await?;
-                if !has_column(db, "cron_run", "source_id").await? {
-                    for statement in SQLITE_0007_RUN {
-                        db.execute_unprepared(statement).await?;
-                    }
-                }
-                Ok::<(), DbErr>(())
-            }
-            .await;
-            if let Err(e) = rebuilt {
-                let _ = db.execute_unprepared("ROLLBACK TO m0007").await;
-                let _ = db.execute_unprepared("RELEASE m0007").await;
-                return Err(e);
-            }
-            db.execute_unprepared("RELEASE m0007").await?;
+            rebuild_sqlite_runs(db, "m0007", "source_id", SQLITE_0007_RUN).await?;
         } else {
             add_columns(db, COLUMNS_0007).await?;
         }
@@ -835,5 +817,134 @@ impl MigrationTrait for Chains {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         drop_columns(manager.get_connection(), COLUMNS_0008).await
+    }
+}
+
+/// Rebuilds `cron_run` on SQLite with `statements` (which copy it into `cron_run_{savepoint}`,
+/// carry the id sequence over and rename the copy), unless it has `column` already, inside
+/// the savepoint `savepoint`: all of it or nothing.
+async fn rebuild_sqlite_runs(
+    db: &SchemaManagerConnection<'_>,
+    savepoint: &str,
+    column: &str,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    // A write first takes the database's write lock: a daemon migrating at the same moment
+    // has finished by then, and the check below sees its work.
+    db.execute_unprepared(&format!("SAVEPOINT {savepoint}"))
+        .await?;
+    let rebuilt = async {
+        db.execute_unprepared(&format!(
+            "DELETE FROM sqlite_sequence WHERE name = 'cron_run_{savepoint}'"
+        ))
+        .await?;
+        if !has_column(db, "cron_run", column).await? {
+            for statement in statements {
+                db.execute_unprepared(statement).await?;
+            }
+        }
+        Ok::<(), DbErr>(())
+    }
+    .await;
+    if let Err(e) = rebuilt {
+        let _ = db
+            .execute_unprepared(&format!("ROLLBACK TO {savepoint}"))
+            .await;
+        let _ = db.execute_unprepared(&format!("RELEASE {savepoint}")).await;
+        return Err(e);
+    }
+    db.execute_unprepared(&format!("RELEASE {savepoint}"))
+        .await?;
+    Ok(())
+}
+
+/// Fanned-out ticks (routes `broadcast` and `shard`): `cron_run.shard_index` and
+/// `shard_total`, the index in the run's unique key, `(job_id, scheduled_at, trigger,
+/// source_id, shard_index)`: each executor's run of a tick is a run of its own. On SQLite
+/// `cron_run` is rebuilt again (as in m0007), this time with the key as a named unique index,
+/// which a later change can drop and create without a rebuild.
+struct Shards;
+
+impl MigrationName for Shards {
+    fn name(&self) -> &str {
+        "m0009_shards"
+    }
+}
+
+/// (table, column, type on SQLite, MySQL/MariaDB, PostgreSQL).
+const COLUMNS_0009: &[(&str, &str, [&str; 3])] = &[
+    ("cron_run", "shard_index", ["INTEGER NOT NULL DEFAULT 0"; 3]),
+    ("cron_run", "shard_total", ["INTEGER NOT NULL DEFAULT 0"; 3]),
+];
+
+/// `cron_run` rebuilt on SQLite with `shard_index` in its unique key, inside the savepoint
+/// `m0009`.
+const SQLITE_0009_RUN: &[&str] = &[
+    "DROP TABLE IF EXISTS cron_run_m0009",
+    r#"CREATE TABLE cron_run_m0009 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL,
+        scheduled_at TIMESTAMP NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        executor VARCHAR(255) NOT NULL DEFAULT '',
+        started_at TIMESTAMP NULL,
+        finished_at TIMESTAMP NULL,
+        exit_code INTEGER NULL,
+        output TEXT NULL,
+        error TEXT NULL,
+        "trigger" VARCHAR(16) NOT NULL DEFAULT 'schedule',
+        overrun_at TIMESTAMP NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        retry_of BIGINT NULL,
+        source_id BIGINT NOT NULL DEFAULT 0,
+        shard_index INTEGER NOT NULL DEFAULT 0,
+        shard_total INTEGER NOT NULL DEFAULT 0
+    )"#,
+    r#"INSERT INTO cron_run_m0009 (id, job_id, scheduled_at, status, executor, started_at,
+        finished_at, exit_code, output, error, "trigger", overrun_at, attempt, retry_of,
+        source_id)
+        SELECT id, job_id, scheduled_at, status, executor, started_at, finished_at, exit_code,
+        output, error, "trigger", overrun_at, attempt, retry_of, source_id FROM cron_run"#,
+    "DELETE FROM sqlite_sequence WHERE name = 'cron_run_m0009'",
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'cron_run_m0009', \
+        MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cron_run'), 0), \
+        COALESCE((SELECT MAX(id) FROM cron_run_m0009), 0))",
+    "DROP TABLE cron_run",
+    "ALTER TABLE cron_run_m0009 RENAME TO cron_run",
+    r#"CREATE UNIQUE INDEX cron_run_tick
+        ON cron_run (job_id, scheduled_at, "trigger", source_id, shard_index)"#,
+];
+
+const MYSQL_0009: &[&str] = &["ALTER TABLE cron_run DROP INDEX cron_run_tick, \
+    ADD UNIQUE KEY cron_run_tick (job_id, scheduled_at, `trigger`, source_id, shard_index)"];
+
+const POSTGRES_0009: &[&str] = &[
+    r#"ALTER TABLE cron_run DROP CONSTRAINT IF EXISTS cron_run_tick,
+    ADD CONSTRAINT cron_run_tick UNIQUE (job_id, scheduled_at, "trigger", source_id, shard_index)"#,
+];
+
+#[async_trait::async_trait]
+impl MigrationTrait for Shards {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        match db.get_database_backend() {
+            DbBackend::Sqlite => {
+                rebuild_sqlite_runs(db, "m0009", "shard_index", SQLITE_0009_RUN).await
+            }
+            backend => {
+                add_columns(db, COLUMNS_0009).await?;
+                // Drops the key and adds the new one: safe to run again after a failure.
+                for statement in by_backend(backend, [&[][..], MYSQL_0009, POSTGRES_0009])? {
+                    db.execute_unprepared(statement).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        // The columns stay: dropping the index's column would leave no unique key, and a
+        // fanned-out tick's runs would collide in the old one.
+        Ok(())
     }
 }

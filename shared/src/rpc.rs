@@ -169,6 +169,10 @@ pub struct RunRequest {
     /// For a chained run, its parent run (`GOCRON_PARENT_RUN_ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_run: Option<i64>,
+    /// For one run of a fanned-out tick (route `broadcast` or `shard`), its place
+    /// (`GOCRON_SHARD_INDEX`, `GOCRON_SHARD_TOTAL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::job::Shard>,
 }
 
 fn first_attempt() -> i32 {
@@ -191,6 +195,7 @@ impl RunRequest {
         let first_shape = self.job.env.is_empty()
             && self.job.workdir.is_empty()
             && self.attempt == 1
+            && self.shard.is_none()
             && matches!(self.trigger, Trigger::Schedule | Trigger::Manual);
         if first_shape {
             let job = &self.job;
@@ -253,6 +258,7 @@ impl From<v1::RunRequest> for RunRequest {
             attempt: 1,
             event: None,
             parent_run: None,
+            shard: None,
         }
     }
 }

@@ -72,6 +72,8 @@ struct Lineage {
     attempt: i32,
     first_run: Option<i64>,
     source_id: i64,
+    /// `(shard_index, shard_total)`: a retry's of one run of a fanned-out tick; else (0, 0).
+    shard: (i32, i32),
 }
 
 impl Lineage {
@@ -81,11 +83,13 @@ impl Lineage {
                 attempt: 1,
                 first_run: None,
                 source_id: 0,
+                shard: (0, 0),
             },
             |o| Lineage {
                 attempt: o.attempt.max(1),
                 first_run: o.first_run,
                 source_id: o.source_id,
+                shard: o.shard.as_ref().map_or((0, 0), |s| (s.index, s.total)),
             },
         )
     }
@@ -101,7 +105,11 @@ enum Write {
         settled: Option<(RunStatus, String)>,
         /// Its attempt, first attempt and source (a retry, an event).
         lineage: Lineage,
-        reply: oneshot::Sender<Result<Option<i64>, DbErr>>,
+        /// 0: one row. `n > 0`: a fanned-out tick's `n` rows, `shard_index` 0 to `n - 1`,
+        /// written by one statement: all of them or none.
+        fan_out: i32,
+        /// The rows' ids, in `shard_index` order.
+        reply: oneshot::Sender<Result<Option<Vec<i64>>, DbErr>>,
     },
     Start {
         run_id: i64,
@@ -180,12 +188,38 @@ impl RunLog {
         trigger: Trigger,
         origin: Option<&Origin>,
     ) -> Result<Option<i64>, DbErr> {
+        let ids = self
+            .submit(|reply| Write::Insert {
+                job_id,
+                scheduled_at,
+                trigger,
+                settled: None,
+                lineage: Lineage::of(origin),
+                fan_out: 0,
+                reply,
+            })
+            .await?;
+        Ok(ids.and_then(|ids| ids.first().copied()))
+    }
+
+    /// Inserts the `total` `dispatched` rows of a fanned-out tick (route `broadcast` or
+    /// `shard`), `shard_index` 0 to `total - 1`, all or none; their ids in that order, or
+    /// `Ok(None)` when the tick already has a row (the database's duplicate fence).
+    pub async fn insert_fanned_out(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        trigger: Trigger,
+        origin: Option<&Origin>,
+        total: i32,
+    ) -> Result<Option<Vec<i64>>, DbErr> {
         self.submit(|reply| Write::Insert {
             job_id,
             scheduled_at,
             trigger,
             settled: None,
             lineage: Lineage::of(origin),
+            fan_out: total.max(1),
             reply,
         })
         .await
@@ -223,15 +257,18 @@ impl RunLog {
         status: RunStatus,
         why: String,
     ) -> Result<Option<i64>, DbErr> {
-        self.submit(|reply| Write::Insert {
-            job_id,
-            scheduled_at,
-            trigger,
-            settled: Some((status, why)),
-            lineage: Lineage::of(origin),
-            reply,
-        })
-        .await
+        let ids = self
+            .submit(|reply| Write::Insert {
+                job_id,
+                scheduled_at,
+                trigger,
+                settled: Some((status, why)),
+                lineage: Lineage::of(origin),
+                fan_out: 0,
+                reply,
+            })
+            .await?;
+        Ok(ids.and_then(|ids| ids.first().copied()))
     }
 
     /// Inserts a `missed` row for a tick no dispatcher fired in time (misfire policy), saying
@@ -242,14 +279,14 @@ impl RunLog {
         scheduled_at: DateTime<Utc>,
         why: String,
     ) -> Result<Option<i64>, DbErr> {
-        self.submit(|reply| Write::Insert {
+        self.settled(
             job_id,
             scheduled_at,
-            trigger: Trigger::Schedule,
-            settled: Some((RunStatus::Missed, why)),
-            lineage: Lineage::of(None),
-            reply,
-        })
+            Trigger::Schedule,
+            None,
+            RunStatus::Missed,
+            why,
+        )
         .await
     }
 
@@ -325,7 +362,7 @@ impl RunLog {
 /// nothing about the row's status).
 #[derive(Clone)]
 enum Found {
-    Inserted(Option<i64>),
+    Inserted(Option<Vec<i64>>),
     Updated(bool),
     Failed(String),
 }
@@ -468,6 +505,8 @@ async fn alone(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
 #[derive(Default)]
 struct Group {
     inserts: Vec<usize>,
+    /// The rows the inserts write (a fanned-out tick's insert writes several).
+    insert_rows: usize,
     starts: Vec<usize>,
     finishes: Vec<usize>,
     /// The runs the group's starts and finishes write: a second write of one of them ends the
@@ -480,7 +519,7 @@ impl Group {
     /// Whether `write` may join the group.
     fn takes(&self, write: &Write) -> bool {
         match write {
-            Write::Insert { .. } => self.inserts.len() < MAX_ROWS,
+            Write::Insert { .. } => self.insert_rows < MAX_ROWS,
             Write::Start { run_id, .. } => {
                 self.starts.len() < MAX_ROWS && !self.runs.contains(run_id)
             }
@@ -498,7 +537,10 @@ impl Group {
 
     fn add(&mut self, at: usize, write: &Write) {
         match write {
-            Write::Insert { .. } => self.inserts.push(at),
+            Write::Insert { fan_out, .. } => {
+                self.insert_rows += (*fan_out).max(1) as usize;
+                self.inserts.push(at);
+            }
             Write::Start { run_id, .. } => {
                 self.runs.insert(*run_id);
                 self.starts.push(at);
@@ -598,21 +640,23 @@ fn stored(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }
 
-/// The row an insert writes.
-fn insert_row(write: &Write) -> run::ActiveModel {
+/// The rows an insert writes: one, or a fanned-out tick's `fan_out`.
+fn insert_rows(write: &Write) -> impl Iterator<Item = run::ActiveModel> + '_ {
     let Write::Insert {
         job_id,
         scheduled_at,
         trigger,
         settled,
         lineage,
+        fan_out,
         ..
     } = write
     else {
-        unreachable!("insert_row of an insert")
+        unreachable!("insert_rows of an insert")
     };
     let status = settled.as_ref().map_or(RunStatus::Dispatched, |(s, _)| *s);
-    run::ActiveModel {
+    let shards = shards_of(*lineage, *fan_out);
+    shards.map(move |(shard_index, shard_total)| run::ActiveModel {
         job_id: Set(*job_id),
         scheduled_at: Set(stored(*scheduled_at)),
         status: Set(status.as_str().to_owned()),
@@ -623,15 +667,27 @@ fn insert_row(write: &Write) -> run::ActiveModel {
         attempt: Set(lineage.attempt),
         retry_of: Set(lineage.first_run),
         source_id: Set(lineage.source_id),
+        shard_index: Set(shard_index),
+        shard_total: Set(shard_total),
         ..Default::default()
-    }
+    })
+}
+
+/// The `(shard_index, shard_total)` of each row an insert writes.
+fn shards_of(lineage: Lineage, fan_out: i32) -> impl Iterator<Item = (i32, i32)> {
+    let (first, last, total) = if fan_out > 0 {
+        (0, fan_out, fan_out)
+    } else {
+        (lineage.shard.0, lineage.shard.0 + 1, lineage.shard.1)
+    };
+    (first..last).map(move |index| (index, total))
 }
 
 /// Inserts every row in one statement, then reads their ids back by their ticks. The statement
 /// fails whole when one tick already has a row (the duplicate fence); the caller then inserts
 /// one by one. Having succeeded, every row of those ticks is one of ours.
 async fn insert_many<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec<Found>, DbErr> {
-    run::Entity::insert_many(writes.iter().map(|w| insert_row(w)))
+    run::Entity::insert_many(writes.iter().flat_map(|w| insert_rows(w)))
         .exec_without_returning(db)
         .await?;
     insert_ids(db, writes).await
@@ -645,12 +701,14 @@ async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec
             scheduled_at,
             trigger,
             lineage,
+            fan_out,
             ..
         } => (
             *job_id,
             stored(*scheduled_at),
             trigger.as_str(),
             lineage.source_id,
+            shards_of(*lineage, *fan_out),
         ),
         _ => unreachable!("insert_ids of inserts"),
     };
@@ -666,36 +724,49 @@ async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec
         .map(|k| k.1)
         .max()
         .expect("a group is never empty");
-    let rows: Vec<(i64, i64, DateTime<Utc>, String, i64)> = run::Entity::find()
+    let rows: Vec<(i64, i64, DateTime<Utc>, String, i64, i32)> = run::Entity::find()
         .select_only()
         .column(run::Column::Id)
         .column(run::Column::JobId)
         .column(run::Column::ScheduledAt)
         .column(run::Column::Trigger)
         .column(run::Column::SourceId)
+        .column(run::Column::ShardIndex)
         .filter(run::Column::JobId.is_in(jobs))
         .filter(run::Column::ScheduledAt.gte(first))
         .filter(run::Column::ScheduledAt.lte(last))
         .into_tuple()
         .all(db)
         .await?;
-    let ids: std::collections::HashMap<(i64, i64, &str, i64), i64> = rows
+    let ids: std::collections::HashMap<(i64, i64, &str, i64, i32), i64> = rows
         .iter()
-        .map(|(id, job, at, trigger, source)| {
+        .map(|(id, job, at, trigger, source, shard)| {
             (
-                (*job, at.timestamp_millis(), trigger.as_str(), *source),
+                (
+                    *job,
+                    at.timestamp_millis(),
+                    trigger.as_str(),
+                    *source,
+                    *shard,
+                ),
                 *id,
             )
         })
         .collect();
-    keys.iter()
-        .map(|(job, at, trigger, source)| {
-            match ids.get(&(*job, at.timestamp_millis(), *trigger, *source)) {
-                Some(id) => Ok(Found::Inserted(Some(*id))),
-                None => Err(DbErr::Custom(format!(
-                    "inserted the run row of job {job} at {at}, then could not read it back"
-                ))),
-            }
+    keys.into_iter()
+        .map(|(job, at, trigger, source, shards)| {
+            shards
+                .map(|(shard, _)| {
+                    ids.get(&(job, at.timestamp_millis(), trigger, source, shard))
+                        .copied()
+                        .ok_or_else(|| {
+                            DbErr::Custom(format!(
+                                "inserted the run row of job {job} at {at}, then could not read it back"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<i64>, DbErr>>()
+                .map(|ids| Found::Inserted(Some(ids)))
         })
         .collect()
 }
@@ -898,17 +969,30 @@ fn fail(write: Write, message: &str) {
 /// Runs one write; `Err` only for what should fail or replay the whole batch.
 async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Found, DbErr> {
     match write {
-        Write::Insert { .. } => {
-            let row = insert_row(write);
-            let result = in_savepoint(txn, async |sp| {
-                run::Entity::insert(row)
-                    .exec(sp)
-                    .await
-                    .map(|r| r.last_insert_id)
-            })
-            .await;
+        Write::Insert { fan_out, .. } => {
+            let result = if *fan_out > 1 {
+                // All the tick's rows in one statement, so that none is written without the
+                // others.
+                in_savepoint(txn, async |sp| {
+                    match insert_many(sp, &[write]).await?.pop() {
+                        Some(Found::Inserted(Some(ids))) => Ok(ids),
+                        _ => Err(DbErr::Custom("inserting a fanned-out tick's rows".into())),
+                    }
+                })
+                .await
+            } else {
+                let mut rows = insert_rows(write);
+                let row = rows.next().expect("an insert writes a row");
+                in_savepoint(txn, async |sp| {
+                    run::Entity::insert(row)
+                        .exec(sp)
+                        .await
+                        .map(|r| vec![r.last_insert_id])
+                })
+                .await
+            };
             match result {
-                Ok(id) => Ok(Found::Inserted(Some(id))),
+                Ok(ids) => Ok(Found::Inserted(Some(ids))),
                 Err(e) if is_unique_violation(&e) => Ok(Found::Inserted(None)),
                 Err(e) => Err(e),
             }

@@ -240,6 +240,8 @@ mod tests {
             attempt: 1,
             retry_of: None,
             source_id: 0,
+            shard_index: 0,
+            shard_total: 0,
         }
     }
 

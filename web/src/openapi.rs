@@ -109,7 +109,7 @@ pub fn spec() -> Value {
             "description": "For an @event job: seconds between the event and its run."},
         "on_success": {"type": "string", "description": "Jobs (ids or names, comma-separated) started when a run succeeds."},
         "on_failure": {"type": "string", "description": "Jobs started when a run ends failed, timeout, lost or no_executor with no retry left."},
-        "route": {"type": "string", "enum": ["round_robin", "random", "least_busy", "hash"],
+        "route": {"type": "string", "enum": ["round_robin", "random", "least_busy", "hash", "broadcast", "shard"],
             "description": "Which executor of the group is offered a run first."},
     });
     let mut job = job_columns.clone();
@@ -138,6 +138,10 @@ pub fn spec() -> Value {
         "retry_of": {"type": ["integer", "null"], "description": "A retry's first attempt."},
         "source_id": {"type": "integer",
             "description": "The event (trigger event), the parent run (chain), the run a retry follows; 0 otherwise."},
+        "shard_index": {"type": "integer", "minimum": 0,
+            "description": "The run's place among its tick's runs (route broadcast or shard): GOCRON_SHARD_INDEX."},
+        "shard_total": {"type": "integer", "minimum": 0,
+            "description": "How many runs its tick has (GOCRON_SHARD_TOTAL); 0 for a tick of one run."},
     });
     let mut run = run_columns.clone();
     run["output"] = json!({"type": ["string", "null"]});

@@ -49,6 +49,10 @@ pub struct RunView {
     pub retry_of: Option<i64>,
     /// `source_id`: the event, the parent run, or the run a retry follows; 0 for others.
     pub source_id: i64,
+    /// `shard_index`: the run's place in a fanned-out tick (route `broadcast` or `shard`).
+    pub shard_index: i32,
+    /// `shard_total`: the runs of its fanned-out tick; 0 for a run that is not one of those.
+    pub shard_total: i32,
 }
 
 impl From<run::Model> for RunView {
@@ -69,6 +73,8 @@ impl From<run::Model> for RunView {
             attempt: m.attempt,
             retry_of: m.retry_of,
             source_id: m.source_id,
+            shard_index: m.shard_index,
+            shard_total: m.shard_total,
         }
     }
 }
@@ -105,6 +111,10 @@ pub struct RunSummary {
     pub retry_of: Option<i64>,
     /// `source_id`.
     pub source_id: i64,
+    /// `shard_index`.
+    pub shard_index: i32,
+    /// `shard_total`.
+    pub shard_total: i32,
 }
 
 /// The query of `GET /jobs/{id}/runs`.
@@ -162,6 +172,8 @@ pub async fn of_job(
             run::Column::Attempt,
             run::Column::RetryOf,
             run::Column::SourceId,
+            run::Column::ShardIndex,
+            run::Column::ShardTotal,
         ])
         .order_by_desc(run::Column::ScheduledAt)
         .order_by_desc(run::Column::Id)

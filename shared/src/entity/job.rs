@@ -58,7 +58,7 @@ pub struct Model {
     /// `no_executor`, with no retry left).
     pub on_failure: String,
     /// Which executor of the group gets a run first: `round_robin`, `random`, `least_busy`,
-    /// `hash`.
+    /// `hash`; or `broadcast`, `shard`: every live executor of the group gets a run of each tick.
     pub route: String,
 }
 

@@ -38,8 +38,15 @@ pub struct Model {
     pub retry_of: Option<i64>,
     /// What the run comes from: for a retry, the run it follows; for an event, the event's
     /// `cron_event.id`; for a chained run, the parent run; 0 for a tick or a run-now. Part of the unique key
-    /// `(job_id, scheduled_at, trigger, source_id)`.
+    /// `(job_id, scheduled_at, trigger, source_id, shard_index)`.
     pub source_id: i64,
+    /// For a run of a fanned-out tick (route `broadcast` or `shard`), its place among the
+    /// tick's runs: 0, 1, …, `shard_total - 1` (`GOCRON_SHARD_INDEX`); 0 for others. Part of
+    /// the unique key.
+    pub shard_index: i32,
+    /// How many runs the tick was fanned out into (`GOCRON_SHARD_TOTAL`); 0 for a run that
+    /// was not.
+    pub shard_total: i32,
 }
 
 /// No relations are navigated through the ORM.

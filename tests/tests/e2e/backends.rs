@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use gocron_shared::entity::run;
 use gocron_shared::job::{RunStatus, Trigger};
 use gocron_tests::{Backend, Cluster};
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_runs_each_tick_exactly_once() {
@@ -106,9 +106,18 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
         let kept = c.runs(1).await;
         assert_eq!(
             kept.iter()
-                .map(|r| (r.id, r.output.as_deref(), r.source_id, r.attempt))
+                .map(|r| (
+                    r.id,
+                    r.output.as_deref(),
+                    r.source_id,
+                    r.attempt,
+                    (r.shard_index, r.shard_total)
+                ))
                 .collect::<Vec<_>>(),
-            [(ids[0], Some("kept"), 0, 1), (ids[1], Some("kept"), 0, 1)],
+            [
+                (ids[0], Some("kept"), 0, 1, (0, 0)),
+                (ids[1], Some("kept"), 0, 1, (0, 0))
+            ],
             "{backend:?}"
         );
         c.sql(
@@ -173,6 +182,53 @@ async fn the_database_refuses_a_second_run_of_the_same_tick() {
         assert!(
             gocron_shared::db::is_unique_violation(&err),
             "{backend:?}: {err}"
+        );
+        // Two runs of one fanned-out tick are two runs; one of them twice is refused.
+        let shard = |index: i32| run::ActiveModel {
+            shard_index: Set(index),
+            shard_total: Set(2),
+            ..row(Trigger::Manual)
+        };
+        run::Entity::insert(shard(1)).exec(&c.db).await.unwrap();
+        let err = run::Entity::insert(shard(1))
+            .exec(&c.db)
+            .await
+            .expect_err("a shard's second run must be refused");
+        assert!(
+            gocron_shared::db::is_unique_violation(&err),
+            "{backend:?}: {err}"
+        );
+        // The run log writes a fanned-out tick whole or not at all: a second dispatcher
+        // seeing fewer (or more) executors inserts none of its rows.
+        let log = gocron_shared::runs::RunLog::spawn(c.db.clone());
+        let ids = log
+            .insert_fanned_out(2, tick, Trigger::Schedule, None, 3)
+            .await
+            .unwrap()
+            .expect("the tick's rows");
+        assert_eq!(ids.len(), 3, "{backend:?}");
+        for total in [1, 2, 4] {
+            assert_eq!(
+                log.insert_fanned_out(2, tick, Trigger::Schedule, None, total)
+                    .await
+                    .unwrap(),
+                None,
+                "{backend:?}: {total}"
+            );
+        }
+        let fanned: Vec<_> = run::Entity::find()
+            .filter(run::Column::JobId.eq(2))
+            .order_by_asc(run::Column::Id)
+            .all(&c.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.shard_index, r.shard_total))
+            .collect();
+        assert_eq!(
+            fanned,
+            [(ids[0], 0, 3), (ids[1], 1, 3), (ids[2], 2, 3)],
+            "{backend:?}"
         );
         // Millisecond precision survives the round trip.
         let stored = run::Entity::find().all(&c.db).await.unwrap();

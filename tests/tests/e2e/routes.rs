@@ -1,13 +1,16 @@
 //! Routes (`cron_job.route`): which executor of the group is offered a run first. `hash`
 //! keeps a job on one executor while it lives and moves it to the next by the same hash when it
 //! is gone; `least_busy` picks the executor with the fewest runs going; `random` spreads runs.
+//! `broadcast` and `shard` run each tick once on every live executor of the group, one row
+//! each, and tell the command its place (`GOCRON_SHARD_INDEX`, `GOCRON_SHARD_TOTAL`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use gocron_dispatcher::dispatch::rendezvous;
 use gocron_shared::entity::run;
-use gocron_tests::{Backend, Cluster, executor_name, wait_until};
+use gocron_tests::{Backend, Cluster, executor_name, lines, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -108,5 +111,206 @@ async fn least_busy_goes_to_the_executor_with_the_fewest_runs_going() {
     assert_eq!(executors(&runs), BTreeSet::from(["exec-b".to_owned()]));
     std::fs::write(&barrier, "").unwrap();
     c.wait_for_finished(hog, 3, WAIT).await;
+    c.shutdown().await;
+}
+
+/// The job's schedule runs by tick, each tick's runs in `shard_index` order.
+fn by_tick(runs: &[run::Model]) -> BTreeMap<DateTime<Utc>, Vec<&run::Model>> {
+    let mut ticks: BTreeMap<DateTime<Utc>, Vec<&run::Model>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.trigger == "schedule") {
+        ticks.entry(r.scheduled_at).or_default().push(r);
+    }
+    for runs in ticks.values_mut() {
+        runs.sort_by_key(|r| r.shard_index);
+    }
+    ticks
+}
+
+/// Checks one fanned-out tick: `shard_index` 0 to n - 1 once each, all saying n; and, when
+/// `live` is given, one run on each of those executors (in name order, by index), succeeded.
+fn check_tick(at: DateTime<Utc>, runs: &[&run::Model], live: Option<&[&str]>) {
+    let n = runs.len() as i32;
+    let places: Vec<_> = runs
+        .iter()
+        .map(|r| (r.shard_index, r.shard_total))
+        .collect();
+    assert_eq!(
+        places,
+        (0..n).map(|i| (i, n)).collect::<Vec<_>>(),
+        "tick {at}: {runs:?}"
+    );
+    if let Some(live) = live {
+        let ran: Vec<_> = runs
+            .iter()
+            .map(|r| (executor_name(r), r.status.as_str()))
+            .collect();
+        let expected: Vec<_> = live.iter().map(|e| (*e, "succeeded")).collect();
+        assert_eq!(ran, expected, "tick {at}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_runs_every_tick_once_on_each_live_executor() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    for name in ["exec-c", "exec-a", "exec-b"] {
+        c.start_executor(name).await;
+    }
+    // Two dispatchers race for every tick: its rows are written whole, by one of them.
+    c.start_dispatcher("disp-0");
+    c.start_dispatcher("disp-1");
+    c.start_monitor();
+    let out = c.path("out.txt");
+    let job = c
+        .insert_job_with(
+            "everywhere",
+            "* * * * * *",
+            &format!(
+                "echo \"$GOCRON_RUN_ID $GOCRON_EXECUTOR\" >> '{}'",
+                out.display()
+            ),
+            &[("route", "broadcast".into())],
+        )
+        .await;
+    let all = ["exec-a", "exec-b", "exec-c"];
+    let full_ticks = |runs: &[run::Model]| {
+        by_tick(runs)
+            .values()
+            .filter(|t| t.len() == 3 && t.iter().all(|r| r.status == "succeeded"))
+            .count()
+    };
+    wait_until("three ticks run on all three executors", WAIT, || async {
+        let runs = c.runs(job).await;
+        (full_ticks(&runs) >= 3).then_some(())
+    })
+    .await;
+
+    // One executor gone: the following ticks run on the two left.
+    c.stop("exec-b").await;
+    let runs = wait_until("three ticks run on the two left", WAIT, || async {
+        let runs = c.runs(job).await;
+        let ticks = by_tick(&runs);
+        let last: Vec<_> = ticks.values().rev().take(3).collect();
+        (last.len() == 3
+            && last.iter().all(|t| {
+                t.len() == 2
+                    && t.iter()
+                        .all(|r| r.status == "succeeded" && executor_name(r) != "exec-b")
+            }))
+        .then_some(runs)
+    })
+    .await;
+    let written = lines(&out);
+    c.shutdown().await;
+
+    let ticks = by_tick(&runs);
+    // Every tick from the first to the last has its rows (one second apart), each whole.
+    let instants: Vec<_> = ticks.keys().copied().collect();
+    for pair in instants.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(1),
+            "{instants:?}"
+        );
+    }
+    let (mut before, mut after) = (0, 0);
+    for (at, tick) in &ticks {
+        check_tick(*at, tick, None);
+        match tick.len() {
+            3 if tick.iter().all(|r| r.status == "succeeded") => {
+                check_tick(*at, tick, Some(&all));
+                before += 1;
+            }
+            2 => {
+                check_tick(*at, tick, Some(&["exec-a", "exec-c"]));
+                after += 1;
+            }
+            // Only around the stop: exec-b's run of the tick, still thought live, did not run
+            // (broadcast offers a run to its own executor alone), or its row is the one
+            // `lost` as exec-b stopped.
+            3 => {
+                for r in tick {
+                    let expected = if r.shard_index == 1 {
+                        vec!["no_executor", "lost", "succeeded"]
+                    } else {
+                        vec!["succeeded"]
+                    };
+                    assert!(expected.contains(&r.status.as_str()), "tick {at}: {r:?}");
+                }
+            }
+            // The first tick may come before every executor is seen.
+            _ => assert_eq!(Some(at), ticks.keys().next(), "tick {at}: {tick:?}"),
+        }
+    }
+    assert!(
+        before >= 3 && after >= 3,
+        "{before} ticks before, {after} after"
+    );
+    // Each run that succeeded ran once, on its own executor, and nothing else ran.
+    let mut ran: Vec<(i64, String)> = written
+        .iter()
+        .map(|l| {
+            let (id, executor) = l.split_once(' ').expect("a line per run");
+            (id.parse().unwrap(), executor.to_owned())
+        })
+        .collect();
+    ran.sort();
+    let mut succeeded: Vec<(i64, String)> = runs
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .map(|r| (r.id, executor_name(r).to_owned()))
+        .collect();
+    succeeded.sort();
+    assert_eq!(ran, succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_runs_know_their_place_and_a_retry_keeps_it() {
+    let mut c = Cluster::new(Backend::Postgres, &[]).await;
+    for name in ["exec-b", "exec-a"] {
+        c.start_executor(name).await;
+    }
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    // Prints its place; shard 1's first attempt fails.
+    let job = c
+        .insert_job_with(
+            "sharded",
+            "@event work",
+            "echo \"$GOCRON_SHARD_INDEX/$GOCRON_SHARD_TOTAL $GOCRON_EXECUTOR $GOCRON_ATTEMPT\"; \
+             [ \"$GOCRON_SHARD_INDEX\" = 0 ] || [ \"$GOCRON_ATTEMPT\" = 2 ]",
+            &[
+                ("route", "shard".into()),
+                ("retries", 1.into()),
+                ("retry_delay_secs", 1.into()),
+            ],
+        )
+        .await;
+    c.wait_published(job).await;
+    events(&c, "work", 1).await;
+    let runs = c.wait_for_finished(job, 3, WAIT).await;
+    let shape: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.trigger.as_str(),
+                r.shard_index,
+                r.shard_total,
+                executor_name(r),
+                r.status.as_str(),
+                r.output.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("event", 0, 2, "exec-a", "succeeded", "0/2 exec-a 1\n"),
+            ("event", 1, 2, "exec-b", "failed", "1/2 exec-b 1\n"),
+            ("retry", 1, 2, "exec-b", "succeeded", "1/2 exec-b 2\n"),
+        ]
+    );
+    assert_eq!(runs[2].retry_of, Some(runs[1].id));
+    // The tick's runs share their event.
+    assert_eq!(runs[0].source_id, runs[1].source_id);
     c.shutdown().await;
 }

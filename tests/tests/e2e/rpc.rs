@@ -46,6 +46,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         attempt: 1,
         event: None,
         parent_run: None,
+        shard: None,
     };
     let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
         .await

@@ -269,7 +269,7 @@ fn job_form(
                     }
                     div {
                         label for="route" { "Route" }
-                        (choice("route", &["round_robin", "random", "least_busy", "hash"], &form.route))
+                        (choice("route", &["round_robin", "random", "least_busy", "hash", "broadcast", "shard"], &form.route))
                     }
                 }
                 label for="env" { "Environment (KEY=VALUE lines, shell jobs)" }

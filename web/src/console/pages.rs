@@ -542,6 +542,10 @@ pub fn run_table(job_id: i64, list: &[runs::RunSummary], tz: chrono_tz::Tz) -> M
                             @if let Some(first) = r.retry_of {
                                 " " span.hint title={ "retry of run " (first) } { "#" (r.attempt) }
                             }
+                            // One run of a fanned-out tick names its place.
+                            @if r.shard_total > 0 {
+                                " " span.hint title="shard index / total" { (r.shard_index) "/" (r.shard_total) }
+                            }
                         }
                         td.error-text { @if let Some(e) = &r.error { (e) } }
                     }
@@ -596,6 +600,9 @@ pub async fn run(
             }
             @if r.trigger == "chain" {
                 dt { "Parent run" } dd { (r.source_id) }
+            }
+            @if r.shard_total > 0 {
+                dt { "Shard" } dd { (r.shard_index) " of " (r.shard_total) " (index from 0)" }
             }
             dt { "Executor" } dd { (r.executor) }
             dt { "Started" } dd { (view::maybe_time(r.started_at, tz)) }
