@@ -3,9 +3,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt as _;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeZone as _, Utc};
@@ -15,7 +17,7 @@ use gocron_shared::rpc::{MAX_OUTPUT_CHUNK, OutputChunk, RunRequest};
 use gocron_shared::runs::{Outcome, RunLog};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::AsyncRead;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -344,7 +346,7 @@ impl Runner {
         // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
         let child_group = child.id();
         let stop_reading = CancellationToken::new();
-        let readers = [
+        let pipes = [
             child
                 .stdout
                 .take()
@@ -353,11 +355,8 @@ impl Runner {
                 .stderr
                 .take()
                 .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|r| tokio::spawn(read_into(r, run.clone(), stop_reading.clone())))
-        .collect::<Vec<_>>();
+        ];
+        let reader = tokio::spawn(read_into(pipes, run.clone(), stop_reading.clone()));
 
         // At the timeout, `kill` stops the run; `abandon` and `sync` flag it and let it go on.
         let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
@@ -389,12 +388,7 @@ impl Runner {
                 (status, Some(reason))
             }
         };
-        let all_read = async {
-            for reader in readers {
-                let _ = reader.await;
-            }
-        };
-        if tokio::time::timeout(PIPE_GRACE, all_read).await.is_err() {
+        if tokio::time::timeout(PIPE_GRACE, reader).await.is_err() {
             stop_reading.cancel();
             tracing::warn!(
                 run_id = request.run_id,
@@ -661,19 +655,36 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Reads the job's pipes (stdout, stderr) into its output as the bytes come, until each has
+/// ended or `stop`: one task and one buffer for both.
 async fn read_into(
-    mut reader: Box<dyn AsyncRead + Send + Unpin>,
+    mut pipes: [Option<Box<dyn AsyncRead + Send + Unpin>>; 2],
     run: Arc<Going>,
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; 8192];
-    loop {
-        let n = tokio::select! {
+    // The pipe polled first alternates, so that a busy one does not keep the other waiting.
+    let mut first = 0;
+    while pipes.iter().any(Option::is_some) {
+        let read = std::future::poll_fn(|cx| {
+            for i in [first, 1 - first] {
+                let Some(pipe) = pipes[i].as_mut() else {
+                    continue;
+                };
+                let mut filled = tokio::io::ReadBuf::new(&mut buf);
+                if let Poll::Ready(result) = Pin::new(pipe).poll_read(cx, &mut filled) {
+                    return Poll::Ready((i, result.map(|()| filled.filled().len())));
+                }
+            }
+            Poll::Pending
+        });
+        let (i, result) = tokio::select! {
             _ = stop.cancelled() => return,
-            n = reader.read(&mut buf) => n,
+            read = read => read,
         };
-        match n {
-            Ok(0) | Err(_) => return,
+        first = 1 - i;
+        match result {
+            Ok(0) | Err(_) => pipes[i] = None,
             Ok(n) => run.output.push(&buf[..n]),
         }
     }
@@ -760,7 +771,8 @@ impl Tail {
     /// Keeps at most `cap` bytes.
     pub fn new(cap: usize) -> Tail {
         Tail {
-            buf: VecDeque::with_capacity(cap.min(64 * 1024)),
+            // Grown as output comes: most runs print little or nothing.
+            buf: VecDeque::new(),
             cap,
             dropped: 0,
         }

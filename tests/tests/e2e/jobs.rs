@@ -229,6 +229,55 @@ async fn shell_runs_record_environment_exit_codes_and_output() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_pipes_are_read_to_their_end_whichever_ends_first() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    // Far more than a pipe holds on each (64 KiB): a pipe left unread would stop the job.
+    let loud = c
+        .insert_job(
+            "loud",
+            "0 0 1 1 *",
+            "head -c 200000 /dev/zero | tr '\\0' o; head -c 200000 /dev/zero | tr '\\0' e >&2; \
+             echo done >&2",
+        )
+        .await;
+    // stdout closed first: stderr is still read to its end.
+    let late = c
+        .insert_job(
+            "late",
+            "0 0 1 1 *",
+            "echo early; exec 1>&-; sleep 0.3; echo late >&2",
+        )
+        .await;
+    c.run_now(loud, "").await;
+    c.run_now(late, "").await;
+
+    let r = c.wait_for_finished(loud, 1, Duration::from_secs(30)).await;
+    assert_eq!(r[0].status, "succeeded", "{:?}", r[0].error);
+    let output = r[0].output.as_deref().unwrap();
+    // The kept tail (64 KiB, `output_kib`) and the bytes it says it dropped are every byte.
+    let (note, kept) = output.split_once('\n').unwrap();
+    let dropped: usize = note
+        .strip_prefix("[... ")
+        .and_then(|n| n.strip_suffix(" earlier bytes dropped ...]"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no note of dropped bytes: {note:?}"));
+    assert_eq!(dropped + kept.len(), 400_005);
+    assert!(
+        kept.ends_with("eeeedone\n"),
+        "{:?}",
+        &kept[kept.len() - 20..]
+    );
+
+    let r = c.wait_for_finished(late, 1, Duration::from_secs(30)).await;
+    assert_eq!(r[0].status, "succeeded", "{:?}", r[0].error);
+    assert_eq!(r[0].output.as_deref(), Some("early\nlate\n"));
+    c.shutdown().await;
+}
+
 /// A one-route HTTP server: `/ok` answers 200 "fine", anything else 500 "broken".
 async fn http_server() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
