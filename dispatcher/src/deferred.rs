@@ -152,6 +152,7 @@ mod tests {
             first_run: 1,
             event: None,
             shard: None,
+            parent_run: None,
         })
     }
 

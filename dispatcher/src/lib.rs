@@ -425,7 +425,7 @@ fn fire_deferred(
                 first_run: Some(r.first_run),
                 source_id,
                 event: r.event.clone(),
-                parent_run: None,
+                parent_run: r.parent_run,
                 shard: r.shard.clone(),
             },
         ),

@@ -200,6 +200,8 @@ enum Lineage {
     Plain,
     /// This event's run.
     Event(i64),
+    /// A chained run of this parent run.
+    Chain(i64),
     /// Ask this first attempt.
     FirstRun(i64),
 }
@@ -395,8 +397,9 @@ impl Checker {
         let findings = found?;
         // Before the marks move past the runs to retry: a request not put is found again.
         for (job_id, run_id, mut request, lineage) in std::mem::take(&mut self.retries) {
-            // A retry of an event's run runs for the same event.
-            request.event = self.event_of(lineage).await?;
+            // A retry of an event's run runs for the same event; of a chained run, for the
+            // same parent.
+            (request.event, request.parent_run) = self.origin_of(lineage).await?;
             control::put_request(
                 &mut self.etcd,
                 self.keys.retry_request_key(job_id, run_id),
@@ -476,11 +479,13 @@ impl Checker {
         Ok(report)
     }
 
-    /// The event a retried run's first attempt ran for, if it was an event's run.
-    async fn event_of(&self, lineage: Lineage) -> Result<Option<EventRef>, DbErr> {
+    /// What a retried run's first attempt ran for: its event, if it was an event's run; its
+    /// parent run, if it was a chained run.
+    async fn origin_of(&self, lineage: Lineage) -> Result<(Option<EventRef>, Option<i64>), DbErr> {
         let db = self.store.db();
         let event_id = match lineage {
-            Lineage::Plain => return Ok(None),
+            Lineage::Plain => return Ok((None, None)),
+            Lineage::Chain(parent) => return Ok((None, Some(parent))),
             Lineage::Event(id) => id,
             Lineage::FirstRun(first) => {
                 let first: Option<(String, i64)> = run::Entity::find_by_id(first)
@@ -492,7 +497,10 @@ impl Checker {
                     .await?;
                 match first {
                     Some((trigger, id)) if trigger == "event" => id,
-                    _ => return Ok(None),
+                    Some((trigger, parent)) if trigger == "chain" => {
+                        return Ok((None, Some(parent)));
+                    }
+                    _ => return Ok((None, None)),
                 }
             }
         };
@@ -500,13 +508,14 @@ impl Checker {
         let row = gocron_shared::entity::event::Entity::find_by_id(event_id)
             .one(db)
             .await?;
-        Ok(Some(EventRef {
+        let event = EventRef {
             id: event_id,
             name: row.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
             payload: row.and_then(|e| e.payload).unwrap_or_default(),
             delayed: false,
             requested_ms: 0,
-        }))
+        };
+        Ok((Some(event), None))
     }
 
     async fn find(
@@ -874,6 +883,7 @@ impl Checker {
                     // Not alarmed: the last attempt's failure is.
                     let lineage = match row.trigger.as_str() {
                         "event" => Lineage::Event(row.source_id),
+                        "chain" => Lineage::Chain(row.source_id),
                         "retry" => Lineage::FirstRun(request.first_run),
                         _ => Lineage::Plain,
                     };
@@ -1334,6 +1344,7 @@ fn retry(row: &run::Model, status: RunStatus, job: Option<&JobRecord>) -> Option
         attempt: row.attempt + 1,
         first_run: row.retry_of.unwrap_or(row.id),
         event: None,
+        parent_run: None,
         // One run of a fanned-out tick: its retry keeps the place, and goes back to the
         // executor that had it (`name@address` in the row), if it is live.
         shard: (row.shard_total > 0).then(|| gocron_shared::job::Shard {

@@ -90,6 +90,10 @@ pub struct RetryRequest {
     /// its place: the retry keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::job::Shard>,
+    /// When the first attempt was a chained run, its parent run: the retry is told it too
+    /// (`GOCRON_PARENT_RUN_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run: Option<i64>,
 }
 
 /// An event request's etcd value (`{prefix}/event/{job}/{event}`, JSON): the monitor puts one

@@ -51,7 +51,19 @@ async fn chained(backend: Backend) {
     let named = c
         .insert_job("by name", yearly, &recorder(&named_file))
         .await;
-    let cleanup = c.insert_job("cleanup", yearly, &recorder(&fail_file)).await;
+    // Fails its first attempt: its retry is told the same parent.
+    let cleanup = c
+        .insert_job_with(
+            "cleanup",
+            yearly,
+            &format!(
+                "{}; [ $(wc -l < {}) -ge 2 ]",
+                recorder(&fail_file),
+                fail_file.display()
+            ),
+            &[("retries", 1.into()), ("retry_delay_secs", 1.into())],
+        )
+        .await;
     let chain = |ok: String| {
         vec![
             ("on_success", ok.into()),
@@ -69,18 +81,14 @@ async fn chained(backend: Backend) {
     let good_run = c.wait_for_finished(good, 1, WAIT).await[0].id;
     let bad_run = c.wait_for_finished(bad, 1, WAIT).await[0].id;
     // Success starts on_success's jobs, failure on_failure's: each once, told its parent.
-    for (job, file, parent) in [
-        (next, &ok_file, good_run),
-        (named, &named_file, good_run),
-        (cleanup, &fail_file, bad_run),
-    ] {
+    for (job, file, parent) in [(next, &ok_file, good_run), (named, &named_file, good_run)] {
         let runs = c.wait_for_finished(job, 1, WAIT).await;
         assert_eq!(
             shape(&runs),
             [(s("chain"), parent, s("succeeded"))],
             "job {job}"
         );
-        let parent_row = &c.runs(if parent == good_run { good } else { bad }).await[0];
+        let parent_row = &c.runs(good).await[0];
         assert_eq!(
             runs[0].scheduled_at.timestamp_millis(),
             parent_row.finished_at.unwrap().timestamp_millis(),
@@ -88,13 +96,25 @@ async fn chained(backend: Backend) {
         );
         assert_eq!(lines(file), [parent.to_string()]);
     }
+    let runs = c.wait_for_finished(cleanup, 2, WAIT).await;
+    assert_eq!(
+        shape(&runs),
+        [
+            (s("chain"), bad_run, s("failed")),
+            (s("retry"), runs[0].id, s("succeeded"))
+        ]
+    );
+    assert_eq!(
+        lines(&fail_file),
+        [bad_run.to_string(), bad_run.to_string()]
+    );
     // Nothing more: the requests are served, once.
     wait_until("no chain request left", WAIT, || async {
         (c.etcd_keys_under(c.etcd_keys().chains()).await == 0).then_some(())
     })
     .await;
-    for job in [next, named, cleanup] {
-        assert_eq!(c.runs(job).await.len(), 1, "job {job}");
+    for (job, n) in [(next, 1), (named, 1), (cleanup, 2)] {
+        assert_eq!(c.runs(job).await.len(), n, "job {job}");
     }
     c.shutdown().await;
 }
