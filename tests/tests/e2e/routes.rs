@@ -314,3 +314,59 @@ async fn shard_runs_know_their_place_and_a_retry_keeps_it() {
     assert_eq!(runs[0].source_id, runs[1].source_id);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_abandon_a_fanned_out_run_still_going_skips_the_whole_next_tick() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    for name in ["exec-a", "exec-b"] {
+        c.start_executor(name).await;
+    }
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let barrier = c.path("release");
+    let job = c
+        .insert_job_with(
+            "held",
+            "* * * * * *",
+            &format!("while [ ! -e {} ]; do sleep 0.05; done", barrier.display()),
+            &[("route", "broadcast".into())],
+        )
+        .await;
+    // A tick fanned out to both, its runs held; then ticks skipped whole, one row each.
+    let skipped_ticks = |runs: &[run::Model]| {
+        by_tick(runs)
+            .values()
+            .filter(|t| t.len() == 1 && t[0].status == "skipped")
+            .count()
+    };
+    wait_until("two ticks skipped", WAIT, || async {
+        (skipped_ticks(&c.runs(job).await) >= 2).then_some(())
+    })
+    .await;
+    std::fs::write(&barrier, "").unwrap();
+    // Released: the held runs end, and the next tick fans out again.
+    let runs = wait_until("a tick run on both after the release", WAIT, || async {
+        let runs = c.runs(job).await;
+        let ticks = by_tick(&runs);
+        let fanned = ticks
+            .values()
+            .filter(|t| t.len() == 2 && t.iter().all(|r| r.status == "succeeded"))
+            .count();
+        (fanned >= 2).then_some(runs)
+    })
+    .await;
+    c.shutdown().await;
+    for (at, tick) in by_tick(&runs) {
+        match tick.as_slice() {
+            [one] if one.status == "skipped" => {
+                assert_eq!((one.shard_index, one.shard_total), (0, 0), "tick {at}");
+                assert!(
+                    one.error.as_deref().unwrap_or("").contains("still"),
+                    "tick {at}: {one:?}"
+                );
+            }
+            // Fanned out whole (two runs; one only if the dispatcher saw one executor yet).
+            _ => check_tick(at, &tick, None),
+        }
+    }
+}
