@@ -641,21 +641,38 @@ fn render(command: &Command, value: &Value) -> String {
             let rows: Vec<Vec<String>> = runs
                 .iter()
                 .map(|r| {
-                    [
+                    let mut row: Vec<String> = [
                         "id",
                         "scheduled_at",
                         "status",
+                        "trigger",
                         "executor",
                         "exit_code",
                         "error",
                     ]
                     .iter()
                     .map(|k| cell(r, k))
-                    .collect()
+                    .collect();
+                    // A run of a fanned-out tick (broadcast, shard): its place, `index/total`.
+                    let shard = match r.get("shard_total").and_then(Value::as_i64) {
+                        Some(total) if total > 0 => format!("{}/{total}", cell(r, "shard_index")),
+                        _ => "-".to_owned(),
+                    };
+                    row.insert(4, shard);
+                    row
                 })
                 .collect();
             table(
-                &["ID", "SCHEDULED", "STATUS", "EXECUTOR", "EXIT", "ERROR"],
+                &[
+                    "ID",
+                    "SCHEDULED",
+                    "STATUS",
+                    "TRIGGER",
+                    "SHARD",
+                    "EXECUTOR",
+                    "EXIT",
+                    "ERROR",
+                ],
                 &rows,
             )
         }

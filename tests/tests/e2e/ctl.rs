@@ -79,6 +79,28 @@ async fn gocronctl_manages_jobs_and_runs_through_the_api() {
     );
     let runs = ctl(server, VIEWER, &["runs", "--job", &id.to_string()]).await;
     assert!(runs.out.contains("succeeded"), "{runs:?}");
+    let header: Vec<&str> = runs
+        .out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "ID",
+            "SCHEDULED",
+            "STATUS",
+            "TRIGGER",
+            "SHARD",
+            "EXECUTOR",
+            "EXIT",
+            "ERROR"
+        ],
+        "{runs:?}"
+    );
+    assert!(runs.out.contains(" schedule "), "{runs:?}");
     let logs = ctl(server, VIEWER, &["logs", &first.id.to_string()]).await;
     assert_eq!(logs.out, "hello from ctl\n", "{logs:?}");
 
