@@ -248,6 +248,31 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     // long and by-hand scheduled; the first job disabled.
     assert_eq!(tiles, serde_json::json!(["2", "1"]));
     b.screenshot("00-dashboard").await;
+
+    // A run of a fanned-out tick (route shard, one executor here) names its place.
+    let sharded = c
+        .insert_job_with(
+            "sharded",
+            "0 0 1 1 *",
+            "echo \"part $GOCRON_SHARD_INDEX of $GOCRON_SHARD_TOTAL\"",
+            &[("route", "shard".into())],
+        )
+        .await;
+    c.run_now(sharded, "").await;
+    let part = c
+        .wait_for_finished(sharded, 1, Duration::from_secs(60))
+        .await[0]
+        .id;
+    b.goto(&format!("{base}/jobs/{sharded}/runs")).await;
+    b.find("table.runs .st-succeeded").await;
+    let table = b.text("table.runs").await;
+    assert!(table.contains("manual 0/1"), "{table}");
+    b.screenshot("07b-shard-runs").await;
+    b.goto(&format!("{base}/jobs/{sharded}/runs/{part}")).await;
+    let facts = b.text("dl.facts").await;
+    assert!(facts.contains("0 of 1 (index from 0)"), "{facts}");
+    assert_eq!(b.text("#output").await.trim(), "part 0 of 1");
+    b.screenshot("04b-shard-run").await;
     b.goto(&format!("{base}/jobs")).await;
     let jobs = b.text("table.jobs").await;
     assert!(
