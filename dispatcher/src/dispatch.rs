@@ -613,9 +613,7 @@ impl Dispatcher {
             Ok(None) => return Handover::Lost,
             Err(e) => return Handover::Failed(format!("database: inserting the run rows: {e}")),
         };
-        for run_id in &ids {
-            self.handing(job.id, *run_id).await;
-        }
+        futures::future::join_all(ids.iter().map(|run_id| self.handing(job.id, *run_id))).await;
         let offers = ids
             .iter()
             .zip(&by_name)

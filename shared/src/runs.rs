@@ -189,17 +189,33 @@ impl RunLog {
         origin: Option<&Origin>,
     ) -> Result<Option<i64>, DbErr> {
         let ids = self
-            .submit(|reply| Write::Insert {
-                job_id,
-                scheduled_at,
-                trigger,
-                settled: None,
-                lineage: Lineage::of(origin),
-                fan_out: 0,
-                reply,
-            })
+            .insert_write(job_id, scheduled_at, trigger, origin, None, 0)
             .await?;
         Ok(ids.and_then(|ids| ids.first().copied()))
+    }
+
+    /// The one way in for inserts: one row (`fan_out` 0), or a fanned-out tick's `fan_out`
+    /// rows; `settled` makes them final at once. Their ids, or `Ok(None)` when the tick
+    /// already has a row.
+    async fn insert_write(
+        &self,
+        job_id: i64,
+        scheduled_at: DateTime<Utc>,
+        trigger: Trigger,
+        origin: Option<&Origin>,
+        settled: Option<(RunStatus, String)>,
+        fan_out: i32,
+    ) -> Result<Option<Vec<i64>>, DbErr> {
+        self.submit(|reply| Write::Insert {
+            job_id,
+            scheduled_at,
+            trigger,
+            settled,
+            lineage: Lineage::of(origin),
+            fan_out,
+            reply,
+        })
+        .await
     }
 
     /// Inserts the `total` `dispatched` rows of a fanned-out tick (route `broadcast` or
@@ -213,16 +229,8 @@ impl RunLog {
         origin: Option<&Origin>,
         total: i32,
     ) -> Result<Option<Vec<i64>>, DbErr> {
-        self.submit(|reply| Write::Insert {
-            job_id,
-            scheduled_at,
-            trigger,
-            settled: None,
-            lineage: Lineage::of(origin),
-            fan_out: total.max(1),
-            reply,
-        })
-        .await
+        self.insert_write(job_id, scheduled_at, trigger, origin, None, total.max(1))
+            .await
     }
 
     /// Inserts a `skipped` row for a tick that was not started, saying why; `Ok(None)` when the
@@ -258,15 +266,14 @@ impl RunLog {
         why: String,
     ) -> Result<Option<i64>, DbErr> {
         let ids = self
-            .submit(|reply| Write::Insert {
+            .insert_write(
                 job_id,
                 scheduled_at,
                 trigger,
-                settled: Some((status, why)),
-                lineage: Lineage::of(origin),
-                fan_out: 0,
-                reply,
-            })
+                origin,
+                Some((status, why)),
+                0,
+            )
             .await?;
         Ok(ids.and_then(|ids| ids.first().copied()))
     }
