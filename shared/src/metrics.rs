@@ -10,6 +10,8 @@
 //! - `gocron_runs_total{status}`, `gocron_runs_running` (executor): runs ended by status, runs
 //!   going now.
 //! - `gocron_alarms_total{kind,channel}` (monitor): alarms recorded.
+//! - `gocron_run_write_batches_total`, `gocron_run_writes_total` (every daemon): transactions
+//!   the run writer committed or tried, and the run-row writes in them.
 //! - `gocron_jobs{state}` (`valid`, `invalid`, `disabled`) and `gocron_executors_live{group}`
 //!   (monitor), as of its last check.
 
@@ -17,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,10 @@ pub struct Metrics {
     pub jobs: IntGaugeVec,
     /// `gocron_executors_live{group}`.
     pub executors_live: IntGaugeVec,
+    /// `gocron_run_write_batches_total`.
+    pub write_batches: IntCounter,
+    /// `gocron_run_writes_total`.
+    pub writes: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -87,6 +93,19 @@ impl Metrics {
             "Live executors of each machine group, as of the monitor's last check.",
             &["group"],
         );
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let write_batches = plain(
+            "gocron_run_write_batches_total",
+            "Transactions this process's run writer committed or tried.",
+        );
+        let writes = plain(
+            "gocron_run_writes_total",
+            "Run-row writes in this process's run writer's transactions.",
+        );
         let running = IntGauge::new("gocron_runs_running", "Runs this executor has going now.")
             .expect("metric");
         registry
@@ -114,6 +133,8 @@ impl Metrics {
             alarms,
             jobs,
             executors_live,
+            write_batches,
+            writes,
         }
     }
 
@@ -173,6 +194,8 @@ mod tests {
         m.jobs.with_label_values(&["valid"]).set(3);
         m.executors_live.with_label_values(&["php"]).set(2);
         m.running.set(1);
+        m.write_batches.inc();
+        m.writes.inc_by(3);
         let text = m.render();
         for line in [
             "gocron_ticks_total{outcome=\"fired\"} ",
@@ -182,6 +205,8 @@ mod tests {
             "gocron_jobs{state=\"valid\"} 3",
             "gocron_executors_live{group=\"php\"} 2",
             "gocron_runs_running 1",
+            "gocron_run_write_batches_total ",
+            "gocron_run_writes_total ",
             "# TYPE gocron_fire_lag_seconds histogram",
         ] {
             assert!(text.contains(line), "{line:?} in:\n{text}");

@@ -14,8 +14,10 @@
 //! Writes go through one task per process that commits whatever is queued in one transaction
 //! (group commit): with a thousand runs a second, a database sees a few transactions a second
 //! per process instead of three thousand, which is what keeps SQLite's single writer lock (and
-//! MySQL's commit cost) off the fire path. No write waits for a timer: an idle writer commits a
-//! lone write at once. Within a transaction, the inserts, starts and finishes queued together
+//! MySQL's commit cost) off the fire path. A run row to insert never waits for a timer: a tick's
+//! hand-over waits for its id, so a batch with an insert is committed at once. A batch of other
+//! writes (outcomes, starts, verdicts) waits up to [`LINGER`] for company: at a hundred short
+//! runs a second, an executor's outcomes otherwise came one transaction each. Within a transaction, the inserts, starts and finishes queued together
 //! are written with one multi-row statement per kind, so a batch is a few round trips whatever
 //! its size (see `commit`). One failing statement (the unique-tick fence) never fails the others:
 //! on PostgreSQL, where it would abort the transaction, each write runs in its own savepoint.
@@ -24,6 +26,8 @@
 //! caller may retry an error but must not take it for "already final".
 //! A batch that loses a deadlock or a serialization race is replayed whole: every write is a
 //! conditional statement, so replaying one is safe, and replies go out only after the commit.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -37,6 +41,10 @@ use crate::db::is_unique_violation;
 use crate::entity::run;
 use crate::job::{Origin, RunStatus, Trigger};
 
+/// How long a batch of writes that no tick waits on (outcomes, starts, verdicts) waits for more
+/// before its transaction: at a hundred runs a second, outcomes came one per transaction.
+pub const LINGER: Duration = Duration::from_millis(10);
+
 /// The most writes committed in one transaction: large, so that under a backlog a run's start
 /// and finish usually share a batch and merge into one write.
 const MAX_BATCH: usize = 4096;
@@ -44,7 +52,7 @@ const MAX_BATCH: usize = 4096;
 /// How long a run goes on before its executor marks its row `running`: a run that ends sooner
 /// is recorded with its outcome alone, one write instead of two, and a row may stay
 /// `dispatched` that long after its command started.
-pub const RUNNING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+pub const RUNNING_AFTER: Duration = Duration::from_secs(1);
 
 /// The statuses of a run in flight.
 const IN_FLIGHT: [&str; 2] = ["dispatched", "running"];
@@ -153,8 +161,14 @@ fn stopped() -> DbErr {
 impl RunLog {
     /// Starts the writer task on `db`; it ends when the last clone is dropped.
     pub fn spawn(db: DatabaseConnection) -> RunLog {
+        RunLog::with_linger(db, LINGER)
+    }
+
+    /// [`RunLog::spawn`] with a batch of writes that nothing waits on held up to `linger` for
+    /// company, instead of [`LINGER`] (for tests).
+    pub fn with_linger(db: DatabaseConnection, linger: Duration) -> RunLog {
         let (writes, queue) = mpsc::channel(2 * MAX_BATCH);
-        tokio::spawn(commit_loop(db, queue));
+        tokio::spawn(commit_loop(db, queue, linger));
         RunLog { writes }
     }
 
@@ -377,10 +391,14 @@ enum Found {
 /// How often a batch that lost a deadlock or a serialization race is replayed.
 const REPLAYS: usize = 3;
 
-async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
+async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>, linger: Duration) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let m = crate::metrics::metrics();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        gather(&mut queue, &mut batch, linger).await;
         coalesce(&mut batch);
+        m.write_batches.inc();
+        m.writes.inc_by(batch.len() as u64);
         let began = std::time::Instant::now();
         let mut attempt = 0;
         let outcome = loop {
@@ -388,7 +406,7 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
             match commit(&db, &batch).await {
                 Err(e) if attempt <= REPLAYS && is_transient(&e) => {
                     tracing::debug!(error = %e, attempt, writes = batch.len(), "replaying a batch");
-                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
                 }
                 other => break other,
             }
@@ -411,6 +429,30 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>) {
                     fail(write, &message);
                 }
             }
+        }
+    }
+}
+
+/// Adds to `batch` the writes that come within `linger`, unless one of them is a run row to
+/// insert (a tick's hand-over waits for its id) or the batch is full: an executor's outcomes,
+/// which nothing waits on but the run's release from its job's live runs, then share a
+/// transaction instead of taking one each. Ends at once when the queue closes.
+async fn gather(queue: &mut mpsc::Receiver<Write>, batch: &mut Vec<Write>, linger: Duration) {
+    let until = tokio::time::Instant::now() + linger;
+    let mut seen = 0;
+    while batch.len() < MAX_BATCH {
+        if batch[seen..]
+            .iter()
+            .any(|w| matches!(w, Write::Insert { .. }))
+        {
+            return;
+        }
+        seen = batch.len();
+        let room = MAX_BATCH - batch.len();
+        // `recv_many` is cancel safe: a write is either in `batch` or still queued.
+        match tokio::time::timeout_at(until, queue.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

@@ -214,6 +214,8 @@ struct Measured {
     not_ok: Option<usize>,
     /// Peak resident memory, MiB (gocron: this process, all five daemons).
     peak_mib: f64,
+    /// The run writers' transactions and the writes in them over the window (gocron only).
+    run_writes: Option<(u64, u64)>,
 }
 
 impl Measured {
@@ -333,6 +335,7 @@ fn run_floor(n: usize, secs: i64, servers: &Servers) -> anyhow::Result<Measured>
         load_before,
         not_ok: None,
         peak_mib: f64::NAN,
+        run_writes: None,
     })
 }
 
@@ -377,16 +380,20 @@ async fn measure(
     let end = start + secs * 1000;
     let load_before = procfs::load_average();
     tokio::time::sleep(Duration::from_millis((start - now_ms()).max(0) as u64)).await;
+    // Every daemon's run writer counts in this process's metrics.
+    let m = gocron_shared::metrics::metrics();
     let before = (
         procfs::cpu_times("self").unwrap_or_default(),
         servers.cpu(),
         MachineCpu::now(),
+        (m.write_batches.get(), m.writes.get()),
     );
     tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64)).await;
     let after = (
         procfs::cpu_times("self").unwrap_or_default(),
         servers.cpu(),
         MachineCpu::now(),
+        (m.write_batches.get(), m.writes.get()),
     );
     let spent = after.0 - before.0;
     // A tick is missed only if its command never runs: wait (bounded) for every expected line,
@@ -442,6 +449,7 @@ async fn measure(
         not_ok: Some(not_ok),
         // All five daemons live in this process.
         peak_mib: procfs::status_mib("self", "VmHWM"),
+        run_writes: Some((after.3.0 - before.3.0, after.3.1 - before.3.1)),
     })
 }
 
@@ -542,6 +550,13 @@ impl Row {
             100.0 * self.gocron.own_cpu / self.gocron.window_secs,
             self.gocron.peak_mib
         );
+        if let Some((batches, writes)) = self.gocron.run_writes {
+            println!(
+                "  run writers (all daemons): {:.1} transactions a second, {:.1} writes per transaction",
+                batches as f64 / self.gocron.window_secs,
+                writes as f64 / batches.max(1) as f64
+            );
+        }
     }
 }
 

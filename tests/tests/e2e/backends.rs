@@ -336,6 +336,67 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
     }
 }
 
+/// A batch of outcomes waits for company (here up to an hour), but a run row to insert is
+/// written at once, and takes whatever is waiting with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_wait_for_company_but_an_insert_never_waits() {
+    use gocron_shared::runs::{Outcome, RunLog};
+    let bounded = Duration::from_secs(30);
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let log = RunLog::with_linger(c.db.clone(), Duration::from_secs(3600));
+    let tick = Utc.timestamp_millis_opt(1_790_000_000_000).unwrap();
+    let first = tokio::time::timeout(bounded, log.insert(1, tick, Trigger::Schedule))
+        .await
+        .expect("an insert must not linger")
+        .unwrap()
+        .unwrap();
+    let outcome = Outcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        error: None,
+        output: "ok\n".into(),
+    };
+    // The finish is queued, and waits (an hour, on its own): a commit takes a millisecond.
+    let mut finish = std::pin::pin!(log.finish(first, "a@1", Utc::now(), outcome));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), finish.as_mut())
+            .await
+            .is_err(),
+        "a lone outcome was written without waiting for company"
+    );
+    let second = tokio::time::timeout(bounded, log.insert(2, tick, Trigger::Schedule))
+        .await
+        .expect("an insert must not linger behind a waiting finish")
+        .unwrap();
+    assert!(second.is_some());
+    let finished = tokio::time::timeout(bounded, finish)
+        .await
+        .expect("the finish must go with the insert's transaction")
+        .unwrap();
+    assert!(finished);
+    let row = run::Entity::find_by_id(first)
+        .one(&c.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, "succeeded");
+    // With the default linger, a lone outcome is written by itself.
+    let log = RunLog::spawn(c.db.clone());
+    let lone = Outcome {
+        status: RunStatus::Failed,
+        exit_code: Some(1),
+        error: None,
+        output: String::new(),
+    };
+    let id = second.unwrap();
+    let finished = tokio::time::timeout(bounded, log.finish(id, "a@1", Utc::now(), lone))
+        .await
+        .expect("a lone outcome is written after the linger")
+        .unwrap();
+    assert!(finished);
+    c.shutdown().await;
+}
+
 /// Writes queued together go out as one multi-row statement per kind: each row must still get
 /// its own id, executor, output and answer, and a repeated write its `false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
