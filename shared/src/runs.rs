@@ -17,9 +17,10 @@
 //! MySQL's commit cost) off the fire path. A run row to insert never waits for a timer: a tick's
 //! hand-over waits for its id, so a batch with an insert is committed at once. A batch of other
 //! writes (outcomes, starts, verdicts) waits up to [`LINGER`] for company: at a hundred short
-//! runs a second, an executor's outcomes otherwise came one transaction each. Within a transaction, the inserts, starts and finishes queued together
-//! are written with one multi-row statement per kind, so a batch is a few round trips whatever
-//! its size (see `commit`). One failing statement (the unique-tick fence) never fails the others:
+//! runs a second, an executor's outcomes otherwise came one transaction each. Within a
+//! transaction, the inserts, starts and finishes queued together are written with one
+//! multi-row statement per kind, so a batch is a few round trips whatever its size (see
+//! `commit`). One failing statement (the unique-tick fence) never fails the others:
 //! on PostgreSQL, where it would abort the transaction, each write runs in its own savepoint.
 //! A write that fails for its own reasons answers its database error, never `Ok(false)`:
 //! `Ok(false)` means only that the row was not in the expected status (a real conflict), so a
