@@ -485,13 +485,21 @@ impl Dispatcher {
         // are lost, and the job is free to run again.
         // An event's run (or its retry) is work of its own: not skipped for one still going;
         // so is the retry of one run of a fanned-out tick (its siblings may still be going).
-        if let Some(previous) = self.live(in_flight).await.first()
-            && job.timeout_policy == TimeoutPolicy::Abandon
+        let skips = job.timeout_policy == TimeoutPolicy::Abandon
             && trigger != Trigger::Event
             && origin
                 .as_ref()
-                .is_none_or(|o| o.event.is_none() && o.shard.is_none())
-        {
+                .is_none_or(|o| o.event.is_none() && o.shard.is_none());
+        let mut live = self.live(in_flight).await;
+        // Handed over before its tick (`lead_ms`), a tick whose job has a run going waits for
+        // its instant to decide: that run may end before it.
+        if skips && !live.is_empty() && scheduled_ms > Utc::now().timestamp_millis() {
+            until_ms(scheduled_ms).await;
+            if let Ok(in_flight) = inner.lock.in_flight(job.id).await {
+                live = self.live(in_flight).await;
+            }
+        }
+        if skips && let Some(previous) = live.first() {
             let holder = previous.holder.as_ref().map(Holder::label);
             let why = format!(
                 "run {} of this job is still running on {} (timeout policy abandon)",
@@ -523,6 +531,10 @@ impl Dispatcher {
             parent_run: origin.as_ref().and_then(|o| o.parent_run),
             event: origin.as_ref().and_then(|o| o.event.clone()),
             shard: origin.as_ref().and_then(|o| o.shard.clone()),
+            // A tick handed over before its instant starts at it.
+            start_at_ms: (trigger == Trigger::Schedule
+                && scheduled_ms > Utc::now().timestamp_millis())
+            .then_some(scheduled_ms),
         };
         // A tick of a `broadcast` or `shard` job is one run per live executor of its group
         // (its retries are one run each, of the place they keep).
@@ -680,15 +692,34 @@ impl Dispatcher {
             };
             return self.no_executor(job.id, run_id, why).await;
         }
+        let (mut request, mut order) = (request, order);
         let mut refusals = Vec::new();
-        for executor in order {
-            match self.offer(executor, request.clone()).await {
-                Ok(label) => return Handover::Started(label),
-                Err(Offer::InHand(why)) => return Handover::InHand(why),
-                Err(Offer::Next(why)) => {
-                    tracing::info!(run_id, executor = %executor, "executor did not take the run: {why}");
-                    refusals.push(format!("{executor}: {why}"));
+        loop {
+            let mut busy = Vec::new();
+            for executor in order {
+                match self.offer(executor, request.clone()).await {
+                    Ok(label) => return Handover::Started(label),
+                    Err(Offer::InHand(why)) => return Handover::InHand(why),
+                    Err(Offer::Next(why)) => {
+                        tracing::info!(run_id, executor = %executor, "executor did not take the run: {why}");
+                        refusals.push(format!("{executor}: {why}"));
+                    }
+                    Err(Offer::Busy(why)) => {
+                        tracing::info!(run_id, executor = %executor, "executor did not take the run: {why}");
+                        refusals.push(format!("{executor}: {why}"));
+                        busy.push(executor);
+                    }
                 }
+            }
+            // Busy before the tick (its slots held by runs waiting for their ticks, or going),
+            // an executor may have a free slot at the tick: those are asked again then, as
+            // they would have been without the lead.
+            match request.start_at_ms.take() {
+                Some(at) if !busy.is_empty() => {
+                    until_ms(at).await;
+                    order = busy;
+                }
+                _ => break,
             }
         }
         self.no_executor(
@@ -703,7 +734,6 @@ impl Dispatcher {
         .await
     }
 
-    /// Offers the run to one executor, within one `rpc_timeout` for connect and call together.
     /// The order in which `candidates` are offered a run of `job` (see [`Route`]); `sequence`
     /// is the group's dispatch count, across all dispatchers.
     async fn order<'a>(
@@ -765,7 +795,21 @@ impl Dispatcher {
         tokio::time::timeout(LOAD_TIMEOUT, ask).await.ok().flatten()
     }
 
-    async fn offer(&self, executor: &ExecutorInfo, request: RunRequest) -> Result<String, Offer> {
+    /// Offers the run to one executor, within one `rpc_timeout` for connect and call together
+    /// (after waiting for the run's tick if that executor would not wait for it).
+    async fn offer(
+        &self,
+        executor: &ExecutorInfo,
+        mut request: RunRequest,
+    ) -> Result<String, Offer> {
+        // An executor of an earlier release would start a run when it gets it: it gets it at
+        // its tick.
+        if let Some(at) = request.start_at_ms
+            && !executor.starts_at_tick
+        {
+            until_ms(at).await;
+            request.start_at_ms = None;
+        }
         let deadline = self.inner.rpc_timeout;
         match tokio::time::timeout(deadline, self.offer_inner(executor, request)).await {
             Ok(result) => result,
@@ -801,6 +845,7 @@ impl Dispatcher {
             match answer {
                 Ok(Ok(accepted)) => return Ok(accepted.executor),
                 Ok(Err(Refused::AlreadyClaimed(why))) => return Err(Offer::InHand(why)),
+                Ok(Err(busy @ Refused::Busy { .. })) => return Err(Offer::Busy(busy.to_string())),
                 Ok(Err(refused)) => return Err(Offer::Next(refused.to_string())),
                 Err(e) => {
                     inner.clients.forget(executor.address);
@@ -873,6 +918,14 @@ fn shard_order<'a>(
     }
 }
 
+/// Sleeps until the instant `at_ms` (Unix ms), if it is still to come.
+async fn until_ms(at_ms: i64) {
+    let wait = at_ms - Utc::now().timestamp_millis();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+}
+
 /// A run's timeout: `timeout_secs`, or until the job's following tick when that is 0.
 fn run_timeout_ms(job: &JobSpec, tick: DateTime<Utc>, following: Option<DateTime<Utc>>) -> u64 {
     if job.timeout_secs > 0 {
@@ -884,6 +937,8 @@ fn run_timeout_ms(job: &JobSpec, tick: DateTime<Utc>, following: Option<DateTime
 enum Offer {
     /// Offer the run to the next executor.
     Next(String),
+    /// Offer the run to the next executor: this one has no free slot (`max_concurrent`).
+    Busy(String),
     /// Someone already holds the run: stop offering.
     InHand(String),
 }
@@ -939,6 +994,7 @@ mod tests {
             version: String::new(),
             started_at: String::new(),
             instance: String::new(),
+            starts_at_tick: true,
         }
     }
 

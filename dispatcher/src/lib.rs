@@ -116,7 +116,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys.clone(),
         config.dispatcher.time_zone,
         config.dispatcher.max_late,
-    );
+    )
+    .with_lead(config.dispatcher.lead);
     let ticks = Ticks::new(config.dispatcher.max_ticks_in_flight);
     // Run-now requests for jobs not scheduled here (yet), and since when.
     let mut waiting: Vec<(Request, std::time::Instant)> = Vec::new();

@@ -1,7 +1,8 @@
 //! The schedule table: every known job and its next fire instant, as a pure data structure.
 //!
 //! Jobs arrive as etcd mirror events; the daemon's loop sleeps until [`Scheduler::next_deadline`]
-//! and then takes [`Scheduler::due`]. A priority queue with lazy deletion keeps both cheap: a
+//! and then takes [`Scheduler::due`]. A tick is due `lead` before its instant (never before the
+//! job's previous tick): its hand-over is done by then, and the executor starts it at the tick. A priority queue with lazy deletion keeps both cheap: a
 //! changed or removed job leaves its old queue entry behind, recognised as stale by generation.
 
 use std::cmp::Reverse;
@@ -43,10 +44,12 @@ pub struct Tick {
 /// Every job this dispatcher schedules.
 pub struct Scheduler {
     jobs: HashMap<i64, Entry>,
-    /// `(fire at, unix ms; job id; generation)`, earliest first.
-    queue: BinaryHeap<Reverse<(i64, i64, u64)>>,
+    /// `(hand over at, unix ms; job id; generation; the tick, unix ms)`, earliest first.
+    queue: BinaryHeap<Reverse<(i64, i64, u64, i64)>>,
     default_tz: Tz,
     max_late: Duration,
+    /// How long before its tick a tick is due.
+    lead_ms: i64,
     keys: EtcdKeys,
     generation: u64,
     /// The jobs put since a (re)read of etcd began.
@@ -109,10 +112,24 @@ impl Scheduler {
             queue: BinaryHeap::new(),
             default_tz,
             max_late,
+            lead_ms: 0,
             keys,
             generation: 0,
             resync: Resync::default(),
         }
+    }
+
+    /// The table with each tick due `lead` before its instant, though never before the job's
+    /// previous tick (or before the job came): see `[dispatcher] lead_ms`.
+    pub fn with_lead(mut self, lead: Duration) -> Scheduler {
+        self.lead_ms = lead.as_millis() as i64;
+        self
+    }
+
+    /// Queues job `id`'s tick at `tick_ms`, due `lead` before it but not before `not_before_ms`.
+    fn enqueue(&mut self, tick_ms: i64, id: i64, generation: u64, not_before_ms: i64) {
+        let due = (tick_ms - self.lead_ms).max(not_before_ms.min(tick_ms));
+        self.queue.push(Reverse((due, id, generation, tick_ms)));
     }
 
     /// How many jobs are scheduled.
@@ -215,8 +232,12 @@ impl Scheduler {
             tracing::info!(job_id = id, job = %spec.name, schedule = %schedule, next = ?next, "job scheduled");
         }
         if let Some(next) = next {
-            self.queue
-                .push(Reverse((next.timestamp_millis(), id, self.generation)));
+            self.enqueue(
+                next.timestamp_millis(),
+                id,
+                self.generation,
+                now.timestamp_millis(),
+            );
         }
         self.jobs.insert(
             id,
@@ -237,11 +258,11 @@ impl Scheduler {
         }
     }
 
-    /// The earliest fire instant (unix ms), if any job is scheduled.
+    /// The earliest instant (unix ms) a tick is due, if any job is scheduled.
     pub fn next_deadline(&mut self) -> Option<i64> {
-        while let Some(Reverse((at, id, generation))) = self.queue.peek().copied() {
+        while let Some(Reverse((due, id, generation, _))) = self.queue.peek().copied() {
             if self.is_current(id, generation) {
-                return Some(at);
+                return Some(due);
             }
             self.queue.pop();
         }
@@ -254,16 +275,17 @@ impl Scheduler {
             .is_some_and(|e| e.generation == generation)
     }
 
-    /// Takes every tick due at `now` and schedules each job's following tick. A job found more
-    /// than `max_late` behind (the process was stalled) fires once, at its latest tick not after
-    /// `now`, rather than in a burst: the ticks it skipped are missed ones, which whoever fires
-    /// that tick handles by the job's misfire policy.
+    /// Takes every tick due at `now` (at its instant, or up to `lead` before it) and schedules
+    /// each job's following tick. A job found more than `max_late` behind (the process was
+    /// stalled) fires once, at its latest tick not after `now`, rather than in a burst: the
+    /// ticks it skipped are missed ones, which whoever fires that tick handles by the job's
+    /// misfire policy.
     pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Tick> {
         let now_ms = now.timestamp_millis();
         let max_late_ms = self.max_late.as_millis() as i64;
         let mut ticks = Vec::new();
-        while let Some(Reverse((at, id, generation))) = self.queue.peek().copied() {
-            if at > now_ms {
+        while let Some(Reverse((due, id, generation, at))) = self.queue.peek().copied() {
+            if due > now_ms {
                 break;
             }
             self.queue.pop();
@@ -295,8 +317,8 @@ impl Scheduler {
                 origin: None,
             });
             if let Some(next) = following {
-                self.queue
-                    .push(Reverse((next.timestamp_millis(), id, generation)));
+                let this_ms = tick.timestamp_millis();
+                self.enqueue(next.timestamp_millis(), id, generation, this_ms);
             }
         }
         ticks
@@ -407,6 +429,62 @@ mod tests {
         two.sort();
         assert_eq!(two, [(1, "00:00:02".into()), (2, "00:00:02".into())]);
         assert!(s.due(at("2026-01-01T00:00:02.5Z")).is_empty());
+    }
+
+    #[test]
+    fn a_tick_is_due_its_lead_before_it_but_never_before_the_previous_tick() {
+        let mut s = scheduler().with_lead(Duration::from_millis(300));
+        s.upsert(spec(1, "* * * * * *"), at("2026-01-01T00:00:00.5Z"));
+        s.upsert(spec(2, "*/10 * * * * *"), at("2026-01-01T00:00:00.5Z"));
+        // Job 1's tick at 00:01 is due at 00:00.7, job 2's at 00:10 at 00:09.7.
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:00.7Z").timestamp_millis())
+        );
+        assert!(s.due(at("2026-01-01T00:00:00.699Z")).is_empty());
+        let early = s.due(at("2026-01-01T00:00:00.7Z"));
+        // The tick itself, not the instant it was taken at, is what the run is for.
+        assert_eq!(fired(&early), [(1, "00:00:01".into())]);
+        assert_eq!(early[0].at, at("2026-01-01T00:00:01Z"));
+        assert_eq!(early[0].following, Some(at("2026-01-01T00:00:02Z")));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:01.7Z").timestamp_millis())
+        );
+        let mut at_9_7: Vec<(i64, String)> = fired(&s.due(at("2026-01-01T00:00:09.7Z")));
+        at_9_7.sort();
+        // Job 1, late by then, fires its latest tick (00:09; the misfire policy has the
+        // others), then its 00:10 as any tick, 300 ms before it; so does job 2.
+        assert_eq!(
+            at_9_7,
+            [
+                (1, "00:00:09".into()),
+                (1, "00:00:10".into()),
+                (2, "00:00:10".into())
+            ]
+        );
+
+        // A lead longer than the job's period: each tick is due at the one before it, so the
+        // ticks still come one at a time, in order, and the first not before the job came.
+        let mut s = scheduler().with_lead(Duration::from_millis(1500));
+        s.upsert(spec(1, "* * * * * *"), at("2026-01-01T00:00:00.5Z"));
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:00.5Z").timestamp_millis())
+        );
+        assert_eq!(
+            fired(&s.due(at("2026-01-01T00:00:00.5Z"))),
+            [(1, "00:00:01".into())]
+        );
+        assert_eq!(
+            s.next_deadline(),
+            Some(at("2026-01-01T00:00:01Z").timestamp_millis())
+        );
+        assert!(s.due(at("2026-01-01T00:00:00.999Z")).is_empty());
+        assert_eq!(
+            fired(&s.due(at("2026-01-01T00:00:01Z"))),
+            [(1, "00:00:02".into())]
+        );
     }
 
     #[test]

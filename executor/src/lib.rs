@@ -94,6 +94,7 @@ pub async fn run_until(
         version: gocron_shared::VERSION.to_owned(),
         started_at: chrono::Utc::now().to_rfc3339(),
         instance: ExecutorInfo::new_instance(),
+        starts_at_tick: true,
     };
 
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {

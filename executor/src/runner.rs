@@ -143,13 +143,13 @@ enum Stop {
 
 /// Takes a run out of the table when the run ends, however it ends (a followed run stays a
 /// while, ended, for its followers).
-struct Registered<'a> {
-    going: &'a Mutex<HashMap<i64, Arc<Going>>>,
+pub struct Registered {
+    going: Arc<Mutex<HashMap<i64, Arc<Going>>>>,
     run_id: i64,
     run: Arc<Going>,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         // Whatever the path out (a panic included), followers learn that nothing more comes.
         self.run.output.end();
@@ -221,17 +221,51 @@ impl Runner {
         Some(run.output.after(offset, MAX_OUTPUT_CHUNK, wait).await)
     }
 
-    /// Runs `request` to its end; the outcome is not recorded yet (see [`crate::spool`]).
-    pub async fn execute(&self, request: &RunRequest) -> Outcome {
+    /// Enters run `run_id` among the runs going here (it can be killed, its output followed)
+    /// until the returned guard is dropped: from its claim, so that a run waiting for its tick
+    /// can be killed too.
+    pub fn register(&self, run_id: i64) -> Registered {
         let registered = Registered {
-            going: &self.going,
-            run_id: request.run_id,
+            going: self.going.clone(),
+            run_id,
             run: Arc::new(Going::new(self.output_bytes)),
         };
         if let Ok(mut going) = self.going.lock() {
             forget_ended(&mut going);
-            going.insert(request.run_id, registered.run.clone());
+            going.insert(run_id, registered.run.clone());
         }
+        registered
+    }
+
+    /// Waits for the instant `at_ms` (Unix ms) to start the run of `registered`: `Err` with
+    /// its outcome if it is killed before (on request, or the executor's drain time is over).
+    pub async fn until_start(&self, registered: &Registered, at_ms: i64) -> Result<(), Outcome> {
+        let wait = at_ms - Utc::now().timestamp_millis();
+        if wait <= 0 {
+            return Ok(());
+        }
+        let switch = &registered.run.switch;
+        let error = tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(wait as u64)) => return Ok(()),
+            () = switch.token.cancelled() => {
+                let by = switch.by.lock().map(|b| b.clone()).unwrap_or_default();
+                format!("killed on request of {by} before its tick: not started")
+            }
+            () = self.stop_all.cancelled() => {
+                "the executor stopped before the run's tick: not started".to_owned()
+            }
+        };
+        Err(Outcome {
+            status: RunStatus::Killed,
+            exit_code: None,
+            error: Some(error),
+            output: String::new(),
+        })
+    }
+
+    /// Runs `request` (entered as `registered`) to its end; the outcome is not recorded yet
+    /// (see [`crate::spool`]).
+    pub async fn execute(&self, request: &RunRequest, registered: Registered) -> Outcome {
         let (switch, output) = (&registered.run.switch, &registered.run.output);
         let mut outcome = match request.job.kind {
             JobKind::Shell => self.run_shell(request, &registered.run).await,

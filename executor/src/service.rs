@@ -146,24 +146,40 @@ impl Service {
             if !go {
                 return;
             }
-            tracing::info!(
-                run_id = request.run_id,
-                job_id = request.job.id,
-                job = %request.job.name,
-                dispatcher = %request.dispatcher,
-                "run started"
-            );
+            // Handed over before its tick, the run is ours from now (claimed, and it can be
+            // killed) and starts at the tick.
+            let registered = runner.register(request.run_id);
+            let waited = match request.start_at_ms {
+                Some(at) => runner.until_start(&registered, at).await,
+                None => Ok(()),
+            };
             let started_at = Utc::now();
             let m = gocron_shared::metrics::metrics();
             m.running.inc();
-            if request.trigger == gocron_shared::job::Trigger::Schedule {
-                let lag_ms = started_at.timestamp_millis() - request.scheduled_ms;
-                m.fire_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+            if waited.is_ok() {
+                tracing::info!(
+                    run_id = request.run_id,
+                    job_id = request.job.id,
+                    job = %request.job.name,
+                    dispatcher = %request.dispatcher,
+                    "run started"
+                );
+                if request.trigger == gocron_shared::job::Trigger::Schedule {
+                    let lag_ms = started_at.timestamp_millis() - request.scheduled_ms;
+                    m.fire_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+                }
             }
             // `running` is written while the job runs, not before: the job waits for nobody.
             // The slot is free once the job is, whatever the database's backlog.
             let job = async {
-                let outcome = runner.execute(&request).await;
+                let outcome = match waited {
+                    Ok(()) => runner.execute(&request, registered).await,
+                    Err(not_started) => {
+                        drop(registered);
+                        tracing::info!(run_id = request.run_id, error = not_started.error.as_deref().unwrap_or(""), "run not started");
+                        not_started
+                    }
+                };
                 m.running.dec();
                 m.runs.with_label_values(&[outcome.status.as_str()]).inc();
                 // Counted as waiting before its slot is free: the cap on outcomes waiting is

@@ -203,6 +203,9 @@ pub struct DispatcherConfig {
     /// `max_ticks_in_flight`: ticks being fired at once; past it, new ticks are left to the
     /// other dispatchers (and are missed if none fires them).
     pub max_ticks_in_flight: usize,
+    /// `lead_ms`: how long before its tick a scheduled run is handed over (lock, row, executor),
+    /// the executor then starting it at the tick; 0: at the tick.
+    pub lead: Duration,
 }
 
 /// `[monitor]`: one monitor daemon.
@@ -222,6 +225,14 @@ pub struct MonitorConfig {
     /// `retention_secs`: how often old rows are looked for (and once soon after start).
     pub retention_interval: Duration,
 }
+
+/// `[dispatcher] lead_ms` by default: a tick's hand-over (lock, row, RPC, claim) is done before
+/// the tick, so that at the tick only the spawn is left, within the second's quiet part at a
+/// hundred runs a second.
+pub const DEFAULT_LEAD: Duration = Duration::from_millis(300);
+
+/// The most `[dispatcher] lead_ms` may be.
+pub const MAX_LEAD: Duration = Duration::from_secs(10);
 
 /// The keys each section accepts; anything else is a typo.
 const KNOWN: &[(&str, &[&str])] = &[
@@ -260,6 +271,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "catchup_secs",
             "catchup_max",
             "max_ticks_in_flight",
+            "lead_ms",
         ],
     ),
     (
@@ -750,6 +762,7 @@ impl Raw {
             catchup_max: self.positive("dispatcher", "catchup_max", 100)? as usize,
             max_ticks_in_flight: self.positive("dispatcher", "max_ticks_in_flight", 10_000)?
                 as usize,
+            lead: self.lead()?,
         };
 
         let monitor = MonitorConfig {
@@ -872,6 +885,25 @@ impl Raw {
             viewer_token,
             secure_cookie: self.parsed("http", "secure_cookie", false, "true or false")?,
         })
+    }
+
+    /// `[dispatcher] lead_ms`: at most [`MAX_LEAD`], since a run handed over is then past every
+    /// change to its job until its tick.
+    fn lead(&self) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parsed(
+            "dispatcher",
+            "lead_ms",
+            DEFAULT_LEAD.as_millis() as u64,
+            "a whole number",
+        )?;
+        if ms > MAX_LEAD.as_millis() as u64 {
+            return Err(self.invalid(
+                "dispatcher",
+                "lead_ms",
+                format!("must be at most {}", MAX_LEAD.as_millis()),
+            ));
+        }
+        Ok(Duration::from_millis(ms))
     }
 
     /// `[executor] pass_env`: variable names, comma- or space-separated. gocron's own settings

@@ -237,6 +237,7 @@ mod tests {
             version: "0".into(),
             started_at: String::new(),
             instance: instance.into(),
+            starts_at_tick: true,
         }
     }
 

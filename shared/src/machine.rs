@@ -76,6 +76,11 @@ pub struct ExecutorInfo {
     /// registered is lost (see [`crate::live`]), even if an executor of the same name is back.
     #[serde(default)]
     pub instance: String,
+    /// Whether it holds a run handed over before its tick until the tick
+    /// ([`crate::rpc::RunRequest::start_at_ms`]). Executors of earlier releases start a run
+    /// when they get it, so dispatchers hand them a run only at its tick.
+    #[serde(default)]
+    pub starts_at_tick: bool,
 }
 
 impl ExecutorInfo {
@@ -153,6 +158,7 @@ mod tests {
             version: "0".into(),
             started_at: String::new(),
             instance: String::new(),
+            starts_at_tick: true,
         }
     }
 

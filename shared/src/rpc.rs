@@ -173,6 +173,12 @@ pub struct RunRequest {
     /// (`GOCRON_SHARD_INDEX`, `GOCRON_SHARD_TOTAL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::job::Shard>,
+    /// For a run handed over before its tick (`[dispatcher] lead_ms`), when to start it (Unix
+    /// ms; the tick): the executor claims it at once and starts it then. Sent only to
+    /// executors that say they wait ([`crate::machine::ExecutorInfo::starts_at_tick`]); an
+    /// executor of an earlier release would ignore it and start the run early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_ms: Option<i64>,
 }
 
 fn first_attempt() -> i32 {
@@ -196,6 +202,7 @@ impl RunRequest {
             && self.job.workdir.is_empty()
             && self.attempt == 1
             && self.shard.is_none()
+            && self.start_at_ms.is_none()
             && matches!(self.trigger, Trigger::Schedule | Trigger::Manual);
         if first_shape {
             let job = &self.job;
@@ -258,6 +265,7 @@ impl From<v1::RunRequest> for RunRequest {
             attempt: 1,
             event: None,
             parent_run: None,
+            start_at_ms: None,
             shard: None,
         }
     }

@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod hardening;
 mod jobs;
+mod lead;
 mod ledger;
 mod lock;
 mod metrics;

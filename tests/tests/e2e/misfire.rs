@@ -8,8 +8,8 @@ use gocron_tests::{Backend, Cluster, assert_one_run_per_tick};
 use sea_orm::EntityTrait as _;
 
 /// Runs an every-second job under `policy`, stops both dispatchers for four seconds, restarts
-/// them, and returns the job's rows once three ticks ran after the restart.
-async fn downtime(policy: &str) -> Vec<run::Model> {
+/// them, and returns the job's rows once three ticks ran after the restart, and the restart.
+async fn downtime(policy: &str) -> (Vec<run::Model>, chrono::DateTime<chrono::Utc>) {
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
     c.start_executor("exec-a").await;
     c.start_dispatcher("disp-1");
@@ -50,15 +50,14 @@ async fn downtime(policy: &str) -> Vec<run::Model> {
         .filter(|r| r.finished_at.is_some())
         .collect();
     assert_one_run_per_tick(&settled, chrono::Duration::seconds(1));
-    settled
+    (settled, restarted)
 }
 
-/// Runs that started more than 900 ms after their tick: catch-up runs (on-time runs start
-/// within milliseconds).
-fn caught_up(runs: &[run::Model]) -> Vec<&run::Model> {
+/// Catch-up runs: of ticks before the dispatchers' restart, started after it.
+fn caught_up(runs: &[run::Model], restarted: chrono::DateTime<chrono::Utc>) -> Vec<&run::Model> {
     runs.iter()
         .filter(|r| r.status == "succeeded")
-        .filter(|r| r.started_at.unwrap() - r.scheduled_at > chrono::Duration::milliseconds(900))
+        .filter(|r| r.scheduled_at < restarted && r.started_at.unwrap() >= restarted)
         .collect()
 }
 
@@ -68,7 +67,7 @@ fn missed(runs: &[run::Model]) -> Vec<&run::Model> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_records_each_missed_tick_once() {
-    let runs = downtime("skip").await;
+    let (runs, restarted) = downtime("skip").await;
     let missed = missed(&runs);
     assert!(missed.len() >= 3, "{runs:#?}");
     for r in &missed {
@@ -77,14 +76,14 @@ async fn skip_records_each_missed_tick_once() {
             Some("no dispatcher fired this tick in time (misfire policy skip)")
         );
     }
-    assert!(caught_up(&runs).is_empty(), "{runs:#?}");
+    assert!(caught_up(&runs, restarted).is_empty(), "{runs:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_runs_one_catch_up_run_for_the_latest_missed_tick() {
-    let runs = downtime("once").await;
+    let (runs, restarted) = downtime("once").await;
     let missed = missed(&runs);
-    let caught = caught_up(&runs);
+    let caught = caught_up(&runs, restarted);
     assert!(missed.len() >= 2, "{runs:#?}");
     assert_eq!(caught.len(), 1, "{runs:#?}");
     assert!(
@@ -97,9 +96,9 @@ async fn once_runs_one_catch_up_run_for_the_latest_missed_tick() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_runs_every_missed_tick_in_order() {
-    let runs = downtime("all").await;
+    let (runs, restarted) = downtime("all").await;
     assert!(missed(&runs).is_empty(), "{runs:#?}");
-    let caught = caught_up(&runs);
+    let caught = caught_up(&runs, restarted);
     assert!(caught.len() >= 3, "{runs:#?}");
     for pair in caught.windows(2) {
         assert!(

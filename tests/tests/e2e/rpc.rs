@@ -47,6 +47,7 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         event: None,
         parent_run: None,
         shard: None,
+        start_at_ms: None,
     };
     let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
         .await
@@ -112,6 +113,125 @@ async fn a_call_with_a_wrong_secret_is_refused_and_does_nothing() {
         (lines(&marker) == ["ran"]).then_some(())
     })
     .await;
+    c.shutdown().await;
+}
+
+/// A run handed over before its tick is the executor's from then (claimed, killable) and
+/// starts at its tick, not when it arrives; one killed before its tick never starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_handed_over_early_starts_at_its_tick_and_one_killed_before_never_starts() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    let addr = c.executor_address("exec-a").await;
+    let secret = c.base_config().rpc.secret;
+    let runs = RunLog::spawn(c.db.clone());
+    let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
+        .await
+        .unwrap();
+    let ctx = || rpc::context(Duration::from_secs(5));
+    let job = |id: i64, marker: &std::path::Path| JobSpec {
+        id,
+        name: format!("early-{id}"),
+        rule: "@daily".into(),
+        // The executor's shell is `/bin/sh`: `date`, not bash's `$EPOCHREALTIME`.
+        command: format!("date +%s.%N >> {}", marker.display()),
+        kind: JobKind::Shell,
+        machine: String::new(),
+        timeout_secs: 0,
+        timeout_policy: TimeoutPolicy::Sync,
+        time_zone: String::new(),
+        misfire: Default::default(),
+        env: Vec::new(),
+        workdir: String::new(),
+        route: Default::default(),
+    };
+    let hand_over = |id: i64, marker: std::path::PathBuf, lead: Duration| {
+        let (client, runs, secret) = (client.clone(), runs.clone(), secret.clone());
+        async move {
+            let tick = Utc::now() + lead;
+            let tick = chrono::DateTime::from_timestamp_millis(tick.timestamp_millis()).unwrap();
+            let run_id = runs
+                .insert(id, tick, Trigger::Schedule)
+                .await
+                .unwrap()
+                .unwrap();
+            let request = RunRequest {
+                secret,
+                run_id,
+                job: job(id, &marker),
+                scheduled_ms: tick.timestamp_millis(),
+                timeout_ms: 0,
+                trigger: Trigger::Schedule,
+                dispatcher: "test".into(),
+                attempt: 1,
+                event: None,
+                parent_run: None,
+                shard: None,
+                start_at_ms: Some(tick.timestamp_millis()),
+            };
+            let WireRequest::Json(json) = request.to_wire() else {
+                panic!("a request with start_at_ms must go as JSON");
+            };
+            let answer = client.start_run_json(ctx(), json).await.unwrap();
+            assert!(answer.is_ok(), "{answer:?}");
+            (run_id, tick)
+        }
+    };
+    let final_row = |run_id: i64| {
+        let db = c.db.clone();
+        async move {
+            use sea_orm::EntityTrait as _;
+            wait_until(
+                &format!("run {run_id} final"),
+                Duration::from_secs(30),
+                || async {
+                    gocron_shared::entity::run::Entity::find_by_id(run_id)
+                        .one(&db)
+                        .await
+                        .unwrap()
+                        .filter(|r| r.finished_at.is_some())
+                },
+            )
+            .await
+        }
+    };
+
+    // Accepted at once, started at the tick: the command's own clock is not before it.
+    let ran = c.path("early.txt");
+    let (run_id, tick) = hand_over(1, ran.clone(), Duration::from_secs(2)).await;
+    assert!(
+        Utc::now() < tick,
+        "the hand-over took the whole lead: no test"
+    );
+    let row = final_row(run_id).await;
+    assert_eq!(row.status, "succeeded", "{row:?}");
+    let started: f64 = lines(&ran)[0].parse().unwrap();
+    let tick_secs = tick.timestamp_millis() as f64 / 1000.0;
+    assert!(
+        started >= tick_secs,
+        "started at {started}, before its tick {tick_secs}"
+    );
+
+    // Killed while it waits for its tick: killed, and its command never runs.
+    let never = c.path("never.txt");
+    let (run_id, _) = hand_over(2, never.clone(), Duration::from_secs(600)).await;
+    let kill = gocron_shared::rpc::KillRequest {
+        secret: secret.clone(),
+        run_id,
+        by: "test".into(),
+    };
+    let answer = client.kill_run(ctx(), kill).await.unwrap();
+    assert_eq!(answer, Ok(()));
+    let row = final_row(run_id).await;
+    assert_eq!(row.status, "killed", "{row:?}");
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("before its tick"),
+        "{row:?}"
+    );
+    assert!(!never.exists(), "a run killed before its tick ran");
     c.shutdown().await;
 }
 
