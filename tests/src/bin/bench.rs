@@ -47,6 +47,9 @@ struct Args {
     /// Skip the floor (gocron alone, as before).
     #[arg(long)]
     no_floor: bool,
+    /// The dispatchers' `[dispatcher] lead_ms` (default: the release's default).
+    #[arg(long)]
+    lead_ms: Option<u64>,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -119,7 +122,14 @@ fn main() -> anyhow::Result<()> {
         } else {
             Some(run_floor(n, args.secs, &servers)?)
         };
-        let gocron = runtime.block_on(measure(backend, &args.policy, n, args.secs, &servers))?;
+        let gocron = runtime.block_on(measure(
+            backend,
+            &args.policy,
+            args.lead_ms,
+            n,
+            args.secs,
+            &servers,
+        ))?;
         let row = Row { n, floor, gocron };
         row.print_detail(&args.db, &servers);
         rows.push(row);
@@ -346,11 +356,15 @@ fn diff(after: &[f64], before: &[f64]) -> Vec<f64> {
 async fn measure(
     backend: Backend,
     policy: &str,
+    lead_ms: Option<u64>,
     n: usize,
     secs: i64,
     servers: &Servers,
 ) -> anyhow::Result<Measured> {
     let mut c = Cluster::new(backend, &[]).await;
+    if let Some(ms) = lead_ms {
+        c.set("DISPATCHER", "LEAD_MS", &ms.to_string());
+    }
     // A whole second's burst must fit: the executors must not answer busy.
     c.set("EXECUTOR", "MAX_CONCURRENT", &(n * 2 + 16).to_string());
     c.set("DATABASE", "MAX_CONNECTIONS", "16");
