@@ -494,7 +494,7 @@ impl Dispatcher {
         // Handed over before its tick (`lead_ms`), a tick whose job has a run going waits for
         // its instant to decide: that run may end before it.
         if skips && !live.is_empty() && scheduled_ms > Utc::now().timestamp_millis() {
-            until_ms(scheduled_ms).await;
+            gocron_shared::clock::until_ms(scheduled_ms).await;
             if let Ok(in_flight) = inner.lock.in_flight(job.id).await {
                 live = self.live(in_flight).await;
             }
@@ -716,7 +716,7 @@ impl Dispatcher {
             // they would have been without the lead.
             match request.start_at_ms.take() {
                 Some(at) if !busy.is_empty() => {
-                    until_ms(at).await;
+                    gocron_shared::clock::until_ms(at).await;
                     order = busy;
                 }
                 _ => break,
@@ -807,7 +807,7 @@ impl Dispatcher {
         if let Some(at) = request.start_at_ms
             && !executor.starts_at_tick
         {
-            until_ms(at).await;
+            gocron_shared::clock::until_ms(at).await;
             request.start_at_ms = None;
         }
         let deadline = self.inner.rpc_timeout;
@@ -915,14 +915,6 @@ fn shard_order<'a>(
             let first = first.unwrap_or(index % n);
             (0..n).map(|i| by_name[(first + i) % n]).collect()
         }
-    }
-}
-
-/// Sleeps until the instant `at_ms` (Unix ms), if it is still to come.
-async fn until_ms(at_ms: i64) {
-    let wait = at_ms - Utc::now().timestamp_millis();
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
 }
 

@@ -240,13 +240,10 @@ impl Runner {
     /// Waits for the instant `at_ms` (Unix ms) to start the run of `registered`: `Err` with
     /// its outcome if it is killed before (on request, or the executor's drain time is over).
     pub async fn until_start(&self, registered: &Registered, at_ms: i64) -> Result<(), Outcome> {
-        let wait = at_ms - Utc::now().timestamp_millis();
-        if wait <= 0 {
-            return Ok(());
-        }
         let switch = &registered.run.switch;
         let error = tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(wait as u64)) => return Ok(()),
+            // A kill that comes with the instant wins: the job is not started to be killed.
+            biased;
             () = switch.token.cancelled() => {
                 let by = switch.by.lock().map(|b| b.clone()).unwrap_or_default();
                 format!("killed on request of {by} before its tick: not started")
@@ -254,6 +251,7 @@ impl Runner {
             () = self.stop_all.cancelled() => {
                 "the executor stopped before the run's tick: not started".to_owned()
             }
+            () = gocron_shared::clock::until_ms(at_ms) => return Ok(()),
         };
         Err(Outcome {
             status: RunStatus::Killed,

@@ -7,6 +7,7 @@
 //! records the outcome.
 //!
 //! Modules:
+//! - [`clock`]: waiting for a wall-clock instant to within a fraction of a millisecond.
 //! - [`config`]: `conf/conf.ini`, with `GOCRON__SECTION__KEY` environment overrides and validation.
 //! - [`machine`]: the `[machine]` groups and how a member matches an executor.
 //! - [`metrics`]: the Prometheus metrics each daemon keeps, and `/metrics`.
@@ -27,6 +28,7 @@
 
 pub mod alarm;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
