@@ -85,11 +85,11 @@ pub fn spawn_window(
     let mut failed = 0;
     for s in 0..secs {
         let tick_ms = from_ms + s * 1000;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        if tick_ms > now_ms {
-            std::thread::sleep(Duration::from_millis((tick_ms - now_ms) as u64));
+        // To the microsecond (the kernel's timer slack, some tens of µs, is all it is late by):
+        // a sleep counted in whole milliseconds would wake up to 1 ms after the second.
+        let tick = UNIX_EPOCH + Duration::from_millis(tick_ms as u64);
+        if let Ok(left) = tick.duration_since(SystemTime::now()) {
+            std::thread::sleep(left);
         }
         let scheduled = Utc
             .timestamp_millis_opt(tick_ms)
