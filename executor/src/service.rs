@@ -180,6 +180,7 @@ impl Service {
                         not_started
                     }
                 };
+                let finished_at = Utc::now();
                 m.running.dec();
                 m.runs.with_label_values(&[outcome.status.as_str()]).inc();
                 // Counted as waiting before its slot is free: the cap on outcomes waiting is
@@ -192,13 +193,13 @@ impl Service {
                 if let Err(e) = fences.hold(request.job.id, request.run_id, &ended).await {
                     tracing::warn!(run_id = request.run_id, error = %e, "cannot mark the run ended in the job's live runs");
                 }
-                (outcome, waiting)
+                (outcome, finished_at, waiting)
             };
             // A run shorter than `RUNNING_AFTER` goes from `dispatched` to its outcome in one
             // write (the finish carries the executor and the start time): at a thousand short
             // runs a second, a third fewer writes.
             let mut job = std::pin::pin!(job);
-            let (outcome, waiting) = tokio::select! {
+            let (outcome, finished_at, waiting) = tokio::select! {
                 ended = &mut job => ended,
                 () = tokio::time::sleep(RUNNING_AFTER) => {
                     let (started, ended) =
@@ -217,6 +218,7 @@ impl Service {
                 job_id: request.job.id,
                 executor: label,
                 started_at,
+                finished_at,
                 outcome,
             };
             outcomes.record(finished, waiting).await;

@@ -47,6 +47,10 @@ pub struct Finished {
     pub executor: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When it ended (a spool file written before this field existed reads as its replay's
+    /// time, as those outcomes were recorded then).
+    #[serde(default = "Utc::now")]
+    pub finished_at: DateTime<Utc>,
     /// How it ended.
     pub outcome: Outcome,
 }
@@ -256,7 +260,7 @@ impl Outcomes {
             .finish(
                 finished.run_id,
                 &finished.executor,
-                finished.started_at,
+                (finished.started_at, finished.finished_at),
                 finished.outcome.clone(),
             )
             .await?;
@@ -471,6 +475,7 @@ mod tests {
             job_id: 3,
             executor: "a@127.0.0.1:1".into(),
             started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
             outcome: Outcome {
                 status: RunStatus::Failed,
                 exit_code: Some(3),

@@ -12,6 +12,8 @@
 //! - `gocron_alarms_total{kind,channel}` (monitor): alarms recorded.
 //! - `gocron_run_write_batches_total`, `gocron_run_writes_total` (every daemon): transactions
 //!   the run writer committed or tried, and the run-row writes in them.
+//! - `gocron_outcome_delay_seconds` (executor): from a job's end to its outcome's commit in
+//!   `cron_run` (a spooled outcome counts when its replay commits).
 //! - `gocron_jobs{state}` (`valid`, `invalid`, `disabled`) and `gocron_executors_live{group}`
 //!   (monitor), as of its last check.
 
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub write_batches: IntCounter,
     /// `gocron_run_writes_total`.
     pub writes: IntCounter,
+    /// `gocron_outcome_delay_seconds`.
+    pub outcome_delay: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -111,19 +115,26 @@ impl Metrics {
         registry
             .register(Box::new(running.clone()))
             .expect("register");
-        let fire_lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "gocron_fire_lag_seconds",
-                "From a scheduled tick's instant to its command's start.",
-            )
-            .buckets(vec![
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("metric");
+            registry.register(Box::new(h.clone())).expect("register");
+            h
+        };
+        let fire_lag = histogram(
+            "gocron_fire_lag_seconds",
+            "From a scheduled tick's instant to its command's start.",
+            &[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("metric");
-        registry
-            .register(Box::new(fire_lag.clone()))
-            .expect("register");
+            ],
+        );
+        let outcome_delay = histogram(
+            "gocron_outcome_delay_seconds",
+            "From a job's end to its outcome's commit in cron_run.",
+            &[
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        );
         Metrics {
             registry,
             ticks,
@@ -135,6 +146,7 @@ impl Metrics {
             executors_live,
             write_batches,
             writes,
+            outcome_delay,
         }
     }
 

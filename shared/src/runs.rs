@@ -144,6 +144,8 @@ enum Write {
         run_id: i64,
         executor: String,
         started_at: DateTime<Utc>,
+        /// When the job ended (not when its outcome is written).
+        finished_at: DateTime<Utc>,
         outcome: Outcome,
         reply: oneshot::Sender<Result<bool, DbErr>>,
     },
@@ -358,12 +360,13 @@ impl RunLog {
     }
 
     /// `running` (or still `dispatched`, or `lost`) → the outcome's final status, with the
-    /// executor and start time; `Ok(false)` when the row was already final.
+    /// executor, start time and end time (when the job ended, however late its outcome is
+    /// written); `Ok(false)` when the row was already final.
     pub async fn finish(
         &self,
         run_id: i64,
         executor: &str,
-        started_at: DateTime<Utc>,
+        (started_at, finished_at): (DateTime<Utc>, DateTime<Utc>),
         outcome: Outcome,
     ) -> Result<bool, DbErr> {
         let executor = executor.to_owned();
@@ -371,6 +374,7 @@ impl RunLog {
             run_id,
             executor,
             started_at,
+            finished_at,
             outcome,
             reply,
         })
@@ -420,7 +424,13 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Write>, l
         );
         match outcome {
             Ok(found) => {
+                let now = Utc::now();
                 for (write, found) in batch.drain(..).zip(found) {
+                    if let (Write::Finish { finished_at, .. }, Found::Updated(_)) = (&write, &found)
+                    {
+                        let late = (now - *finished_at).num_microseconds().unwrap_or(i64::MAX);
+                        m.outcome_delay.observe(late.max(0) as f64 / 1e6);
+                    }
                     answer(write, found);
                 }
             }
@@ -894,6 +904,7 @@ async fn finish_many<C: ConnectionTrait>(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut ends = Vec::with_capacity(n);
     let (mut codes, mut errors, mut outputs) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -904,6 +915,7 @@ async fn finish_many<C: ConnectionTrait>(
             run_id,
             executor,
             started_at,
+            finished_at,
             outcome,
             ..
         } = w
@@ -914,6 +926,7 @@ async fn finish_many<C: ConnectionTrait>(
         statuses.push((id, outcome.status.as_str()));
         executors.push((id, executor.clone()));
         starts.push((id, *started_at));
+        ends.push((id, *finished_at));
         codes.push((id, outcome.exit_code));
         errors.push((id, outcome.error.clone()));
         outputs.push((id, outcome.output.clone()));
@@ -929,7 +942,10 @@ async fn finish_many<C: ConnectionTrait>(
             run::Column::StartedAt,
             per_row(run::Column::StartedAt, &starts),
         )
-        .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+        .col_expr(
+            run::Column::FinishedAt,
+            per_row(run::Column::FinishedAt, &ends),
+        )
         .col_expr(
             run::Column::ExitCode,
             per_row(run::Column::ExitCode, &codes),
@@ -1101,6 +1117,7 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
             run_id,
             executor,
             started_at,
+            finished_at,
             outcome,
             ..
         } => {
@@ -1108,7 +1125,7 @@ async fn apply(txn: &sea_orm::DatabaseTransaction, write: &Write) -> Result<Foun
                 .col_expr(run::Column::Status, Expr::value(outcome.status.as_str()))
                 .col_expr(run::Column::Executor, Expr::value(executor.clone()))
                 .col_expr(run::Column::StartedAt, Expr::value(*started_at))
-                .col_expr(run::Column::FinishedAt, Expr::value(Utc::now()))
+                .col_expr(run::Column::FinishedAt, Expr::value(*finished_at))
                 .col_expr(run::Column::ExitCode, Expr::value(outcome.exit_code))
                 .col_expr(run::Column::Error, Expr::value(outcome.error.clone()))
                 .col_expr(run::Column::Output, Expr::value(outcome.output.clone()))

@@ -226,6 +226,67 @@ struct Measured {
     peak_mib: f64,
     /// The run writers' transactions and the writes in them over the window (gocron only).
     run_writes: Option<(u64, u64)>,
+    /// From each job's end to its outcome's commit, the window's runs and those of the second
+    /// before it (gocron only).
+    outcome_delays: Option<Delays>,
+}
+
+/// A snapshot of `gocron_outcome_delay_seconds`: how many, their sum, and the cumulative count
+/// at each bucket's upper bound.
+struct Delays {
+    count: u64,
+    sum: f64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Delays {
+    fn of(h: &prometheus::Histogram) -> Delays {
+        use prometheus::core::Metric as _;
+        let m = h.metric();
+        let h = m.get_histogram();
+        Delays {
+            count: h.get_sample_count(),
+            sum: h.get_sample_sum(),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+        }
+    }
+
+    /// What was observed after `before`.
+    fn since(&self, before: &Delays) -> Delays {
+        Delays {
+            count: self.count - before.count,
+            sum: self.sum - before.sum,
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&before.buckets)
+                .map(|(&(bound, after), &(_, before))| (bound, after - before))
+                .collect(),
+        }
+    }
+
+    /// How many took longer than `bound` seconds (a bucket's upper bound).
+    fn over(&self, bound: f64) -> u64 {
+        let within = self
+            .buckets
+            .iter()
+            .find(|(b, _)| *b == bound)
+            .map_or(0, |(_, n)| *n);
+        self.count - within
+    }
+
+    /// The smallest bucket bound that at least `q` of them are within (`inf`: beyond them all).
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let need = (q * self.count as f64).ceil() as u64;
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= need)
+            .map_or(f64::INFINITY, |(b, _)| *b)
+    }
 }
 
 impl Measured {
@@ -346,6 +407,7 @@ fn run_floor(n: usize, secs: i64, servers: &Servers) -> anyhow::Result<Measured>
         not_ok: None,
         peak_mib: f64::NAN,
         run_writes: None,
+        outcome_delays: None,
     })
 }
 
@@ -401,6 +463,7 @@ async fn measure(
         servers.cpu(),
         MachineCpu::now(),
         (m.write_batches.get(), m.writes.get()),
+        Delays::of(&m.outcome_delay),
     );
     tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64)).await;
     let after = (
@@ -430,6 +493,8 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Every outcome of the window is in by now (or the drain gave up): how late each was.
+    let outcome_delays = Delays::of(&m.outcome_delay).since(&before.4);
     let not_ok_rows = run::Entity::find()
         .filter(
             run::Column::ScheduledAt
@@ -464,6 +529,7 @@ async fn measure(
         // All five daemons live in this process.
         peak_mib: procfs::status_mib("self", "VmHWM"),
         run_writes: Some((after.3.0 - before.3.0, after.3.1 - before.3.1)),
+        outcome_delays: Some(outcome_delays),
     })
 }
 
@@ -564,6 +630,17 @@ impl Row {
             100.0 * self.gocron.own_cpu / self.gocron.window_secs,
             self.gocron.peak_mib
         );
+        if let Some(d) = &self.gocron.outcome_delays {
+            println!(
+                "  outcomes recorded: {}, {:.1} ms on average after the job's end, 99 % within {} s; \
+                 {} over 1 s, {} over 5 s",
+                d.count,
+                1000.0 * d.sum / d.count.max(1) as f64,
+                d.quantile_bound(0.99),
+                d.over(1.0),
+                d.over(5.0)
+            );
+        }
         if let Some((batches, writes)) = self.gocron.run_writes {
             println!(
                 "  run writers (all daemons): {:.1} transactions a second, {:.1} writes per transaction",

@@ -294,18 +294,22 @@ async fn the_run_log_enforces_the_row_state_machine_on_every_backend() {
             output: "ok\n".into(),
         };
         assert!(
-            log.finish(id, "a@1", at, outcome.clone()).await.unwrap(),
+            log.finish(id, "a@1", (at, at), outcome.clone())
+                .await
+                .unwrap(),
             "{backend:?}"
         );
         assert!(
-            !log.finish(id, "a@1", at, outcome.clone()).await.unwrap(),
+            !log.finish(id, "a@1", (at, at), outcome.clone())
+                .await
+                .unwrap(),
             "{backend:?}: finished twice"
         );
         // A start and its finish queued together: the row ends final, whatever the order.
         let other = ids.iter().flatten().copied().nth(1).unwrap();
         let (_, finished) = tokio::join!(
             log.start(other, "b@2", at),
-            log.finish(other, "b@2", at, outcome.clone())
+            log.finish(other, "b@2", (at, at), outcome.clone())
         );
         assert!(finished.unwrap(), "{backend:?}");
         let row = run::Entity::find_by_id(other)
@@ -357,7 +361,7 @@ async fn outcomes_wait_for_company_but_an_insert_never_waits() {
         output: "ok\n".into(),
     };
     // The finish is queued, and waits (an hour, on its own): a commit takes a millisecond.
-    let mut finish = std::pin::pin!(log.finish(first, "a@1", Utc::now(), outcome));
+    let mut finish = std::pin::pin!(log.finish(first, "a@1", (Utc::now(), Utc::now()), outcome));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), finish.as_mut())
             .await
@@ -389,10 +393,13 @@ async fn outcomes_wait_for_company_but_an_insert_never_waits() {
         output: String::new(),
     };
     let id = second.unwrap();
-    let finished = tokio::time::timeout(bounded, log.finish(id, "a@1", Utc::now(), lone))
-        .await
-        .expect("a lone outcome is written after the linger")
-        .unwrap();
+    let finished = tokio::time::timeout(
+        bounded,
+        log.finish(id, "a@1", (Utc::now(), Utc::now()), lone),
+    )
+    .await
+    .expect("a lone outcome is written after the linger")
+    .unwrap();
     assert!(finished);
     c.shutdown().await;
 }
@@ -458,6 +465,8 @@ async fn writes_queued_together_each_get_their_own_row_and_answer_on_every_backe
 
         // Finishes with outcomes of their own (one status, so that a row given another row's
         // output is not caught by the status read back); a third of the runs finished twice.
+        // Each run's own end, however late its outcome is written: the row's `finished_at`.
+        let end = move |job: i64| at(job) + chrono::Duration::milliseconds(500 + 7 * job);
         let outcome = |job: i64| Outcome {
             status: RunStatus::Succeeded,
             exit_code: Some((job % 3) as i32),
@@ -472,7 +481,8 @@ async fn writes_queued_together_each_get_their_own_row_and_answer_on_every_backe
                 tokio::spawn(async move {
                     (
                         id,
-                        log.finish(id, executor(job), at(job), outcome(job)).await,
+                        log.finish(id, executor(job), (at(job), end(job)), outcome(job))
+                            .await,
                     )
                 })
             })
@@ -497,6 +507,7 @@ async fn writes_queued_together_each_get_their_own_row_and_answer_on_every_backe
                     row.error.clone(),
                     row.output.clone(),
                     row.started_at,
+                    row.finished_at,
                 ),
                 (
                     want.status.as_str(),
@@ -505,10 +516,10 @@ async fn writes_queued_together_each_get_their_own_row_and_answer_on_every_backe
                     want.error,
                     Some(want.output),
                     Some(at(*job)),
+                    Some(end(*job)),
                 ),
                 "{backend:?}: run {id} of job {job}"
             );
-            assert!(row.finished_at.is_some(), "{backend:?}");
         }
         c.shutdown().await;
     }

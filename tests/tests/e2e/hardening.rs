@@ -57,16 +57,18 @@ async fn a_database_error_is_not_taken_for_an_already_final_row() {
         error: None,
         output: output.into(),
     };
-    let refused = log.finish(id, "a@1", Utc::now(), outcome("a\0b")).await;
+    let refused = log
+        .finish(id, "a@1", (Utc::now(), Utc::now()), outcome("a\0b"))
+        .await;
     assert!(refused.is_err(), "{refused:?}");
     // The row is still in flight: a good outcome is then recorded, and only once.
     assert!(
-        log.finish(id, "a@1", Utc::now(), outcome("ab"))
+        log.finish(id, "a@1", (Utc::now(), Utc::now()), outcome("ab"))
             .await
             .unwrap()
     );
     assert!(
-        !log.finish(id, "a@1", Utc::now(), outcome("ab"))
+        !log.finish(id, "a@1", (Utc::now(), Utc::now()), outcome("ab"))
             .await
             .unwrap()
     );

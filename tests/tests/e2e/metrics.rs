@@ -73,6 +73,9 @@ async fn each_daemon_serves_what_it_counted() {
     .await;
     let lags = sample(&text, "gocron_fire_lag_seconds_count").expect("fire lag");
     assert!(lags >= 4.0, "{text}");
+    // The four outcomes were in the database before the scrape: each counted once committed.
+    let recorded = sample(&text, "gocron_outcome_delay_seconds_count").expect("outcome delay");
+    assert!(recorded >= 4.0, "{text}");
     assert!(sample(&text, "gocron_runs_running").is_some(), "{text}");
     assert!(!text.contains("gocron_ticks_total{"), "{text}");
 

@@ -80,6 +80,8 @@ async fn an_outcome_the_database_refused_survives_a_sigkill_and_is_recorded_afte
         (spooled(&c, "exec-a").len() == 1).then_some(())
     })
     .await;
+    // The job has ended by now; its outcome is recorded only after the restart below.
+    let spooled_at = chrono::Utc::now();
     executor.kill().expect("SIGKILL the executor");
     executor.wait().expect("reaping the executor");
     unlock_database(lock).await;
@@ -116,7 +118,12 @@ async fn an_outcome_the_database_refused_survives_a_sigkill_and_is_recorded_afte
         ),
         "{r:#?}"
     );
-    assert!(r.finished_at.is_some(), "{r:#?}");
+    // `finished_at` is when the job ended, not when its outcome was written at last.
+    let finished_at = r.finished_at.expect("finished_at");
+    assert!(
+        finished_at <= spooled_at && Some(finished_at) >= r.started_at,
+        "finished at {finished_at}, spooled by {spooled_at}: {r:#?}"
+    );
     let fences = c.fences().await;
     wait_until(
         "the spool empty and the run out of the job's live runs",
