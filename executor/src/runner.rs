@@ -3,11 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt as _;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeZone as _, Utc};
@@ -17,7 +15,7 @@ use gocron_shared::rpc::{MAX_OUTPUT_CHUNK, OutputChunk, RunRequest};
 use gocron_shared::runs::{Outcome, RunLog};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::AsyncRead;
+use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -300,6 +298,19 @@ impl Runner {
             .single()
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true);
+        // One pipe for stdout and stderr, as `2>&1` would: the output keeps the order the job
+        // wrote it in, and a run costs one pipe to watch instead of two.
+        let (output_pipe, stdout, stderr) = match output_pipe() {
+            Ok(ends) => ends,
+            Err(e) => {
+                return Outcome {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    error: Some(format!("cannot make a pipe for the job's output: {e}")),
+                    output: String::new(),
+                };
+            }
+        };
         let mut command = tokio::process::Command::new(&self.shell);
         command
             .arg("-c")
@@ -322,8 +333,8 @@ impl Runner {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
         if let Some(event) = &request.event {
@@ -348,7 +359,11 @@ impl Runner {
             // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
             command.uid(user.uid).gid(user.gid);
         }
-        let mut child = match command.spawn() {
+        let spawned = command.spawn();
+        // This process's write ends of the output pipe: the reader sees the end of the output
+        // only once the job's (and its children's) are closed too.
+        drop(command);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 return Outcome {
@@ -378,17 +393,7 @@ impl Runner {
         // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
         let child_group = child.id();
         let stop_reading = CancellationToken::new();
-        let pipes = [
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
-        ];
-        let reader = tokio::spawn(read_into(pipes, run.clone(), stop_reading.clone()));
+        let reader = tokio::spawn(read_into(output_pipe, run.clone(), stop_reading.clone()));
 
         // At the timeout, `kill` stops the run; `abandon` and `sync` flag it and let it go on.
         let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
@@ -687,36 +692,26 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Reads the job's pipes (stdout, stderr) into its output as the bytes come, until each has
-/// ended or `stop`: one task and one buffer for both.
-async fn read_into(
-    mut pipes: [Option<Box<dyn AsyncRead + Send + Unpin>>; 2],
-    run: Arc<Going>,
-    stop: CancellationToken,
-) {
+/// A pipe for a job's output: this process's end to read, and the job's stdout and stderr (two
+/// copies of the write end).
+fn output_pipe() -> std::io::Result<(pipe::Receiver, Stdio, Stdio)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let stderr = write.try_clone()?;
+    let read = pipe::Receiver::from_owned_fd(read)?;
+    Ok((read, Stdio::from(write), Stdio::from(stderr)))
+}
+
+/// Reads the job's output pipe into its output as the bytes come, until it ends or `stop`.
+async fn read_into(mut pipe: pipe::Receiver, run: Arc<Going>, stop: CancellationToken) {
+    use tokio::io::AsyncReadExt as _;
     let mut buf = vec![0u8; 8192];
-    // The pipe polled first alternates, so that a busy one does not keep the other waiting.
-    let mut first = 0;
-    while pipes.iter().any(Option::is_some) {
-        let read = std::future::poll_fn(|cx| {
-            for i in [first, 1 - first] {
-                let Some(pipe) = pipes[i].as_mut() else {
-                    continue;
-                };
-                let mut filled = tokio::io::ReadBuf::new(&mut buf);
-                if let Poll::Ready(result) = Pin::new(pipe).poll_read(cx, &mut filled) {
-                    return Poll::Ready((i, result.map(|()| filled.filled().len())));
-                }
-            }
-            Poll::Pending
-        });
-        let (i, result) = tokio::select! {
+    loop {
+        let read = tokio::select! {
             _ = stop.cancelled() => return,
-            read = read => read,
+            read = pipe.read(&mut buf) => read,
         };
-        first = 1 - i;
-        match result {
-            Ok(0) | Err(_) => pipes[i] = None,
+        match read {
+            Ok(0) | Err(_) => return,
             Ok(n) => run.output.push(&buf[..n]),
         }
     }
