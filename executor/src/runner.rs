@@ -298,19 +298,6 @@ impl Runner {
             .single()
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true);
-        // One pipe for stdout and stderr, as `2>&1` would: the output keeps the order the job
-        // wrote it in, and a run costs one pipe to watch instead of two.
-        let (output_pipe, stdout, stderr) = match output_pipe() {
-            Ok(ends) => ends,
-            Err(e) => {
-                return Outcome {
-                    status: RunStatus::Failed,
-                    exit_code: None,
-                    error: Some(format!("cannot make a pipe for the job's output: {e}")),
-                    output: String::new(),
-                };
-            }
-        };
         let mut command = tokio::process::Command::new(&self.shell);
         command
             .arg("-c")
@@ -333,8 +320,6 @@ impl Runner {
             } else {
                 Stdio::null()
             })
-            .stdout(stdout)
-            .stderr(stderr)
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
         if let Some(event) = &request.event {
@@ -359,12 +344,17 @@ impl Runner {
             // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
             command.uid(user.uid).gid(user.gid);
         }
-        let spawned = command.spawn();
+        // One pipe for stdout and stderr, as `2>&1` would: the output keeps the order the job
+        // wrote it in, and a run costs one pipe to watch instead of two.
+        let spawned = output_pipe().and_then(|(output, stdout, stderr)| {
+            let child = command.stdout(stdout).stderr(stderr).spawn()?;
+            Ok((child, output))
+        });
         // This process's write ends of the output pipe: the reader sees the end of the output
         // only once the job's (and its children's) are closed too.
         drop(command);
-        let mut child = match spawned {
-            Ok(child) => child,
+        let (mut child, output_pipe) = match spawned {
+            Ok(spawned) => spawned,
             Err(e) => {
                 return Outcome {
                     status: RunStatus::Failed,

@@ -226,8 +226,8 @@ struct Measured {
     peak_mib: f64,
     /// The run writers' transactions and the writes in them over the window (gocron only).
     run_writes: Option<(u64, u64)>,
-    /// From each job's end to its outcome's commit, the window's runs and those of the second
-    /// before it (gocron only).
+    /// From each job's end to its outcome's commit, for the outcomes committed from the window's
+    /// start to the end of the drain after it (gocron only).
     outcome_delays: Option<Delays>,
 }
 
@@ -269,12 +269,12 @@ impl Delays {
         }
     }
 
-    /// How many took longer than `bound` seconds (a bucket's upper bound).
+    /// How many took longer than `bound` seconds, or than the largest bucket bound below it.
     fn over(&self, bound: f64) -> u64 {
         let within = self
             .buckets
             .iter()
-            .find(|(b, _)| *b == bound)
+            .rfind(|(b, _)| *b <= bound)
             .map_or(0, |(_, n)| *n);
         self.count - within
     }
