@@ -136,6 +136,29 @@ impl Browser {
         self.find(css).await.click().await.expect("click");
     }
 
+    /// Clicks the element `css` selects, which submits a form, and waits for the page that
+    /// answers it: the page shown before is marked, and the answer is the first page without the
+    /// mark (the old page may still be shown, and its elements found, for a while after the
+    /// click).
+    pub async fn submit(&self, css: &str) {
+        self.script("document.documentElement.dataset.gocronOld = '1'; return true")
+            .await;
+        self.click(css).await;
+        wait_until("the form's answer", ELEMENT_WAIT, || async {
+            let marked = self
+                .client
+                .execute(
+                    "return document.readyState === 'complete' \
+                     && document.documentElement.dataset.gocronOld === undefined",
+                    vec![],
+                )
+                .await;
+            // An error: the page is being replaced.
+            (marked.ok()? == serde_json::Value::Bool(true)).then_some(())
+        })
+        .await;
+    }
+
     /// The path (and query) of the page shown.
     pub async fn path(&self) -> String {
         match self.client.current_url().await {

@@ -44,8 +44,7 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
     // next try after it gets in.
     wait_until("signed in", Duration::from_secs(20), || async {
         b.fill("#token", ADMIN).await;
-        b.click("button[type=submit]").await;
-        b.find("main").await;
+        b.submit("button[type=submit]").await;
         (b.path().await == "/jobs").then_some(())
     })
     .await;
@@ -140,7 +139,8 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
         0
     );
     b.screenshot("03-job").await;
-    b.click("#save").await;
+    // The answer is the same page: waited for as a new page, not taken from the old one.
+    b.submit("#save").await;
     b.wait_for_path("the job page after saving", |p| p == format!("/jobs/{id}"))
         .await;
     let saved = c.job_by_name(HOSTILE_NAME).await;
@@ -218,7 +218,7 @@ async fn an_operator_works_through_the_console_in_a_real_browser() {
         )
         .await;
     b.goto(&format!("{base}/jobs/{by_hand}")).await;
-    b.click("#save").await;
+    b.submit("#save").await;
     b.wait_for_path("the hand-written job saved", |p| {
         p == format!("/jobs/{by_hand}")
     })
