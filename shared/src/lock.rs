@@ -30,50 +30,69 @@ use crate::live::{Holder, LiveRun};
 // The winner also gets the job's runs in flight (the live hash), for the `abandon` policy, and
 // how far the job had been scheduled before this tick (for the misfire policy), which a tick of
 // the rule (ARGV[3] = '1') moves forward, never back. The winner's retry gets the same answer:
-// the previous mark is kept in the lock's value.
+// the previous mark is kept in the lock's value. One call takes any number of ticks' locks
+// (KEYS four per tick, ARGV two per tick after the owner and the TTL), each as if alone, in
+// order: a dispatcher takes all the ticks due at an instant in one round trip.
 const ACQUIRE: &str = r"
-local n, before
-local held = redis.call('GET', KEYS[1])
-if held then
-  local owner, seq, prev = string.match(held, '^(.*)|(%d+)|(%-?%d*)$')
-  if owner ~= ARGV[1] then return {0} end
-  n = tonumber(seq)
-  before = prev
-else
-  n = redis.call('INCR', KEYS[2])
-  before = redis.call('GET', KEYS[4]) or ''
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. n .. '|' .. before, 'PX', ARGV[2])
-  if ARGV[3] == '1' and (before == '' or tonumber(before) < tonumber(ARGV[4])) then
-    redis.call('SET', KEYS[4], ARGV[4])
+local function acquire(lock, counter, live, through, rule, ms)
+  local n, before
+  local held = redis.call('GET', lock)
+  if held then
+    local owner, seq, prev = string.match(held, '^(.*)|(%d+)|(%-?%d*)$')
+    if owner ~= ARGV[1] then return {0} end
+    n = tonumber(seq)
+    before = prev
+  else
+    n = redis.call('INCR', counter)
+    before = redis.call('GET', through) or ''
+    redis.call('SET', lock, ARGV[1] .. '|' .. n .. '|' .. before, 'PX', ARGV[2])
+    if rule == '1' and (before == '' or tonumber(before) < tonumber(ms)) then
+      redis.call('SET', through, ms)
+    end
   end
+  local reply = redis.call('HGETALL', live)
+  table.insert(reply, 1, before)
+  table.insert(reply, 1, n)
+  return reply
 end
-local reply = redis.call('HGETALL', KEYS[3])
-table.insert(reply, 1, before)
-table.insert(reply, 1, n)
-return reply
+local out = {}
+for i = 0, #KEYS / 4 - 1 do
+  out[i + 1] = acquire(KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4],
+    ARGV[2 * i + 3], ARGV[2 * i + 4])
+end
+return out
 ";
 
 // Claims the run (first holder wins; the same holder asking again wins again) and, for the
 // winner, puts it in the job's live hash (an executor) or takes it out (the dispatcher's
-// "nobody": the run will not happen). KEYS[3], the set of jobs with runs in flight, follows the
+// "nobody": the run will not happen). KEYS[1], the set of jobs with runs in flight, follows the
 // hash: a job is in it exactly while its hash is not empty (every writer of a live hash keeps
-// that, in the same atomic step).
+// that, in the same atomic step). One call claims any number of runs for one holder, each as if
+// alone: KEYS two per run after the first (its claim, its job's live hash), ARGV two per run
+// after the holder, the TTL and the live value (the run id, the job id).
 const CLAIM: &str = r"
-local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  held = ARGV[1]
-end
-if held == ARGV[1] then
-  if ARGV[4] == '' then
-    redis.call('HDEL', KEYS[2], ARGV[3])
-    if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
-  else
-    redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-    redis.call('SADD', KEYS[3], ARGV[5])
+local function claim(run, live, run_id, job_id)
+  local held = redis.call('GET', run)
+  if not held then
+    redis.call('SET', run, ARGV[1], 'PX', ARGV[2])
+    held = ARGV[1]
   end
+  if held == ARGV[1] then
+    if ARGV[3] == '' then
+      redis.call('HDEL', live, run_id)
+      if redis.call('HLEN', live) == 0 then redis.call('SREM', KEYS[1], job_id) end
+    else
+      redis.call('HSET', live, run_id, ARGV[3])
+      redis.call('SADD', KEYS[1], job_id)
+    end
+  end
+  return held
 end
-return held
+local out = {}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  out[i + 1] = claim(KEYS[2 * i + 2], KEYS[2 * i + 3], ARGV[2 * i + 4], ARGV[2 * i + 5])
+end
+return out
 ";
 
 // Takes a run out of its job's live hash, and the job out of the index when it was the last.
@@ -100,6 +119,25 @@ pub struct Won {
     /// The latest tick of the job's rule fired before this one (Unix ms), if one is on record:
     /// the ticks in between were missed.
     pub scheduled_through: Option<i64>,
+}
+
+/// The most ticks (or runs) one call of the tick-lock (or claim) script takes: a call blocks
+/// Redis while it runs.
+pub const MAX_TICKS_PER_CALL: usize = 500;
+
+/// A tick to win: see [`Fences::acquire`].
+#[derive(Debug, Clone, Copy)]
+pub struct TickKey<'a> {
+    /// The job.
+    pub job_id: i64,
+    /// The tick (or run-now request, or retry), Unix ms.
+    pub scheduled_ms: i64,
+    /// Why the run would exist.
+    pub trigger: Trigger,
+    /// The event or parent run, for `Trigger::Event` and `Trigger::Chain`.
+    pub source_id: i64,
+    /// The job's machine group (its round-robin count).
+    pub machine: &'a str,
 }
 
 /// Tick locks and run claims on one Redis server.
@@ -163,51 +201,59 @@ impl Fences {
         source_id: i64,
         machine: &str,
     ) -> redis::RedisResult<Option<Won>> {
+        let tick = TickKey {
+            job_id,
+            scheduled_ms,
+            trigger,
+            source_id,
+            machine,
+        };
+        let mut won = self.acquire_many(&[tick]).await?;
+        Ok(won.pop().flatten())
+    }
+
+    /// [`Fences::acquire`] for each of `ticks`, in one round trip per [`MAX_TICKS_PER_CALL`];
+    /// the answers in the order of `ticks`.
+    pub async fn acquire_many(
+        &self,
+        ticks: &[TickKey<'_>],
+    ) -> redis::RedisResult<Vec<Option<Won>>> {
         let mut conn = self.conn.clone();
-        let key = match trigger {
-            Trigger::Schedule => self.keys.tick(job_id, scheduled_ms),
-            Trigger::Manual => self.keys.manual(job_id, scheduled_ms),
-            Trigger::Retry => self.keys.retry(job_id, scheduled_ms),
-            Trigger::Event => self.keys.event(job_id, source_id),
-            Trigger::Chain => self.keys.chain(job_id, source_id),
-        };
-        let reply: Vec<redis::Value> = self
-            .acquire
-            .key(key)
-            .key(self.keys.round_robin(machine))
-            .key(self.keys.live(job_id))
-            .key(self.keys.through(job_id))
-            .arg(&self.owner)
-            .arg(self.ttl.as_millis() as u64)
-            .arg(if trigger == Trigger::Schedule {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(scheduled_ms)
-            .invoke_async(&mut conn)
-            .await?;
-        let mut values = reply.into_iter();
-        let sequence: u64 = match values.next() {
-            Some(v) => redis::from_redis_value(v)?,
-            None => 0,
-        };
-        if sequence == 0 {
-            return Ok(None);
+        let mut answers = Vec::with_capacity(ticks.len());
+        for chunk in ticks.chunks(MAX_TICKS_PER_CALL) {
+            let mut call = self.acquire.prepare_invoke();
+            call.arg(&self.owner).arg(self.ttl.as_millis() as u64);
+            for tick in chunk {
+                let key = match tick.trigger {
+                    Trigger::Schedule => self.keys.tick(tick.job_id, tick.scheduled_ms),
+                    Trigger::Manual => self.keys.manual(tick.job_id, tick.scheduled_ms),
+                    Trigger::Retry => self.keys.retry(tick.job_id, tick.scheduled_ms),
+                    Trigger::Event => self.keys.event(tick.job_id, tick.source_id),
+                    Trigger::Chain => self.keys.chain(tick.job_id, tick.source_id),
+                };
+                call.key(key)
+                    .key(self.keys.round_robin(tick.machine))
+                    .key(self.keys.live(tick.job_id))
+                    .key(self.keys.through(tick.job_id))
+                    .arg(if tick.trigger == Trigger::Schedule {
+                        "1"
+                    } else {
+                        "0"
+                    })
+                    .arg(tick.scheduled_ms);
+            }
+            let replies: Vec<Vec<redis::Value>> = call.invoke_async(&mut conn).await?;
+            if replies.len() != chunk.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the tick-lock script answered for another number of ticks",
+                )));
+            }
+            for (tick, reply) in chunk.iter().zip(replies) {
+                answers.push(won(tick.job_id, reply)?);
+            }
         }
-        let mut rest: Vec<String> = values
-            .map(redis::from_redis_value)
-            .collect::<Result<_, _>>()?;
-        let before = if rest.is_empty() {
-            String::new()
-        } else {
-            rest.remove(0)
-        };
-        Ok(Some(Won {
-            sequence,
-            in_flight: pairs(job_id, rest),
-            scheduled_through: before.parse().ok(),
-        }))
+        Ok(answers)
     }
 
     /// Claims run `run_id` of job `job_id` as `holder`. `Ok(None)`: `holder` has it (now, or
@@ -221,20 +267,43 @@ impl Fences {
         holder: &str,
         live: Option<&Holder>,
     ) -> redis::RedisResult<Option<String>> {
+        let mut held = self.claim_runs(&[(job_id, run_id)], holder, live).await?;
+        Ok(held.pop().flatten())
+    }
+
+    /// [`Fences::claim_run`] for each `(job id, run id)` of `runs`, all for one holder, in one
+    /// round trip per [`MAX_TICKS_PER_CALL`] runs; the answers in the order of `runs`.
+    pub async fn claim_runs(
+        &self,
+        runs: &[(i64, i64)],
+        holder: &str,
+        live: Option<&Holder>,
+    ) -> redis::RedisResult<Vec<Option<String>>> {
         let mut conn = self.conn.clone();
-        let held: String = self
-            .claim
-            .key(self.keys.run(run_id))
-            .key(self.keys.live(job_id))
-            .key(self.keys.live_jobs())
-            .arg(holder)
-            .arg(self.ttl.as_millis() as u64)
-            .arg(run_id)
-            .arg(live.map(ToString::to_string).unwrap_or_default())
-            .arg(job_id)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok((held != holder).then_some(held))
+        let live = live.map(ToString::to_string).unwrap_or_default();
+        let mut answers = Vec::with_capacity(runs.len());
+        for chunk in runs.chunks(MAX_TICKS_PER_CALL) {
+            let mut call = self.claim.prepare_invoke();
+            call.key(self.keys.live_jobs())
+                .arg(holder)
+                .arg(self.ttl.as_millis() as u64)
+                .arg(&live);
+            for (job_id, run_id) in chunk {
+                call.key(self.keys.run(*run_id))
+                    .key(self.keys.live(*job_id))
+                    .arg(run_id)
+                    .arg(job_id);
+            }
+            let held: Vec<String> = call.invoke_async(&mut conn).await?;
+            if held.len() != chunk.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the claim script answered for another number of runs",
+                )));
+            }
+            answers.extend(held.into_iter().map(|h| (h != holder).then_some(h)));
+        }
+        Ok(answers)
     }
 
     /// How far each of `job_ids` has been scheduled (the latest tick fired, Unix ms), in order.
@@ -383,6 +452,31 @@ impl Fences {
             cursor = next;
         }
     }
+}
+
+/// Reads the tick-lock script's answer for one tick of job `job_id`.
+fn won(job_id: i64, reply: Vec<redis::Value>) -> redis::RedisResult<Option<Won>> {
+    let mut values = reply.into_iter();
+    let sequence: u64 = match values.next() {
+        Some(v) => redis::from_redis_value(v)?,
+        None => 0,
+    };
+    if sequence == 0 {
+        return Ok(None);
+    }
+    let mut rest: Vec<String> = values
+        .map(redis::from_redis_value)
+        .collect::<Result<_, _>>()?;
+    let before = if rest.is_empty() {
+        String::new()
+    } else {
+        rest.remove(0)
+    };
+    Ok(Some(Won {
+        sequence,
+        in_flight: pairs(job_id, rest),
+        scheduled_through: before.parse().ok(),
+    }))
 }
 
 /// Reads `HGETALL`'s flat field/value list of a live hash.

@@ -137,3 +137,135 @@ async fn a_run_has_one_holder() {
     assert!(fences.all_in_flight().await.unwrap().is_empty());
     c.shutdown().await;
 }
+
+/// Many ticks in one call: each as if taken alone, in order, and one winner per tick across
+/// dispatchers racing with their batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_ticks_is_won_tick_by_tick() {
+    use gocron_shared::lock::TickKey;
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let config = c.base_config();
+    let never = CancellationToken::new();
+    let d0 = Fences::connect(&config.redis, "d0", Duration::from_secs(60), &never)
+        .await
+        .unwrap();
+    let d1 = Fences::connect(&config.redis, "d1", Duration::from_secs(60), &never)
+        .await
+        .unwrap();
+    // 600 jobs (past one call's 500), a tick each, plus a second tick of job 1 in the same batch.
+    let mut ticks: Vec<TickKey<'static>> = (1..=600)
+        .map(|job_id| TickKey {
+            job_id,
+            scheduled_ms: 10_000,
+            trigger: Trigger::Schedule,
+            source_id: 0,
+            machine: "g",
+        })
+        .collect();
+    ticks.push(TickKey {
+        scheduled_ms: 11_000,
+        ..ticks[0]
+    });
+    // d1 takes every third of the first ticks alone first.
+    for tick in ticks[..600].iter().step_by(3) {
+        let won = d1
+            .acquire(tick.job_id, tick.scheduled_ms, tick.trigger, 0, "g")
+            .await
+            .unwrap();
+        assert!(won.is_some());
+    }
+    let (a, b) = tokio::join!(d0.acquire_many(&ticks), d1.acquire_many(&ticks));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.len(), b.len()), (ticks.len(), ticks.len()));
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        // Exactly one winner; d1 kept what it had won alone.
+        assert!(a.is_some() != b.is_some(), "tick {i}: {a:?} {b:?}");
+        if i % 3 == 0 && i < 600 {
+            assert!(b.is_some(), "tick {i} was d1's");
+        }
+    }
+    // The group's count went up once per tick won, whoever won it: 601 distinct sequences.
+    let mut sequences: Vec<u64> = a.iter().chain(&b).flatten().map(|w| w.sequence).collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=ticks.len() as u64).collect::<Vec<_>>());
+    // Job 1's second tick saw how far its first had scheduled it.
+    let second = a[600].as_ref().or(b[600].as_ref()).unwrap();
+    assert_eq!(second.scheduled_through, Some(10_000));
+    // Each tick moved its own job's mark to itself; job 1's to its second tick.
+    let through = d0.scheduled_through(&[1, 2, 600]).await.unwrap();
+    assert_eq!(through, [Some(11_000), Some(10_000), Some(10_000)]);
+    // Asked again, the winners get their answers back and the losers still lose.
+    let again = d0.acquire_many(&ticks).await.unwrap();
+    for (i, (first, again)) in a.iter().zip(&again).enumerate() {
+        assert_eq!(
+            first.as_ref().map(|w| w.sequence),
+            again.as_ref().map(|w| w.sequence),
+            "tick {i}"
+        );
+    }
+    c.shutdown().await;
+}
+
+/// Many runs claimed in one call: each as if claimed alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_claims_is_claimed_run_by_run() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let config = c.base_config();
+    let never = CancellationToken::new();
+    let fences = Fences::connect(&config.redis, "d0", Duration::from_secs(60), &never)
+        .await
+        .unwrap();
+    let holder = |label: &str| Holder::Executor {
+        instance: format!("i-{label}"),
+        label: label.into(),
+        ended: false,
+    };
+    let (a, b) = (holder("exec-a@1"), holder("exec-b@2"));
+    // exec-b holds run 12 already.
+    assert_eq!(
+        fences.claim_run(4, 12, "exec-b@2", Some(&b)).await.unwrap(),
+        None
+    );
+    let runs: Vec<(i64, i64)> = (10..15).map(|run| (4 + run % 2, run)).collect();
+    let held = fences
+        .claim_runs(&runs, "exec-a@1", Some(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        [None, None, Some("exec-b@2".to_owned()), None, None],
+        "{runs:?}"
+    );
+    // Each claimed run is in its own job's live runs, held by exec-a; run 12 is still exec-b's.
+    let mut live = fences.all_in_flight().await.unwrap();
+    live.sort_by_key(|r| r.run_id);
+    let seen: Vec<(i64, i64, String)> = live
+        .iter()
+        .map(|r| {
+            let label = match &r.holder {
+                Some(Holder::Executor { label, .. }) => label.clone(),
+                other => format!("{other:?}"),
+            };
+            (r.job_id, r.run_id, label)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (4, 10, "exec-a@1".to_owned()),
+            (5, 11, "exec-a@1".to_owned()),
+            (4, 12, "exec-b@2".to_owned()),
+            (5, 13, "exec-a@1".to_owned()),
+            (4, 14, "exec-a@1".to_owned()),
+        ]
+    );
+    // The same batch again: the holder keeps what it has.
+    assert_eq!(
+        fences
+            .claim_runs(&runs, "exec-a@1", Some(&a))
+            .await
+            .unwrap(),
+        held
+    );
+    c.shutdown().await;
+}
