@@ -90,6 +90,9 @@ pub struct Runner {
     run_as: Option<RunAs>,
     /// Every shell job's environment, before its run's own `GOCRON_*` variables.
     env: Arc<Vec<(String, std::ffi::OsString)>>,
+    /// `/dev/null`, opened once: each job's stdin is a copy of it (a `dup`, cheaper than
+    /// opening the path again for every run). `None` if it could not be opened.
+    dev_null: Option<Arc<std::fs::File>>,
 }
 
 /// Stops one run on an operator's request.
@@ -186,6 +189,15 @@ impl Runner {
                 std::env::var_os(name)
             })),
             run_as,
+            dev_null: std::fs::File::open("/dev/null").ok().map(Arc::new),
+        }
+    }
+
+    /// A job's stdin when it reads nothing: `/dev/null`.
+    fn null_stdin(&self) -> Stdio {
+        match self.dev_null.as_ref().map(|f| f.try_clone()) {
+            Some(Ok(copy)) => Stdio::from(copy),
+            _ => Stdio::null(),
         }
     }
 
@@ -318,7 +330,7 @@ impl Runner {
             .stdin(if request.event.is_some() {
                 Stdio::piped()
             } else {
-                Stdio::null()
+                self.null_stdin()
             })
             // Its own process group, so that the whole job (children included) can be signalled.
             .process_group(0);
