@@ -12,6 +12,9 @@
 //! - `gocron_alarms_total{kind,channel}` (monitor): alarms recorded.
 //! - `gocron_run_write_batches_total`, `gocron_run_writes_total` (every daemon): transactions
 //!   the run writer committed or tried, and the run-row writes in them.
+//! - `gocron_handover_calls_total`, `gocron_handover_runs_total` (dispatcher): calls that
+//!   handed runs to executors, and the runs they carried (several a call to executors that take
+//!   batches).
 //! - `gocron_outcome_delay_seconds` (executor): from a job's end to its outcome's commit in
 //!   `cron_run` (a spooled outcome counts when its replay commits).
 //! - `gocron_jobs{state}` (`valid`, `invalid`, `disabled`) and `gocron_executors_live{group}`
@@ -49,6 +52,10 @@ pub struct Metrics {
     pub writes: IntCounter,
     /// `gocron_outcome_delay_seconds`.
     pub outcome_delay: Histogram,
+    /// `gocron_handover_calls_total`.
+    pub handover_calls: IntCounter,
+    /// `gocron_handover_runs_total`.
+    pub handover_runs: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -110,6 +117,14 @@ impl Metrics {
             "gocron_run_writes_total",
             "Run-row writes in this process's run writer's transactions.",
         );
+        let handover_calls = plain(
+            "gocron_handover_calls_total",
+            "Calls this dispatcher made to hand runs to executors.",
+        );
+        let handover_runs = plain(
+            "gocron_handover_runs_total",
+            "Runs this dispatcher's hand-over calls carried.",
+        );
         let running = IntGauge::new("gocron_runs_running", "Runs this executor has going now.")
             .expect("metric");
         registry
@@ -147,6 +162,8 @@ impl Metrics {
             write_batches,
             writes,
             outcome_delay,
+            handover_calls,
+            handover_runs,
         }
     }
 
