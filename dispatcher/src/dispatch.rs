@@ -17,8 +17,9 @@ use gocron_shared::rule::Schedule;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
 
+use crate::batches::{Answer, Batches, Failed, Queued};
 use crate::scheduler::Tick;
-use gocron_shared::lock::{Fences, Won};
+use gocron_shared::lock::{Fences, TickKey, Won};
 use gocron_shared::machine::{ExecutorInfo, MachineGroups};
 use gocron_shared::rpc::{self, ExecutorRpcClient, Refused, RunRequest, Secret, Tls, WireRequest};
 use gocron_shared::runs::RunLog;
@@ -57,6 +58,7 @@ struct Inner {
     machines: MachineGroups,
     executors: watch::Receiver<Arc<Vec<ExecutorInfo>>>,
     clients: Clients,
+    batches: Batches,
     rpc_timeout: Duration,
     secret: Secret,
     tls: Tls,
@@ -114,6 +116,7 @@ impl Dispatcher {
                 machines,
                 executors,
                 clients: Clients::default(),
+                batches: Batches::default(),
                 rpc_timeout: config.rpc_timeout,
                 secret,
                 tls,
@@ -130,11 +133,49 @@ impl Dispatcher {
 
     /// Fires `tick` if this dispatcher wins it.
     pub async fn fire(self, tick: Tick) -> Handover {
+        self.fire_with(tick, None).await
+    }
+
+    /// Fires `tick`, whose lock `won` this dispatcher holds (taken with the other ticks due at
+    /// the same instant: see [`Dispatcher::win_all`]).
+    pub async fn fire_won(self, tick: Tick, won: Won) -> Handover {
+        self.fire_with(tick, Some(won)).await
+    }
+
+    /// Wins the lock of each of `ticks` (all due now) in as few round trips as Redis allows:
+    /// for each, `Some(won)` or `None` (another dispatcher won it). `Err` when Redis failed
+    /// (after a few attempts): the ticks are then fired one by one, each taking its own lock.
+    pub async fn win_all(&self, ticks: &[Tick]) -> Result<Vec<Option<Won>>, String> {
+        let keys: Vec<TickKey<'_>> = ticks
+            .iter()
+            .map(|t| TickKey {
+                job_id: t.job.id,
+                scheduled_ms: t.at.timestamp_millis(),
+                trigger: t.trigger,
+                source_id: t.origin.as_ref().map_or(0, |o| o.source_id),
+                machine: &t.job.machine,
+            })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            match self.inner.lock.acquire_many(&keys).await {
+                Ok(won) => return Ok(won),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(ticks = keys.len(), error = %e, attempt, "tick locks failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(e) => return Err(format!("redis: {e}")),
+            }
+        }
+    }
+
+    async fn fire_with(self, tick: Tick, won: Option<Won>) -> Handover {
         let (job, schedule) = (tick.job, tick.schedule);
         let (following, trigger, tick, origin) =
             (tick.following, tick.trigger, tick.at, tick.origin);
         let outcome = self
-            .fire_inner(&job, &schedule, tick, following, trigger, origin)
+            .fire_inner(&job, &schedule, tick, following, trigger, origin, won)
             .await;
         if schedule.is_one_shot()
             && trigger == Trigger::Schedule
@@ -142,44 +183,11 @@ impl Dispatcher {
         {
             self.mark_done(&job).await;
         }
-        let label = match &outcome {
-            Handover::Lost => "lost_race",
-            Handover::Started(_) | Handover::InHand(_) => "fired",
-            Handover::NoExecutor(_) => "no_executor",
-            Handover::Missed(_) => "missed",
-            Handover::Skipped(_) => "skipped",
-            Handover::Failed(_) => "failed",
-        };
-        gocron_shared::metrics::metrics()
-            .ticks
-            .with_label_values(&[label])
-            .inc();
-        match &outcome {
-            Handover::Lost => {
-                tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
-            }
-            Handover::Started(executor) => {
-                tracing::debug!(job_id = job.id, %tick, %executor, "tick handed over")
-            }
-            Handover::InHand(why) => {
-                tracing::info!(job_id = job.id, %tick, "run already in an executor's hands: {why}")
-            }
-            Handover::Missed(why) => {
-                tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick missed: {why}")
-            }
-            Handover::Skipped(why) => {
-                tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick skipped: {why}")
-            }
-            Handover::NoExecutor(why) => {
-                tracing::warn!(job_id = job.id, job = %job.name, %tick, "no executor ran the tick: {why}")
-            }
-            Handover::Failed(why) => {
-                tracing::error!(job_id = job.id, job = %job.name, %tick, "tick not dispatched: {why}")
-            }
-        }
+        report(&job, tick, &outcome);
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fire_inner(
         &self,
         job: &JobSpec,
@@ -188,12 +196,16 @@ impl Dispatcher {
         following: Option<DateTime<Utc>>,
         trigger: Trigger,
         origin: Option<Origin>,
+        won: Option<Won>,
     ) -> Handover {
         let source_id = origin.as_ref().map_or(0, |o| o.source_id);
-        let won = match self.win(job, tick, trigger, source_id).await {
-            Ok(Some(won)) => won,
-            Ok(None) => return Handover::Lost,
-            Err(failed) => return failed,
+        let won = match won {
+            Some(won) => won,
+            None => match self.win(job, tick, trigger, source_id).await {
+                Ok(Some(won)) => won,
+                Ok(None) => return Handover::Lost,
+                Err(failed) => return failed,
+            },
         };
         // A run-now, a retry or an event is not a tick of the rule: nothing before it was
         // missed. A delayed event's run that comes too late takes the misfire policy.
@@ -832,31 +844,129 @@ impl Dispatcher {
         // A cached connection may be dead (the executor restarted on the same address): a
         // request that never left is redialled once. Safe, since the claim makes it idempotent.
         for attempt in 0..2 {
-            let client = inner
-                .clients
-                .get(executor.address, inner.rpc_timeout, &inner.tls)
-                .await
-                .map_err(|e| Offer::Next(format!("cannot connect: {e}")))?;
-            let context = rpc::context(inner.rpc_timeout);
-            let answer = match request.to_wire() {
-                WireRequest::V1(request) => client.start_run(context, request).await,
-                WireRequest::Json(request) => client.start_run_json(context, request).await,
+            let answer = if executor.takes_batches {
+                self.queue_offer(executor.address, request.to_json()).await
+            } else {
+                self.send_offer(executor.address, &request).await
             };
             match answer {
                 Ok(Ok(accepted)) => return Ok(accepted.executor),
                 Ok(Err(Refused::AlreadyClaimed(why))) => return Err(Offer::InHand(why)),
                 Ok(Err(busy @ Refused::Busy { .. })) => return Err(Offer::Busy(busy.to_string())),
                 Ok(Err(refused)) => return Err(Offer::Next(refused.to_string())),
-                Err(e) => {
+                Err(Failed::Connect(e)) => return Err(Offer::Next(format!("cannot connect: {e}"))),
+                Err(Failed::Rpc { never_sent, error }) => {
                     inner.clients.forget(executor.address);
-                    let never_sent = matches!(e, RpcError::Shutdown | RpcError::Send(_));
                     if !(never_sent && attempt == 0) {
-                        return Err(Offer::Next(format!("rpc: {e}")));
+                        return Err(Offer::Next(format!("rpc: {error}")));
                     }
                 }
             }
         }
         Err(Offer::Next("connection lost twice".into()))
+    }
+
+    /// Offers a run alone, in the oldest shape that carries it (for executors of earlier
+    /// releases).
+    async fn send_offer(&self, address: SocketAddr, request: &RunRequest) -> Answer {
+        let inner = &self.inner;
+        let client = inner
+            .clients
+            .get(address, inner.rpc_timeout, &inner.tls)
+            .await
+            .map_err(|e| Failed::Connect(e.to_string()))?;
+        let context = rpc::context(inner.rpc_timeout);
+        count_handover(1);
+        let answer = match request.to_wire() {
+            WireRequest::V1(request) => client.start_run(context, request).await,
+            WireRequest::Json(request) => client.start_run_json(context, request).await,
+        };
+        answer.map_err(rpc_failed)
+    }
+
+    /// Offers a run (`json`) in the next call to the executor at `address` (see
+    /// [`crate::batches`]).
+    async fn queue_offer(&self, address: SocketAddr, json: String) -> Answer {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.inner.batches.push(address, Queued { json, answer }) {
+            tokio::spawn(self.clone().send_queued(address));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(Failed::Rpc {
+                never_sent: false,
+                error: "the call carrying the run ended".into(),
+            })
+        })
+    }
+
+    /// Sends the runs queued for `address`, a call at a time, until none is left.
+    async fn send_queued(self, address: SocketAddr) {
+        /// Should this task end early (a panic), the queue goes with it: else its `sending`
+        /// mark would stay and the runs offered after would wait for a sender that is gone.
+        struct Abandon<'a>(&'a Batches, SocketAddr);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                self.0.abandon(self.1);
+            }
+        }
+        let abandon = Abandon(&self.inner.batches, address);
+        loop {
+            let batch = self.inner.batches.next(address);
+            if batch.is_empty() {
+                std::mem::forget(abandon);
+                return;
+            }
+            let answers = self.send_batch(address, &batch).await;
+            for (run, answer) in batch.into_iter().zip(answers) {
+                let _ = run.answer.send(answer);
+            }
+        }
+    }
+
+    /// One call carrying `batch`; an answer for each run of it, in its order.
+    async fn send_batch(&self, address: SocketAddr, batch: &[Queued]) -> Vec<Answer> {
+        let inner = &self.inner;
+        let n = batch.len();
+        let all = |answer: Answer| vec![answer; n];
+        let client = match inner
+            .clients
+            .get(address, inner.rpc_timeout, &inner.tls)
+            .await
+        {
+            Ok(client) => client,
+            Err(e) => return all(Err(Failed::Connect(e.to_string()))),
+        };
+        let mut json =
+            String::with_capacity(batch.iter().map(|r| r.json.len() + 1).sum::<usize>() + 1);
+        json.push('[');
+        for (i, run) in batch.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&run.json);
+        }
+        json.push(']');
+        count_handover(n);
+        let call = client.start_runs_json(rpc::context(inner.rpc_timeout), json);
+        match tokio::time::timeout(inner.rpc_timeout, call).await {
+            Ok(Ok(Ok(answers))) if answers.len() == n => answers.into_iter().map(Ok).collect(),
+            Ok(Ok(Ok(answers))) => all(Err(Failed::Rpc {
+                never_sent: false,
+                error: format!("{} answers for {n} runs", answers.len()),
+            })),
+            Ok(Ok(Err(refused))) => all(Ok(Err(refused))),
+            Ok(Err(e)) => {
+                inner.clients.forget(address);
+                all(Err(rpc_failed(e)))
+            }
+            Err(_) => {
+                inner.clients.forget(address);
+                all(Err(Failed::Rpc {
+                    never_sent: false,
+                    error: format!("no answer within {} ms", inner.rpc_timeout.as_millis()),
+                }))
+            }
+        }
     }
 
     /// Records that nobody took the run, after claiming it as "nobody": if an executor holds the
@@ -877,6 +987,60 @@ impl Dispatcher {
             Ok(true) => Handover::NoExecutor(why),
             Ok(false) => Handover::InHand("the row was no longer dispatched".into()),
             Err(e) => Handover::Failed(format!("{why}; and recording that failed: {e}")),
+        }
+    }
+}
+
+/// Counts a hand-over call carrying `runs` runs.
+fn count_handover(runs: usize) {
+    let m = gocron_shared::metrics::metrics();
+    m.handover_calls.inc();
+    m.handover_runs.inc_by(runs as u64);
+}
+
+/// A failed call, as a run's answer.
+fn rpc_failed(e: RpcError) -> Failed {
+    Failed::Rpc {
+        never_sent: matches!(e, RpcError::Shutdown | RpcError::Send(_)),
+        error: e.to_string(),
+    }
+}
+
+/// Counts and logs how a tick's hand-over ended.
+pub fn report(job: &JobSpec, tick: DateTime<Utc>, outcome: &Handover) {
+    let label = match outcome {
+        Handover::Lost => "lost_race",
+        Handover::Started(_) | Handover::InHand(_) => "fired",
+        Handover::NoExecutor(_) => "no_executor",
+        Handover::Missed(_) => "missed",
+        Handover::Skipped(_) => "skipped",
+        Handover::Failed(_) => "failed",
+    };
+    gocron_shared::metrics::metrics()
+        .ticks
+        .with_label_values(&[label])
+        .inc();
+    match outcome {
+        Handover::Lost => {
+            tracing::debug!(job_id = job.id, %tick, "tick won by another dispatcher")
+        }
+        Handover::Started(executor) => {
+            tracing::debug!(job_id = job.id, %tick, %executor, "tick handed over")
+        }
+        Handover::InHand(why) => {
+            tracing::info!(job_id = job.id, %tick, "run already in an executor's hands: {why}")
+        }
+        Handover::Missed(why) => {
+            tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick missed: {why}")
+        }
+        Handover::Skipped(why) => {
+            tracing::warn!(job_id = job.id, job = %job.name, %tick, "tick skipped: {why}")
+        }
+        Handover::NoExecutor(why) => {
+            tracing::warn!(job_id = job.id, job = %job.name, %tick, "no executor ran the tick: {why}")
+        }
+        Handover::Failed(why) => {
+            tracing::error!(job_id = job.id, job = %job.name, %tick, "tick not dispatched: {why}")
         }
     }
 }
@@ -987,6 +1151,7 @@ mod tests {
             started_at: String::new(),
             instance: String::new(),
             starts_at_tick: true,
+            takes_batches: true,
         }
     }
 

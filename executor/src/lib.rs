@@ -95,6 +95,7 @@ pub async fn run_until(
         started_at: chrono::Utc::now().to_rfc3339(),
         instance: ExecutorInfo::new_instance(),
         starts_at_tick: true,
+        takes_batches: true,
     };
 
     let Ok(db) = gocron_shared::db::connect_and_migrate(&config.database, &shutdown).await else {

@@ -14,11 +14,11 @@ use gocron_shared::rpc::{
     RunRequest, Secret, v1,
 };
 use gocron_shared::runs::{RUNNING_AFTER, RunLog};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::runner::{RunAs, Runner};
+use crate::runner::{Registered, RunAs, Runner};
 use crate::spool::{Finished, Outcomes};
 
 /// The executor's RPC service; cheap to clone (one per connection).
@@ -94,8 +94,9 @@ impl Service {
 }
 
 impl Service {
-    /// Claims and starts a run, whichever shape its request came in.
-    async fn start(self, request: RunRequest) -> Result<Accepted, Refused> {
+    /// Whether run `request` may start here now (its credential, this executor's state, the
+    /// outcomes waiting, a free slot): its slot if so.
+    fn admit(&self, request: &RunRequest) -> Result<OwnedSemaphorePermit, Refused> {
         let inner = &self.inner;
         // Before anything else: only our dispatchers may make this machine run a command.
         if !inner.secret.matches(&request.secret) {
@@ -114,121 +115,202 @@ impl Service {
         if let Some(refused) = inner.outcomes.full() {
             return Err(refused);
         }
-        let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-            return Err(Refused::Busy {
+        inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy {
                 running: inner.max - inner.slots.available_permits(),
                 max: inner.max,
-            });
-        };
-        // The claim and the start happen in a task of their own: tarpc aborts a handler whose
-        // deadline passed, and a run claimed must never be left without its start.
-        let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
-        let (runs, fences, label, holder, runner, outcomes) = (
-            inner.runs.clone(),
-            inner.fences.clone(),
-            inner.label.clone(),
-            inner.holder.clone(),
-            inner.runner.clone(),
-            inner.outcomes.clone(),
-        );
-        inner.tasks.spawn(async move {
-            let claimed = claim(&fences, &label, &holder, &request).await;
-            let go = claimed.is_ok();
-            let unconfirmed = matches!(claimed, Err(Refused::Unavailable(_)));
-            let _ = claimed_tx.send(claimed);
-            if unconfirmed {
-                // Detached: a stopping executor does not wait for Redis to come back.
-                tokio::spawn(async move {
-                    settle_unconfirmed(&fences, &runs, &label, &holder, &request).await;
-                });
-                return;
-            }
-            if !go {
-                return;
-            }
-            // Handed over before its tick, the run is ours from now (claimed, and it can be
-            // killed) and starts at the tick.
-            let registered = runner.register(request.run_id);
-            let waited = match request.start_at_ms {
-                Some(at) => runner.until_start(&registered, at).await,
-                None => Ok(()),
-            };
-            let started_at = Utc::now();
-            let m = gocron_shared::metrics::metrics();
-            m.running.inc();
-            if waited.is_ok() {
-                tracing::info!(
-                    run_id = request.run_id,
-                    job_id = request.job.id,
-                    job = %request.job.name,
-                    dispatcher = %request.dispatcher,
-                    "run started"
-                );
-                if request.trigger == gocron_shared::job::Trigger::Schedule {
-                    let lag_ms = started_at.timestamp_millis() - request.scheduled_ms;
-                    m.fire_lag.observe(lag_ms.max(0) as f64 / 1000.0);
-                }
-            }
-            // `running` is written while the job runs, not before: the job waits for nobody.
-            // The slot is free once the job is, whatever the database's backlog.
-            let job = async {
-                let outcome = match waited {
-                    Ok(()) => runner.execute(&request, registered).await,
-                    Err(not_started) => {
-                        drop(registered);
-                        tracing::info!(run_id = request.run_id, error = not_started.error.as_deref().unwrap_or(""), "run not started");
-                        not_started
-                    }
-                };
-                let finished_at = Utc::now();
-                m.running.dec();
-                m.runs.with_label_values(&[outcome.status.as_str()]).inc();
-                // Counted as waiting before its slot is free: the cap on outcomes waiting is
-                // what bounds the memory of a slow database, not the slots.
-                let waiting = outcomes.wait();
-                drop(permit);
-                // Ended: the job no longer holds up its next tick, while the outcome waits for
-                // the database (until then a death of this process still makes the run lost).
-                let ended = holder.clone().ended();
-                if let Err(e) = fences.hold(request.job.id, request.run_id, &ended).await {
-                    tracing::warn!(run_id = request.run_id, error = %e, "cannot mark the run ended in the job's live runs");
-                }
-                (outcome, finished_at, waiting)
-            };
-            // A run shorter than `RUNNING_AFTER` goes from `dispatched` to its outcome in one
-            // write (the finish carries the executor and the start time): at a thousand short
-            // runs a second, a third fewer writes.
-            let mut job = std::pin::pin!(job);
-            let (outcome, finished_at, waiting) = tokio::select! {
-                ended = &mut job => ended,
-                () = tokio::time::sleep(RUNNING_AFTER) => {
-                    let (started, ended) =
-                        tokio::join!(runs.start(request.run_id, &label, started_at), job);
-                    if let Err(e) = started {
-                        tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
-                    }
-                    ended
-                }
-            };
-            // Out of the live runs only once the outcome is safe: an unrecorded run stays live
-            // while this process lives, and becomes `lost` if it dies (its spooled outcome then
-            // replaces `lost` when the executor starts again).
-            let finished = Finished {
-                run_id: request.run_id,
-                job_id: request.job.id,
-                executor: label,
-                started_at,
-                finished_at,
-                outcome,
-            };
-            outcomes.record(finished, waiting).await;
-        });
-        claimed_rx
+            })
+    }
+
+    /// Claims and starts a run, whichever shape its request came in.
+    async fn start(self, request: RunRequest) -> Result<Accepted, Refused> {
+        self.start_all(vec![request])
             .await
-            .unwrap_or_else(|_| Err(Refused::Unavailable("the claim task ended".into())))?;
-        Ok(Accepted {
-            executor: inner.label.clone(),
-        })
+            .pop()
+            .unwrap_or_else(|| Err(Refused::Unavailable("no answer for the run".into())))
+    }
+
+    /// Claims and starts each run of `requests` as if alone (those admitted claimed in one
+    /// call to Redis); the answers in their order, each given once its run is claimed.
+    async fn start_all(self, requests: Vec<RunRequest>) -> Vec<Result<Accepted, Refused>> {
+        let mut answers: Vec<Option<Result<(), Refused>>> = Vec::with_capacity(requests.len());
+        let mut admitted = Vec::new();
+        for request in requests {
+            match self.admit(&request) {
+                Ok(permit) => {
+                    admitted.push((answers.len(), request, permit));
+                    answers.push(None);
+                }
+                Err(refused) => answers.push(Some(Err(refused))),
+            }
+        }
+        if !admitted.is_empty() {
+            // The claim and the starts happen in a task of their own: tarpc aborts a handler
+            // whose deadline passed, and a run claimed must never be left without its start.
+            let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
+            let service = self.clone();
+            self.inner.tasks.spawn(async move {
+                let inner = &service.inner;
+                let runs: Vec<&RunRequest> = admitted.iter().map(|(_, r, _)| r).collect();
+                let claimed = claim(&inner.fences, &inner.label, &inner.holder, &runs).await;
+                // Claimed, a run is ours from now, and can be killed: registered before the
+                // answer, so that a kill sent after it finds the run.
+                let registered: Vec<Option<Registered>> = admitted
+                    .iter()
+                    .zip(&claimed)
+                    .map(|((_, request, _), claimed)| {
+                        claimed
+                            .is_ok()
+                            .then(|| inner.runner.register(request.run_id))
+                    })
+                    .collect();
+                let places: Vec<usize> = admitted.iter().map(|(at, ..)| *at).collect();
+                let _ =
+                    claimed_tx.send(places.into_iter().zip(claimed.clone()).collect::<Vec<_>>());
+                for (((_, request, permit), claimed), registered) in
+                    admitted.into_iter().zip(claimed).zip(registered)
+                {
+                    match (claimed, registered) {
+                        (Ok(()), Some(registered)) => {
+                            inner
+                                .tasks
+                                .spawn(service.clone().run(request, permit, registered));
+                        }
+                        (Err(Refused::Unavailable(_)), _) => {
+                            let (fences, runs, label, holder) = (
+                                inner.fences.clone(),
+                                inner.runs.clone(),
+                                inner.label.clone(),
+                                inner.holder.clone(),
+                            );
+                            // Detached: a stopping executor does not wait for Redis to come back.
+                            tokio::spawn(async move {
+                                settle_unconfirmed(&fences, &runs, &label, &holder, &request).await;
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            match claimed_rx.await {
+                Ok(claimed) => {
+                    for (at, claimed) in claimed {
+                        answers[at] = Some(claimed);
+                    }
+                }
+                Err(_) => {
+                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                        *answer = Some(Err(Refused::Unavailable("the claim task ended".into())));
+                    }
+                }
+            }
+        }
+        let accepted = || Accepted {
+            executor: self.inner.label.clone(),
+        };
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Some(Ok(())) => Ok(accepted()),
+                Some(Err(refused)) => Err(refused),
+                None => Err(Refused::Unavailable("no answer for the run".into())),
+            })
+            .collect()
+    }
+
+    /// Runs claimed run `request` (`registered` with the runner) in its slot `permit`: waits
+    /// for its tick if it came before it, runs it, records its outcome.
+    async fn run(self, request: RunRequest, permit: OwnedSemaphorePermit, registered: Registered) {
+        let inner = &self.inner;
+        let (runs, fences, label, holder, runner, outcomes) = (
+            &inner.runs,
+            &inner.fences,
+            inner.label.clone(),
+            &inner.holder,
+            &inner.runner,
+            &inner.outcomes,
+        );
+        // Handed over before its tick, it starts at the tick.
+        let waited = match request.start_at_ms {
+            Some(at) => runner.until_start(&registered, at).await,
+            None => Ok(()),
+        };
+        let started_at = Utc::now();
+        let m = gocron_shared::metrics::metrics();
+        m.running.inc();
+        if waited.is_ok() {
+            tracing::info!(
+                run_id = request.run_id,
+                job_id = request.job.id,
+                job = %request.job.name,
+                dispatcher = %request.dispatcher,
+                "run started"
+            );
+            if request.trigger == gocron_shared::job::Trigger::Schedule {
+                let lag_ms = started_at.timestamp_millis() - request.scheduled_ms;
+                m.fire_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+            }
+        }
+        // `running` is written while the job runs, not before: the job waits for nobody.
+        // The slot is free once the job is, whatever the database's backlog.
+        let job = async {
+            let outcome = match waited {
+                Ok(()) => runner.execute(&request, registered).await,
+                Err(not_started) => {
+                    drop(registered);
+                    tracing::info!(
+                        run_id = request.run_id,
+                        error = not_started.error.as_deref().unwrap_or(""),
+                        "run not started"
+                    );
+                    not_started
+                }
+            };
+            let finished_at = Utc::now();
+            m.running.dec();
+            m.runs.with_label_values(&[outcome.status.as_str()]).inc();
+            // Counted as waiting before its slot is free: the cap on outcomes waiting is
+            // what bounds the memory of a slow database, not the slots.
+            let waiting = outcomes.wait();
+            drop(permit);
+            // Ended: the job no longer holds up its next tick, while the outcome waits for
+            // the database (until then a death of this process still makes the run lost).
+            let ended = holder.clone().ended();
+            if let Err(e) = fences.hold(request.job.id, request.run_id, &ended).await {
+                tracing::warn!(run_id = request.run_id, error = %e, "cannot mark the run ended in the job's live runs");
+            }
+            (outcome, finished_at, waiting)
+        };
+        // A run shorter than `RUNNING_AFTER` goes from `dispatched` to its outcome in one
+        // write (the finish carries the executor and the start time): at a thousand short
+        // runs a second, a third fewer writes.
+        let mut job = std::pin::pin!(job);
+        let (outcome, finished_at, waiting) = tokio::select! {
+            ended = &mut job => ended,
+            () = tokio::time::sleep(RUNNING_AFTER) => {
+                let (started, ended) =
+                    tokio::join!(runs.start(request.run_id, &label, started_at), job);
+                if let Err(e) = started {
+                    tracing::warn!(run_id = request.run_id, error = %e, "cannot record the run as running");
+                }
+                ended
+            }
+        };
+        // Out of the live runs only once the outcome is safe: an unrecorded run stays live
+        // while this process lives, and becomes `lost` if it dies (its spooled outcome then
+        // replaces `lost` when the executor starts again).
+        let finished = Finished {
+            run_id: request.run_id,
+            job_id: request.job.id,
+            executor: label,
+            started_at,
+            finished_at,
+            outcome,
+        };
+        outcomes.record(finished, waiting).await;
     }
 }
 
@@ -271,6 +353,17 @@ impl ExecutorRpc for Service {
         } else {
             Err(Refused::NotRunning(request.run_id))
         }
+    }
+
+    async fn start_runs_json(
+        self,
+        _: tarpc::context::Context,
+        batch: String,
+    ) -> Result<Vec<Result<Accepted, Refused>>, Refused> {
+        let requests = RunRequest::batch_from_json(&batch).inspect_err(|e| {
+            tracing::warn!(peer = ?self.peer, error = %e, "refused a batch of run requests that does not decode");
+        })?;
+        Ok(self.start_all(requests).await)
     }
 
     async fn load(self, _: tarpc::context::Context, secret: Secret) -> Result<Load, Refused> {
@@ -360,26 +453,30 @@ async fn settle_unconfirmed(
     );
 }
 
-/// Claims the run for this executor and enters it in its job's live runs (see
-/// [`gocron_shared::lock`], [`gocron_shared::live`]).
+/// Claims the runs of `requests` for this executor and enters them in their jobs' live runs
+/// (see [`gocron_shared::lock`], [`gocron_shared::live`]), in one call to Redis; what each found.
 async fn claim(
     fences: &Fences,
     label: &str,
     holder: &Holder,
-    request: &RunRequest,
-) -> Result<(), Refused> {
-    let run_id = request.run_id;
-    match fences
-        .claim_run(request.job.id, run_id, label, Some(holder))
-        .await
-    {
-        Ok(None) => Ok(()),
-        Ok(Some(holder)) => Err(Refused::AlreadyClaimed(format!(
-            "run {run_id} is held by {holder}"
-        ))),
+    requests: &[&RunRequest],
+) -> Vec<Result<(), Refused>> {
+    let runs: Vec<(i64, i64)> = requests.iter().map(|r| (r.job.id, r.run_id)).collect();
+    match fences.claim_runs(&runs, label, Some(holder)).await {
+        Ok(held) => runs
+            .iter()
+            .zip(held)
+            .map(|((_, run_id), held)| match held {
+                None => Ok(()),
+                Some(holder) => Err(Refused::AlreadyClaimed(format!(
+                    "run {run_id} is held by {holder}"
+                ))),
+            })
+            .collect(),
         Err(e) => {
-            tracing::warn!(run_id, error = %e, "cannot claim run");
-            Err(Refused::Unavailable(format!("redis: {e}")))
+            tracing::warn!(runs = runs.len(), error = %e, "cannot claim runs");
+            let refused = Refused::Unavailable(format!("redis: {e}"));
+            vec![Err(refused); runs.len()]
         }
     }
 }

@@ -238,6 +238,7 @@ mod tests {
             started_at: String::new(),
             instance: instance.into(),
             starts_at_tick: true,
+            takes_batches: true,
         }
     }
 

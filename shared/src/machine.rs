@@ -81,6 +81,10 @@ pub struct ExecutorInfo {
     /// when they get it, so dispatchers hand them a run only at its tick.
     #[serde(default)]
     pub starts_at_tick: bool,
+    /// Whether it takes several runs in one call ([`crate::rpc::ExecutorRpc::start_runs_json`]);
+    /// executors of earlier releases are sent one call per run.
+    #[serde(default)]
+    pub takes_batches: bool,
 }
 
 impl ExecutorInfo {
@@ -159,6 +163,7 @@ mod tests {
             started_at: String::new(),
             instance: String::new(),
             starts_at_tick: true,
+            takes_batches: true,
         }
     }
 

@@ -52,7 +52,21 @@ pub trait ExecutorRpc {
     /// How many runs this executor has going, and how many it takes (for the `least_busy`
     /// route). Executors of earlier releases do not answer it (they are asked last).
     async fn load(secret: Secret) -> Result<Load, Refused>;
+    /// [`ExecutorRpc::start_run_json`] for several runs at once, each as if alone: `batch` is
+    /// a JSON array of [`RunRequest`]s, and the answers are in its order. The whole call is
+    /// [`Refused::Malformed`] when the array does not decode. Sent only to executors that say
+    /// they take it ([`crate::machine::ExecutorInfo::takes_batches`]).
+    async fn start_runs_json(batch: String) -> Result<Vec<Result<Accepted, Refused>>, Refused>;
 }
+
+/// The most runs one [`ExecutorRpc::start_runs_json`] call carries.
+pub const MAX_BATCH_RUNS: usize = 256;
+
+/// The most bytes of requests one [`ExecutorRpc::start_runs_json`] call carries (a single
+/// request larger than that goes alone).
+pub const MAX_BATCH_BYTES: usize = MAX_FRAME_BYTES / 2;
+
+const _: () = assert!(MAX_BATCH_BYTES + 64 * 1024 < MAX_FRAME_BYTES);
 
 /// What [`ExecutorRpc::load`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +241,19 @@ impl RunRequest {
                 dispatcher: self.dispatcher.clone(),
             });
         }
+        WireRequest::Json(self.to_json())
+    }
+
+    /// The request as [`ExecutorRpc::start_run_json`] and [`ExecutorRpc::start_runs_json`]
+    /// carry it.
+    pub fn to_json(&self) -> String {
         // Plain data: serializing it cannot fail.
-        WireRequest::Json(serde_json::to_string(self).unwrap_or_default())
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes a batch sent to [`ExecutorRpc::start_runs_json`].
+    pub fn batch_from_json(json: &str) -> Result<Vec<RunRequest>, Refused> {
+        serde_json::from_str(json).map_err(|e| Refused::Malformed(e.to_string()))
     }
 
     /// Decodes a request sent to [`ExecutorRpc::start_run_json`].

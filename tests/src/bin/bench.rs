@@ -226,6 +226,8 @@ struct Measured {
     peak_mib: f64,
     /// The run writers' transactions and the writes in them over the window (gocron only).
     run_writes: Option<(u64, u64)>,
+    /// The dispatchers' hand-over calls to executors over the window, and the runs they carried.
+    handovers: Option<(u64, u64)>,
     /// From each job's end to its outcome's commit, for the outcomes committed from the window's
     /// start to the end of the drain after it (gocron only).
     outcome_delays: Option<Delays>,
@@ -407,6 +409,7 @@ fn run_floor(n: usize, secs: i64, servers: &Servers) -> anyhow::Result<Measured>
         not_ok: None,
         peak_mib: f64::NAN,
         run_writes: None,
+        handovers: None,
         outcome_delays: None,
     })
 }
@@ -464,6 +467,7 @@ async fn measure(
         MachineCpu::now(),
         (m.write_batches.get(), m.writes.get()),
         Delays::of(&m.outcome_delay),
+        (m.handover_calls.get(), m.handover_runs.get()),
     );
     tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64)).await;
     let after = (
@@ -471,6 +475,7 @@ async fn measure(
         servers.cpu(),
         MachineCpu::now(),
         (m.write_batches.get(), m.writes.get()),
+        (m.handover_calls.get(), m.handover_runs.get()),
     );
     let spent = after.0 - before.0;
     // A tick is missed only if its command never runs: wait (bounded) for every expected line,
@@ -529,6 +534,7 @@ async fn measure(
         // All five daemons live in this process.
         peak_mib: procfs::status_mib("self", "VmHWM"),
         run_writes: Some((after.3.0 - before.3.0, after.3.1 - before.3.1)),
+        handovers: Some((after.4.0 - before.5.0, after.4.1 - before.5.1)),
         outcome_delays: Some(outcome_delays),
     })
 }
@@ -646,6 +652,13 @@ impl Row {
                 "  run writers (all daemons): {:.1} transactions a second, {:.1} writes per transaction",
                 batches as f64 / self.gocron.window_secs,
                 writes as f64 / batches.max(1) as f64
+            );
+        }
+        if let Some((calls, runs)) = self.gocron.handovers {
+            println!(
+                "  hand-overs (all dispatchers): {:.1} calls a second, {:.1} runs per call",
+                calls as f64 / self.gocron.window_secs,
+                runs as f64 / calls.max(1) as f64
             );
         }
     }

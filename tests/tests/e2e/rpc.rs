@@ -317,3 +317,129 @@ async fn with_tls_runs_go_over_tls_and_plain_or_untrusted_callers_get_nothing() 
     assert_eq!(answer, Err(Refused::NotRunning(1)));
     c.shutdown().await;
 }
+
+/// Several runs in one call: each answered as if it had come alone, in the batch's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_runs_is_answered_run_by_run() {
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    let addr = c.executor_address("exec-a").await;
+    let right = c.base_config().rpc.secret;
+    let runs = RunLog::spawn(c.db.clone());
+    let tick = Utc::now();
+    let mut requests = Vec::new();
+    for id in 1..=4i64 {
+        let run_id = runs
+            .insert(id, tick, Trigger::Manual)
+            .await
+            .unwrap()
+            .unwrap();
+        let marker = c.path(&format!("ran-{id}.txt"));
+        requests.push(RunRequest {
+            secret: right.clone(),
+            run_id,
+            job: JobSpec {
+                id,
+                name: format!("batch-{id}"),
+                rule: "@daily".into(),
+                command: format!("echo {id} >> {}", marker.display()),
+                kind: JobKind::Shell,
+                machine: String::new(),
+                timeout_secs: 0,
+                timeout_policy: TimeoutPolicy::Sync,
+                time_zone: String::new(),
+                misfire: Default::default(),
+                env: Vec::new(),
+                workdir: String::new(),
+                route: Default::default(),
+            },
+            scheduled_ms: tick.timestamp_millis(),
+            timeout_ms: 0,
+            trigger: Trigger::Manual,
+            dispatcher: "test".into(),
+            attempt: 1,
+            event: None,
+            parent_run: None,
+            shard: None,
+            start_at_ms: None,
+        });
+    }
+    // The second comes with a wrong secret; the third is held by another executor already.
+    requests[1].secret = Secret::new("not-the-secret-at-all-0123456789");
+    let fences = c.fences().await;
+    let other = gocron_shared::live::Holder::Executor {
+        instance: "i-z".into(),
+        label: "exec-z@9".into(),
+        ended: false,
+    };
+    assert_eq!(
+        fences
+            .claim_run(3, requests[2].run_id, "exec-z@9", Some(&other))
+            .await
+            .unwrap(),
+        None
+    );
+    let client = rpc::connect(addr, Duration::from_secs(5), &rpc::Tls::default())
+        .await
+        .unwrap();
+    let ctx = || rpc::context(Duration::from_secs(5));
+    let batch = format!(
+        "[{}]",
+        requests
+            .iter()
+            .map(RunRequest::to_json)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let answers = client.start_runs_json(ctx(), batch).await.unwrap().unwrap();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert!(
+        answers[0]
+            .as_ref()
+            .is_ok_and(|a| a.executor.starts_with("exec-a@")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].as_ref().unwrap_err(), &Refused::Unauthorized);
+    assert!(
+        matches!(&answers[2], Err(Refused::AlreadyClaimed(why)) if why.contains("exec-z@9")),
+        "{answers:?}"
+    );
+    assert!(answers[3].is_ok(), "{answers:?}");
+    // The two accepted ran; the refused ones did not.
+    for id in [1, 4] {
+        let marker = c.path(&format!("ran-{id}.txt"));
+        wait_until(
+            &format!("run of job {id}"),
+            Duration::from_secs(10),
+            || async { (lines(&marker) == [id.to_string()]).then_some(()) },
+        )
+        .await;
+    }
+    let finished = |run_id: i64| {
+        let db = c.db.clone();
+        async move {
+            use sea_orm::EntityTrait as _;
+            wait_until("the run's outcome", Duration::from_secs(10), || async {
+                gocron_shared::entity::run::Entity::find_by_id(run_id)
+                    .one(&db)
+                    .await
+                    .unwrap()
+                    .filter(|r| r.finished_at.is_some())
+            })
+            .await
+        }
+    };
+    for at in [0, 3] {
+        assert_eq!(finished(requests[at].run_id).await.status, "succeeded");
+    }
+    for id in [2, 3] {
+        assert!(!c.path(&format!("ran-{id}.txt")).exists(), "job {id} ran");
+    }
+    // A batch that does not decode is refused whole, and the connection still serves.
+    let answer = client
+        .start_runs_json(ctx(), "[{\"run_id\": 1".into())
+        .await
+        .unwrap();
+    assert!(matches!(answer, Err(Refused::Malformed(_))), "{answer:?}");
+    c.shutdown().await;
+}
