@@ -831,8 +831,26 @@ async fn insert_ids<C: ConnectionTrait>(db: &C, writes: &[&Write]) -> Result<Vec
         .collect()
 }
 
-/// `column = CASE WHEN id = .. THEN .. END` over `rows`, or the one value they all share.
-fn per_row<V: Into<sea_orm::Value> + PartialEq + Clone>(
+/// The size a multi-row `UPDATE` of `rows` rows is written at: the next power of two. Its
+/// text (and its parameters' count) then takes one of a few shapes, each prepared once per
+/// connection and then found in its statement cache, instead of being parsed and planned
+/// anew for each size: at a hundred rows or more a batch, preparing the `CASE`s cost more than
+/// running them. The extra places repeat the last row's id, which changes nothing.
+fn shape(rows: usize) -> usize {
+    rows.next_power_of_two()
+}
+
+/// `ids` with the last repeated up to [`shape`] (an `IN` list the same for its extra places).
+fn padded(mut ids: Vec<i64>) -> Vec<i64> {
+    if let Some(&last) = ids.last() {
+        ids.resize(shape(ids.len()), last);
+    }
+    ids
+}
+
+/// `column = CASE WHEN id = .. THEN .. END` over `rows` (arms up to [`shape`]), or the one
+/// value they all share.
+fn per_row<V: Into<sea_orm::Value> + PartialEq + Clone + Default>(
     column: run::Column,
     rows: &[(i64, V)],
 ) -> sea_orm::sea_query::SimpleExpr {
@@ -842,6 +860,12 @@ fn per_row<V: Into<sea_orm::Value> + PartialEq + Clone>(
     let mut case = sea_orm::sea_query::CaseStatement::new();
     for (id, value) in rows {
         case = case.case(run::Column::Id.eq(*id), Expr::value(value.clone()));
+    }
+    // Never taken: an arm before has the same id. Their value is the type's empty one, so that
+    // a large value (an output) is not bound again.
+    let last = rows[rows.len() - 1].0;
+    for _ in rows.len()..shape(rows.len()) {
+        case = case.case(run::Column::Id.eq(last), Expr::value(V::default()));
     }
     case.finally(Expr::col(column)).into()
 }
@@ -881,7 +905,7 @@ async fn start_many<C: ConnectionTrait>(
             run::Column::StartedAt,
             per_row(run::Column::StartedAt, &starts),
         )
-        .filter(run::Column::Id.is_in(ids))
+        .filter(run::Column::Id.is_in(padded(ids)))
         .filter(run::Column::Status.eq(RunStatus::Dispatched.as_str()))
         .exec(db)
         .await?;
@@ -952,7 +976,7 @@ async fn finish_many<C: ConnectionTrait>(
         )
         .col_expr(run::Column::Error, per_row(run::Column::Error, &errors))
         .col_expr(run::Column::Output, per_row(run::Column::Output, &outputs))
-        .filter(run::Column::Id.is_in(ids))
+        .filter(run::Column::Id.is_in(padded(ids)))
         .filter(run::Column::Status.is_in(FINISHABLE))
         .exec(db)
         .await?;
@@ -1157,5 +1181,29 @@ async fn in_savepoint<T>(
             let _ = sp.rollback().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{DbBackend, QueryTrait as _};
+
+    /// Batches of a few sizes share a statement (and so its prepared form).
+    #[test]
+    fn multi_row_updates_take_few_shapes() {
+        let sql = |n: i64| {
+            let rows: Vec<(i64, String)> = (1..=n).map(|i| (i, format!("out {i}"))).collect();
+            run::Entity::update_many()
+                .col_expr(run::Column::Output, per_row(run::Column::Output, &rows))
+                .filter(run::Column::Id.is_in(padded(rows.iter().map(|r| r.0).collect())))
+                .build(DbBackend::Sqlite)
+                .sql
+        };
+        assert_eq!(sql(3), sql(4));
+        assert_eq!(sql(5), sql(8));
+        assert_ne!(sql(4), sql(5));
+        assert_eq!(shape(1), 1);
+        assert_eq!(shape(500), 512);
     }
 }
