@@ -15,6 +15,9 @@
 //! - `gocron_handover_calls_total`, `gocron_handover_runs_total` (dispatcher): calls that
 //!   handed runs to executors, and the runs they carried (several a call to executors that take
 //!   batches).
+//! - `gocron_live_write_calls_total`, `gocron_live_writes_total` (dispatcher, executor): Redis
+//!   calls writing the live runs (runs entered as handed over, marked ended, taken out once
+//!   recorded), and the writes they carried.
 //! - `gocron_outcome_delay_seconds` (executor): from a job's end to its outcome's commit in
 //!   `cron_run` (a spooled outcome counts when its replay commits).
 //! - `gocron_jobs{state}` (`valid`, `invalid`, `disabled`) and `gocron_executors_live{group}`
@@ -56,6 +59,10 @@ pub struct Metrics {
     pub handover_calls: IntCounter,
     /// `gocron_handover_runs_total`.
     pub handover_runs: IntCounter,
+    /// `gocron_live_write_calls_total`.
+    pub live_write_calls: IntCounter,
+    /// `gocron_live_writes_total`.
+    pub live_writes: IntCounter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -125,6 +132,14 @@ impl Metrics {
             "gocron_handover_runs_total",
             "Runs this dispatcher's hand-over calls carried.",
         );
+        let live_write_calls = plain(
+            "gocron_live_write_calls_total",
+            "Redis calls this process made to write the live runs.",
+        );
+        let live_writes = plain(
+            "gocron_live_writes_total",
+            "Writes of the live runs this process's calls carried.",
+        );
         let running = IntGauge::new("gocron_runs_running", "Runs this executor has going now.")
             .expect("metric");
         registry
@@ -164,6 +179,8 @@ impl Metrics {
             outcome_delay,
             handover_calls,
             handover_runs,
+            live_write_calls,
+            live_writes,
         }
     }
 

@@ -269,3 +269,80 @@ async fn a_batch_of_claims_is_claimed_run_by_run() {
     );
     c.shutdown().await;
 }
+
+/// Writes of the live runs queued while the writer is busy go in one call, in order, each as if
+/// alone. On a current-thread runtime every write below is queued before the writer runs, so
+/// 300 writes take exactly one call (each was one call before they were queued together).
+#[tokio::test(flavor = "current_thread")]
+async fn live_writes_queued_together_take_one_call() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let config = c.base_config();
+    let never = CancellationToken::new();
+    let fences = Fences::connect(&config.redis, "d0", Duration::from_secs(60), &never)
+        .await
+        .unwrap();
+    let m = gocron_shared::metrics::metrics();
+    let holder = |ended| Holder::Executor {
+        instance: "i-a".into(),
+        label: "exec-a@1".into(),
+        ended,
+    };
+    let (going, ended) = (holder(false), holder(true));
+    let (calls, writes) = (m.live_write_calls.get(), m.live_writes.get());
+    // Jobs 20..30, ten runs each: every run entered, then the odd ones marked ended and the
+    // even ones taken out, all queued at once; the later write of a run wins.
+    let runs: Vec<(i64, i64)> = (0..100).map(|i| (20 + i / 10, 1_000 + i)).collect();
+    let entered = runs.iter().map(|&(job, run)| fences.hold(job, run, &going));
+    let changed = runs.iter().map(|&(job, run)| {
+        let fences = &fences;
+        let ended = &ended;
+        async move {
+            if run % 2 == 1 {
+                fences.hold(job, run, ended).await
+            } else {
+                fences.release(job, run).await
+            }
+        }
+    });
+    let taken_out = runs
+        .iter()
+        .filter(|(job, _)| *job == 29)
+        .map(|&(job, run)| fences.release(job, run));
+    let (a, b, d) = tokio::join!(
+        futures::future::join_all(entered),
+        futures::future::join_all(changed),
+        futures::future::join_all(taken_out),
+    );
+    assert!(a.iter().chain(&b).chain(&d).all(Result::is_ok));
+    assert_eq!(m.live_writes.get() - writes, 210);
+    assert_eq!(m.live_write_calls.get() - calls, 1);
+
+    // Jobs 20..29 keep their five odd runs, ended; job 29 lost all its runs, so it left the
+    // index of jobs with runs in flight.
+    for job in 20..29 {
+        let mut live = fences.in_flight(job).await.unwrap();
+        live.sort_by_key(|r| r.run_id);
+        let expected: Vec<LiveRun> = runs
+            .iter()
+            .filter(|&&(j, run)| j == job && run % 2 == 1)
+            .map(|&(job_id, run_id)| LiveRun {
+                job_id,
+                run_id,
+                holder: Some(ended.clone()),
+            })
+            .collect();
+        assert_eq!(live, expected);
+    }
+    assert!(fences.in_flight(29).await.unwrap().is_empty());
+    let mut jobs: Vec<i64> = fences
+        .all_in_flight()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.job_id)
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    assert_eq!(jobs, (20..29).collect::<Vec<_>>());
+    c.shutdown().await;
+}
