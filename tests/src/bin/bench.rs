@@ -228,6 +228,8 @@ struct Measured {
     run_writes: Option<(u64, u64)>,
     /// The dispatchers' hand-over calls to executors over the window, and the runs they carried.
     handovers: Option<(u64, u64)>,
+    /// The Redis calls writing the live runs over the window, and the writes they carried.
+    live_writes: Option<(u64, u64)>,
     /// From each job's end to its outcome's commit, for the outcomes committed from the window's
     /// start to the end of the drain after it (gocron only).
     outcome_delays: Option<Delays>,
@@ -410,6 +412,7 @@ fn run_floor(n: usize, secs: i64, servers: &Servers) -> anyhow::Result<Measured>
         peak_mib: f64::NAN,
         run_writes: None,
         handovers: None,
+        live_writes: None,
         outcome_delays: None,
     })
 }
@@ -468,6 +471,7 @@ async fn measure(
         (m.write_batches.get(), m.writes.get()),
         Delays::of(&m.outcome_delay),
         (m.handover_calls.get(), m.handover_runs.get()),
+        (m.live_write_calls.get(), m.live_writes.get()),
     );
     tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64)).await;
     let after = (
@@ -476,6 +480,7 @@ async fn measure(
         MachineCpu::now(),
         (m.write_batches.get(), m.writes.get()),
         (m.handover_calls.get(), m.handover_runs.get()),
+        (m.live_write_calls.get(), m.live_writes.get()),
     );
     let spent = after.0 - before.0;
     // A tick is missed only if its command never runs: wait (bounded) for every expected line,
@@ -535,6 +540,7 @@ async fn measure(
         peak_mib: procfs::status_mib("self", "VmHWM"),
         run_writes: Some((after.3.0 - before.3.0, after.3.1 - before.3.1)),
         handovers: Some((after.4.0 - before.5.0, after.4.1 - before.5.1)),
+        live_writes: Some((after.5.0 - before.6.0, after.5.1 - before.6.1)),
         outcome_delays: Some(outcome_delays),
     })
 }
@@ -659,6 +665,13 @@ impl Row {
                 "  hand-overs (all dispatchers): {:.1} calls a second, {:.1} runs per call",
                 calls as f64 / self.gocron.window_secs,
                 runs as f64 / calls.max(1) as f64
+            );
+        }
+        if let Some((calls, writes)) = self.gocron.live_writes {
+            println!(
+                "  live-run writes (all daemons): {:.1} Redis calls a second, {:.1} writes per call",
+                calls as f64 / self.gocron.window_secs,
+                writes as f64 / calls.max(1) as f64
             );
         }
     }
