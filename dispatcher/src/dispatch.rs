@@ -265,22 +265,25 @@ impl Dispatcher {
         self.run(job, tick, following, trigger, None, won).await
     }
 
-    /// Whether the run of `trigger` from `source_id` due at `at` has a row (it was fired, here
-    /// or by another dispatcher).
+    /// Whether the deferred run of `trigger` from `source_id` (a retry of run `source_id`, a
+    /// run of event `source_id`, a run chained to run `source_id`) has a row: it was served,
+    /// here or by another dispatcher, whenever it was due. Asked by its source rather than its
+    /// tick, so that a request put again with another due time (a second monitor that read a
+    /// delay changed since) runs nothing more.
     pub async fn has_run(
         &self,
         job_id: i64,
-        at: DateTime<Utc>,
         trigger: Trigger,
         source_id: i64,
     ) -> Result<bool, sea_orm::DbErr> {
+        use gocron_shared::entity::run;
         use sea_orm::PaginatorTrait as _;
-        let at = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
-        let n = gocron_shared::entity::run::Entity::find()
-            .filter(gocron_shared::entity::run::Column::JobId.eq(job_id))
-            .filter(gocron_shared::entity::run::Column::ScheduledAt.eq(at))
-            .filter(gocron_shared::entity::run::Column::Trigger.eq(trigger.as_str()))
-            .filter(gocron_shared::entity::run::Column::SourceId.eq(source_id))
+        let n = run::Entity::find()
+            .filter(run::Column::SourceId.eq(source_id))
+            .filter(run::Column::JobId.eq(job_id))
+            .filter(run::Column::Trigger.eq(trigger.as_str()))
+            // Literally, so that SQLite and PostgreSQL take the partial index `cron_run_source`.
+            .filter(Expr::cust("source_id <> 0"))
             .count(&self.inner.db)
             .await?;
         Ok(n > 0)

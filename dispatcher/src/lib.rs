@@ -478,16 +478,25 @@ fn fire_deferred(
     };
     let (dispatcher, again_tx, retried) = (dispatcher.clone(), again.clone(), request.clone());
     let fired = ticks.spawn(async move {
+        // Served already (a request put again, perhaps due at another time: see `has_run`):
+        // nothing more to run. Unknown (the database failed): the tick's own fences decide.
+        if let Ok(true) = dispatcher.has_run(job_id, key.trigger, source_id).await {
+            tracing::info!(
+                job_id,
+                source_id,
+                trigger = %key.trigger,
+                "deferred run already served; its request put again is dropped"
+            );
+            let _ = etcd.delete(etcd_key, None).await;
+            return;
+        }
         match dispatcher.clone().fire(tick).await {
             Handover::Failed(_) => {
                 let _ = again_tx.send((key, retried));
             }
             // Another dispatcher holds the lock: it deletes the request once it has written
             // the run's row. Until then the request is kept here too, should that one die first.
-            Handover::Lost => match dispatcher
-                .has_run(job_id, due, key.trigger, source_id)
-                .await
-            {
+            Handover::Lost => match dispatcher.has_run(job_id, key.trigger, source_id).await {
                 Ok(true) => {
                     let _ = etcd.delete(etcd_key, None).await;
                 }

@@ -103,6 +103,31 @@ async fn migrations_race_safely_and_upgrade_an_old_schema_on_every_backend() {
         c.sql("SELECT COUNT(*) FROM cron_alarm", vec![]).await;
         c.sql("SELECT COUNT(*) FROM cron_audit", vec![]).await;
         c.sql("SELECT COUNT(*) FROM cron_event", vec![]).await;
+        // Migration 10's index of deferred runs by their source.
+        let index = match backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'index' AND name = 'cron_run_source'"
+            }
+            Backend::MariaDb => {
+                "SELECT COUNT(DISTINCT index_name) AS n FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND index_name = 'cron_run_source'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM pg_indexes \
+                 WHERE schemaname = current_schema() AND indexname = 'cron_run_source'"
+            }
+        };
+        let n: i64 =
+            c.db.query_one_raw(sea_orm::Statement::from_string(
+                c.db.get_database_backend(),
+                index,
+            ))
+            .await
+            .expect("query")
+            .expect("a row")
+            .try_get("", "n")
+            .expect("n");
+        assert_eq!(n, 1, "{backend:?}: the index cron_run_source");
         let kept = c.runs(1).await;
         assert_eq!(
             kept.iter()

@@ -145,6 +145,60 @@ async fn subscribed(backend: Backend) {
     c.shutdown().await;
 }
 
+/// A second monitor (or one restarted) that reads an event again after its job's `delay_secs`
+/// changed puts the event's request again, due at another time: the run it asks for is the
+/// one that already ran, so it runs nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_request_put_again_due_at_another_time_runs_nothing_more() {
+    use gocron_shared::control::{self, EventRequest};
+    use gocron_shared::job::EventRef;
+    let mut c = Cluster::new(Backend::Sqlite, &[]).await;
+    c.start_executor("exec-a").await;
+    c.start_dispatcher("disp-0");
+    c.start_monitor();
+    let out = c.path("out.txt");
+    let job = c
+        .insert_job("a", "@event order.paid", &recorder(&out))
+        .await;
+    c.wait_published(job).await;
+    assert_eq!(insert_event(&c, "order.paid", "order 1", None).await, 1);
+    let first = c.wait_for_finished(job, 1, WAIT).await;
+    assert_eq!(
+        shape(&first),
+        [(s("event"), first[0].source_id, s("succeeded"))]
+    );
+    wait_until("the event's request served", WAIT, || async {
+        (requests(&c).await == 0).then_some(())
+    })
+    .await;
+    // Put again as the other monitor computes it: the same event, due a second from now.
+    let event = &events(&c).await[0];
+    let request = EventRequest {
+        due_ms: chrono::Utc::now().timestamp_millis() + 1000,
+        event: EventRef {
+            id: event.id,
+            name: event.name.clone(),
+            payload: "order 1".into(),
+            delayed: true,
+            requested_ms: chrono::Utc::now().timestamp_millis(),
+        },
+    };
+    let key = c.etcd_keys().event_request_key(job, event.id);
+    control::put_request(&mut c.etcd().await, key, &request)
+        .await
+        .expect("put the request again");
+    assert_eq!(requests(&c).await, 1);
+    // A dispatcher takes a request out once it is served (here: found served already).
+    wait_until("the request put again dropped", WAIT, || async {
+        (requests(&c).await == 0).then_some(())
+    })
+    .await;
+    let runs = c.runs(job).await;
+    assert_eq!(runs.len(), 1, "one run of the event: {runs:?}");
+    assert_eq!(lines(&out).len(), 1);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_for_a_dispatcher_and_late_delayed_ones_take_the_misfire_policy() {
     let mut c = Cluster::new(Backend::Sqlite, &[]).await;
