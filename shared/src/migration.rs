@@ -320,15 +320,25 @@ async fn has_column(
              WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
         ],
     )?;
+    Ok(count(db, sql, table, column).await? > 0)
+}
+
+/// The `n` of a `SELECT COUNT(*) AS n` of the schema, asked of `table` and `name`.
+async fn count(
+    db: &SchemaManagerConnection<'_>,
+    sql: &str,
+    table: &str,
+    name: &str,
+) -> Result<i64, DbErr> {
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
-            backend,
+            db.get_database_backend(),
             sql,
-            [table.into(), column.into()],
+            [table.into(), name.into()],
         ))
         .await?
-        .ok_or_else(|| DbErr::Migration(format!("cannot list the columns of {table}")))?;
-    Ok(row.try_get::<i64>("", "n")? > 0)
+        .ok_or_else(|| DbErr::Migration(format!("cannot read the schema of {table}")))?;
+    row.try_get::<i64>("", "n")
 }
 
 /// Adds each of `columns` that its table lacks.
@@ -1010,13 +1020,5 @@ async fn has_index(
 ) -> Result<bool, DbErr> {
     let sql = "SELECT COUNT(*) AS n FROM information_schema.statistics \
                WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?";
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::MySql,
-            sql,
-            [table.into(), index.into()],
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Migration(format!("cannot list the indexes of {table}")))?;
-    Ok(row.try_get::<i64>("", "n")? > 0)
+    Ok(count(db, sql, table, index).await? > 0)
 }
