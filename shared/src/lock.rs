@@ -14,6 +14,8 @@
 //! `no_executor`. Whoever holds the claim owns the run, so a hand-over retried after a lost
 //! answer can neither start the run twice nor record it as unrun while it runs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -155,6 +157,9 @@ pub struct Fences {
     acquire: redis::Script,
     claim: redis::Script,
     live: mpsc::UnboundedSender<LiveWrite>,
+    /// The calls its writer made and the writes they carried (also counted, for the whole
+    /// process, in `gocron_live_write_calls_total` and `gocron_live_writes_total`).
+    live_counts: Arc<(AtomicU64, AtomicU64)>,
 }
 
 /// A write of a live hash waiting for the writer ([`write_live`]).
@@ -192,7 +197,13 @@ impl Fences {
         };
         let keys = RedisKeys::new(&config.prefix);
         let (live, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_live(conn.clone(), keys.clone(), queue));
+        let live_counts = Arc::default();
+        tokio::spawn(write_live(
+            conn.clone(),
+            keys.clone(),
+            queue,
+            Arc::clone(&live_counts),
+        ));
         Ok(Fences {
             conn,
             keys,
@@ -201,6 +212,7 @@ impl Fences {
             acquire: redis::Script::new(ACQUIRE),
             claim: redis::Script::new(CLAIM),
             live,
+            live_counts,
         })
     }
 
@@ -389,6 +401,16 @@ impl Fences {
         self.write_live(job_id, run_id, String::new()).await
     }
 
+    /// The Redis calls these fences' writer of the live runs made so far, and the writes they
+    /// carried.
+    pub fn live_write_counts(&self) -> (u64, u64) {
+        let (calls, writes) = &*self.live_counts;
+        (
+            calls.load(Ordering::Relaxed),
+            writes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Queues a write of a live hash for the writer, and waits for its answer.
     async fn write_live(&self, job_id: i64, run_id: i64, holder: String) -> redis::RedisResult<()> {
         let (done, answer) = oneshot::channel();
@@ -483,6 +505,7 @@ async fn write_live(
     mut conn: ConnectionManager,
     keys: RedisKeys,
     mut queue: mpsc::UnboundedReceiver<LiveWrite>,
+    counts: Arc<(AtomicU64, AtomicU64)>,
 ) {
     let script = redis::Script::new(LIVE);
     let mut batch = Vec::with_capacity(MAX_TICKS_PER_CALL);
@@ -499,6 +522,8 @@ async fn write_live(
         let m = crate::metrics::metrics();
         m.live_write_calls.inc();
         m.live_writes.inc_by(batch.len() as u64);
+        counts.0.fetch_add(1, Ordering::Relaxed);
+        counts.1.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for write in batch.drain(..) {
             // A caller that gave up waiting is no one to tell.
             let _ = write.done.send(answer.clone());
