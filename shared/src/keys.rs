@@ -169,9 +169,17 @@ impl RedisKeys {
         format!("{}:manual:{job_id}:{requested_ms}", self.prefix)
     }
 
-    /// The lock of one retry of one job, at the instant it is due.
+    /// The lock of one retry of one job, at the instant it is due: the only retry lock of
+    /// earlier releases, still taken along with [`RedisKeys::retry_of`], so that a retry fired
+    /// by dispatchers of both releases during a rolling upgrade runs once.
     pub fn retry(&self, job_id: i64, due_ms: i64) -> String {
         format!("{}:retry:{job_id}:{due_ms}", self.prefix)
+    }
+
+    /// The lock of the retry of run `run_id` of one job, whenever it is due: two versions of
+    /// one retry request (put again with another due time) take the same lock.
+    pub fn retry_of(&self, job_id: i64, run_id: i64) -> String {
+        format!("{}:retry-of:{job_id}:{run_id}", self.prefix)
     }
 
     /// The lock of one chained run of one job, after parent run `parent_run`.
@@ -259,6 +267,7 @@ mod tests {
         assert_eq!(k.manual_request("/gocron/manual/4/99"), Some((4, 99)));
         assert_eq!(k.manual_request("/gocron/manual/4"), None);
         assert_eq!(r.retry(4, 99), "gc:retry:4:99");
+        assert_eq!(r.retry_of(4, 12), "gc:retry-of:4:12");
         assert_eq!(k.retry_request_key(4, 12), "/gocron/retry/4/12");
         assert_eq!(k.retry_request("/gocron/retry/4/12"), Some((4, 12)));
         assert_eq!(k.retry_request("/gocron/manual/4/12"), None);

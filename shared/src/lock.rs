@@ -34,21 +34,31 @@ use crate::live::{Holder, LiveRun};
 // how far the job had been scheduled before this tick (for the misfire policy), which a tick of
 // the rule (ARGV[3] = '1') moves forward, never back. The winner's retry gets the same answer:
 // the previous mark is kept in the lock's value. One call takes any number of ticks' locks
-// (KEYS four per tick, ARGV two per tick after the owner and the TTL), each as if alone, in
-// order: a dispatcher takes all the ticks due at an instant in one round trip.
+// (KEYS five per tick, ARGV two per tick after the owner and the TTL), each as if alone, in
+// order: a dispatcher takes all the ticks due at an instant in one round trip. A tick's KEYS are
+// its lock, a second lock won with it (a retry's lock by due time, kept for dispatchers of
+// earlier releases; else the lock again), its group's dispatch counter, its job's live hash and
+// its job's mark: the tick is won when neither lock is another owner's.
 const ACQUIRE: &str = r"
-local function acquire(lock, counter, live, through, rule, ms)
+local function owned(held)
+  return string.match(held, '^(.*)|%d+|%-?%d*$') == ARGV[1]
+end
+local function acquire(lock, also, counter, live, through, rule, ms)
   local n, before
   local held = redis.call('GET', lock)
+  local other = also ~= lock and redis.call('GET', also)
+  if (held and not owned(held)) or (other and not owned(other)) then return {0} end
   if held then
-    local owner, seq, prev = string.match(held, '^(.*)|(%d+)|(%-?%d*)$')
-    if owner ~= ARGV[1] then return {0} end
+    local seq, prev = string.match(held, '|(%d+)|(%-?%d*)$')
     n = tonumber(seq)
     before = prev
   else
     n = redis.call('INCR', counter)
     before = redis.call('GET', through) or ''
     redis.call('SET', lock, ARGV[1] .. '|' .. n .. '|' .. before, 'PX', ARGV[2])
+    if also ~= lock then
+      redis.call('SET', also, ARGV[1] .. '|' .. n .. '|' .. before, 'PX', ARGV[2])
+    end
     if rule == '1' and (before == '' or tonumber(before) < tonumber(ms)) then
       redis.call('SET', through, ms)
     end
@@ -59,9 +69,9 @@ local function acquire(lock, counter, live, through, rule, ms)
   return reply
 end
 local out = {}
-for i = 0, #KEYS / 4 - 1 do
-  out[i + 1] = acquire(KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4],
-    ARGV[2 * i + 3], ARGV[2 * i + 4])
+for i = 0, #KEYS / 5 - 1 do
+  out[i + 1] = acquire(KEYS[5 * i + 1], KEYS[5 * i + 2], KEYS[5 * i + 3], KEYS[5 * i + 4],
+    KEYS[5 * i + 5], ARGV[2 * i + 3], ARGV[2 * i + 4])
 end
 return out
 ";
@@ -141,7 +151,8 @@ pub struct TickKey<'a> {
     pub scheduled_ms: i64,
     /// Why the run would exist.
     pub trigger: Trigger,
-    /// The event or parent run, for `Trigger::Event` and `Trigger::Chain`.
+    /// The event, the parent run or the failed run, for `Trigger::Event`, `Trigger::Chain`
+    /// and `Trigger::Retry`.
     pub source_id: i64,
     /// The job's machine group (its round-robin count).
     pub machine: &'a str,
@@ -217,8 +228,9 @@ impl Fences {
     }
 
     /// Tries to win tick `scheduled_ms` of job `job_id` (for `Trigger::Manual`, the run-now
-    /// request made at that instant; for `Trigger::Retry`, the retry due then; for
-    /// `Trigger::Event`, event `source_id`). `Ok(Some(won))`: this caller won (now or in an
+    /// request made at that instant; for `Trigger::Retry`, the retry of run `source_id`,
+    /// whenever it is due; for `Trigger::Event`, event `source_id`; for `Trigger::Chain`, the
+    /// run after parent run `source_id`). `Ok(Some(won))`: this caller won (now or in an
     /// earlier attempt); `Ok(None)`: another won.
     pub async fn acquire(
         &self,
@@ -254,11 +266,16 @@ impl Fences {
                 let key = match tick.trigger {
                     Trigger::Schedule => self.keys.tick(tick.job_id, tick.scheduled_ms),
                     Trigger::Manual => self.keys.manual(tick.job_id, tick.scheduled_ms),
-                    Trigger::Retry => self.keys.retry(tick.job_id, tick.scheduled_ms),
+                    Trigger::Retry => self.keys.retry_of(tick.job_id, tick.source_id),
                     Trigger::Event => self.keys.event(tick.job_id, tick.source_id),
                     Trigger::Chain => self.keys.chain(tick.job_id, tick.source_id),
                 };
-                call.key(key)
+                // A retry also takes the lock of earlier releases (by due time), which their
+                // dispatchers take during a rolling upgrade; any other tick, its one lock twice.
+                let also = (tick.trigger == Trigger::Retry)
+                    .then(|| self.keys.retry(tick.job_id, tick.scheduled_ms));
+                call.key(&key)
+                    .key(also.as_ref().unwrap_or(&key))
                     .key(self.keys.round_robin(tick.machine))
                     .key(self.keys.live(tick.job_id))
                     .key(self.keys.through(tick.job_id))

@@ -72,6 +72,56 @@ async fn one_dispatcher_wins_each_tick_and_a_retry_keeps_the_win() {
     c.shutdown().await;
 }
 
+/// Two versions of one request (put again due at another time, read by two dispatchers at
+/// once) take one lock: one of them runs. For a retry, dispatchers of earlier releases lock the
+/// due time only, and that lock is taken too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_run_is_one_lock_whenever_it_is_due() {
+    let c = Cluster::new(Backend::Sqlite, &[]).await;
+    let (d0, d1) = (fences(&c, "d0").await, fences(&c, "d1").await);
+    for (job, trigger) in [
+        (11, Trigger::Retry),
+        (12, Trigger::Event),
+        (13, Trigger::Chain),
+    ] {
+        let won = d0.acquire(job, 5_000, trigger, 42, "g").await.unwrap();
+        assert!(won.is_some(), "{trigger}: the first version");
+        let other = d1.acquire(job, 6_000, trigger, 42, "g").await.unwrap();
+        assert!(
+            other.is_none(),
+            "{trigger}: the version due at another time"
+        );
+        // Another source's run, due at the same instant as the first: a lock of its own.
+        let next = d1.acquire(job, 6_000, trigger, 43, "g").await.unwrap();
+        assert!(next.is_some(), "{trigger}: another source");
+    }
+    // The lock an earlier release's dispatcher takes for a retry: its due time.
+    let mut redis = redis::Client::open(c.base_config().redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let prefix = &c.base_config().redis.prefix;
+    let old: Option<String> = redis::cmd("SET")
+        .arg(format!("{prefix}:retry:14:7000"))
+        .arg("old|1|")
+        .arg("NX")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(old.as_deref(), Some("OK"));
+    assert!(
+        d0.acquire(14, 7_000, Trigger::Retry, 42, "g")
+            .await
+            .unwrap()
+            .is_none(),
+        "a retry an earlier release's dispatcher won"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_has_one_holder() {
     let c = Cluster::new(Backend::Sqlite, &[]).await;
