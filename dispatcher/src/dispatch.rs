@@ -253,7 +253,8 @@ impl Dispatcher {
             missed.push(tick);
             this = Some(won);
         }
-        let handled = self.misfire(job, schedule, missed, this).await;
+        // Boxed: see `offer_inner`.
+        let handled = Box::pin(self.misfire(job, schedule, missed, this)).await;
         if late {
             return handled;
         }
@@ -557,9 +558,8 @@ impl Dispatcher {
             && request.shard.is_none()
             && let Some(candidates) = candidates.as_ref().filter(|c| !c.is_empty())
         {
-            return self
-                .fan_out(job, tick, origin.as_ref(), candidates, request)
-                .await;
+            // Boxed: see `offer_inner`.
+            return Box::pin(self.fan_out(job, tick, origin.as_ref(), candidates, request)).await;
         }
 
         let run_id = match inner
@@ -850,7 +850,10 @@ impl Dispatcher {
             let answer = if executor.takes_batches {
                 self.queue_offer(executor.address, request.to_json()).await
             } else {
-                self.send_offer(executor.address, &request).await
+                // Boxed, like the other paths a tick seldom takes (misfire, fan-out): a tick's
+                // task holds (and is copied with) the largest future of every path; this one,
+                // a tarpc call, was a third of it, though executors of this release take batches.
+                Box::pin(self.send_offer(executor.address, &request)).await
             };
             match answer {
                 Ok(Ok(accepted)) => return Ok(accepted.executor),
