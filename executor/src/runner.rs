@@ -86,7 +86,7 @@ pub struct Runner {
     http: reqwest::Client,
     /// The runs going on, by run id, each with its kill switch and output; and runs that ended
     /// less than [`FOLLOW_LINGER`] ago whose output was followed.
-    going: Arc<Mutex<HashMap<i64, Arc<Going>>>>,
+    going: Arc<Mutex<Table>>,
     run_as: Option<RunAs>,
     /// Every shell job's environment, before its run's own `GOCRON_*` variables.
     env: Arc<Vec<(String, std::ffi::OsString)>>,
@@ -123,13 +123,23 @@ impl Going {
     }
 }
 
+/// The runs going here, and the followed ones that ended, in the order they ended: what is
+/// forgotten costs the runs forgotten, not every run going (a thousand a second end here).
+#[derive(Default)]
+struct Table {
+    runs: HashMap<i64, Arc<Going>>,
+    lingering: std::collections::VecDeque<(Instant, i64)>,
+}
+
 /// Forgets the runs that ended more than [`FOLLOW_LINGER`] ago.
-fn forget_ended(going: &mut HashMap<i64, Arc<Going>>) {
-    going.retain(|_, g| {
-        g.ended_at
-            .get()
-            .is_none_or(|at| at.elapsed() < FOLLOW_LINGER)
-    });
+fn forget_ended(going: &mut Table) {
+    while let Some(&(ended, run_id)) = going.lingering.front() {
+        if ended.elapsed() < FOLLOW_LINGER {
+            break;
+        }
+        going.lingering.pop_front();
+        going.runs.remove(&run_id);
+    }
 }
 
 /// Why a run was stopped before its end.
@@ -145,7 +155,7 @@ enum Stop {
 /// Takes a run out of the table when the run ends, however it ends (a followed run stays a
 /// while, ended, for its followers).
 pub struct Registered {
-    going: Arc<Mutex<HashMap<i64, Arc<Going>>>>,
+    going: Arc<Mutex<Table>>,
     run_id: i64,
     run: Arc<Going>,
 }
@@ -154,10 +164,13 @@ impl Drop for Registered {
     fn drop(&mut self) {
         // Whatever the path out (a panic included), followers learn that nothing more comes.
         self.run.output.end();
-        let _ = self.run.ended_at.set(Instant::now());
+        let ended = Instant::now();
+        let _ = self.run.ended_at.set(ended);
         if let Ok(mut going) = self.going.lock() {
-            if !self.run.followed.load(Ordering::SeqCst) {
-                going.remove(&self.run_id);
+            if self.run.followed.load(Ordering::SeqCst) {
+                going.lingering.push_back((ended, self.run_id));
+            } else {
+                going.runs.remove(&self.run_id);
             }
             forget_ended(&mut going);
         }
@@ -207,7 +220,7 @@ impl Runner {
             .going
             .lock()
             .ok()
-            .and_then(|going| going.get(&run_id).cloned());
+            .and_then(|going| going.runs.get(&run_id).cloned());
         let Some(run) = run.filter(|r| r.ended_at.get().is_none()) else {
             return false;
         };
@@ -225,7 +238,7 @@ impl Runner {
         let run = {
             let mut going = self.going.lock().ok()?;
             forget_ended(&mut going);
-            going.get(&run_id).cloned()?
+            going.runs.get(&run_id).cloned()?
         };
         run.followed.store(true, Ordering::SeqCst);
         Some(run.output.after(offset, MAX_OUTPUT_CHUNK, wait).await)
@@ -242,7 +255,7 @@ impl Runner {
         };
         if let Ok(mut going) = self.going.lock() {
             forget_ended(&mut going);
-            going.insert(run_id, registered.run.clone());
+            going.runs.insert(run_id, registered.run.clone());
         }
         registered
     }
@@ -972,8 +985,56 @@ fn for_each_printable(bytes: &[u8], mut emit: impl FnMut(usize, &str)) {
 
 #[cfg(test)]
 mod tests {
-    use super::{LiveOutput, Tail, printable};
+    use super::{FOLLOW_LINGER, Going, LiveOutput, Registered, Table, Tail, printable};
     use gocron_shared::rpc::OutputChunk;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    fn register(table: &Arc<Mutex<Table>>, run_id: i64) -> Registered {
+        let run = Arc::new(Going::new(64));
+        table.lock().unwrap().runs.insert(run_id, run.clone());
+        Registered {
+            going: table.clone(),
+            run_id,
+            run,
+        }
+    }
+
+    #[test]
+    fn a_followed_run_stays_its_linger_after_its_end_and_no_longer() {
+        let table = Arc::new(Mutex::new(Table::default()));
+        let (followed, alone, going) = (
+            register(&table, 1),
+            register(&table, 2),
+            register(&table, 3),
+        );
+        followed.run.followed.store(true, Ordering::SeqCst);
+        drop(followed);
+        drop(alone);
+        {
+            let t = table.lock().unwrap();
+            assert!(
+                t.runs.contains_key(&1),
+                "a followed run stays after its end"
+            );
+            assert!(
+                !t.runs.contains_key(&2),
+                "a run nobody followed goes at its end"
+            );
+            assert!(t.runs.contains_key(&3));
+        }
+        // Its linger over (as if it had ended FOLLOW_LINGER ago), the next end forgets it.
+        table.lock().unwrap().lingering[0].0 = Instant::now() - FOLLOW_LINGER;
+        drop(register(&table, 4));
+        let t = table.lock().unwrap();
+        assert!(!t.runs.contains_key(&1), "forgotten after its linger");
+        assert!(t.lingering.is_empty());
+        assert!(t.runs.contains_key(&3), "a run going stays");
+        drop(t);
+        drop(going);
+        assert!(table.lock().unwrap().runs.is_empty());
+    }
 
     fn chunk(text: &str, skipped: u64, next: u64, ended: bool) -> OutputChunk {
         OutputChunk {
