@@ -457,6 +457,15 @@ impl Cluster {
         (self.redis_url.clone(), format!("gct-{}", self.id))
     }
 
+    /// A connection to the cluster's Redis (its keys are under [`Cluster::redis`]'s prefix).
+    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
     /// A client of the cluster's etcd.
     pub async fn etcd(&self) -> etcd_client::Client {
         etcd_client::Client::connect([self.etcd_url.clone()], None)

@@ -324,12 +324,8 @@ async fn a_dispatcher_killed_between_lock_and_insert_leaves_its_ticks_accounted_
         .expect("SQLite's write lock");
     let held_at = Utc::now();
 
-    let (redis_url, prefix) = rig.c.redis();
-    let redis = redis::Client::open(redis_url).expect("redis URL");
-    let conn = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let (_, prefix) = rig.c.redis();
+    let conn = rig.c.redis_connection().await;
     let jobs: Vec<i64> = rig.jobs.iter().map(|(id, _)| *id).collect();
     let won = wait_until(
         "disp-0 winning a tick while the database is locked",

@@ -96,12 +96,8 @@ async fn a_deferred_run_is_one_lock_whenever_it_is_due() {
         assert!(next.is_some(), "{trigger}: another source");
     }
     // The lock an earlier release's dispatcher takes for a retry: its due time.
-    let mut redis = redis::Client::open(c.base_config().redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let prefix = &c.base_config().redis.prefix;
+    let mut redis = c.redis_connection().await;
+    let (_, prefix) = c.redis();
     let old: Option<String> = redis::cmd("SET")
         .arg(format!("{prefix}:retry:14:7000"))
         .arg("old|1|")
