@@ -2,8 +2,8 @@
 //! its output (the outcome is recorded by [`crate::spool`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd as _;
 use std::os::unix::process::ExitStatusExt as _;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::spawn;
 
 /// After the main process exits, how long its output pipes may stay open (a forked daemon can
 /// hold them forever) before the run is recorded without the rest.
@@ -90,8 +92,8 @@ pub struct Runner {
     run_as: Option<RunAs>,
     /// Every shell job's environment, before its run's own `GOCRON_*` variables.
     env: Arc<Vec<(String, std::ffi::OsString)>>,
-    /// `/dev/null`, opened once: each job's stdin is a copy of it (a `dup`, cheaper than
-    /// opening the path again for every run). `None` if it could not be opened.
+    /// `/dev/null`, opened once: each job's stdin when it reads nothing. `None` if it could
+    /// not be opened (then each run opens it).
     dev_null: Option<Arc<std::fs::File>>,
 }
 
@@ -206,12 +208,35 @@ impl Runner {
         }
     }
 
-    /// A job's stdin when it reads nothing: `/dev/null`.
-    fn null_stdin(&self) -> Stdio {
-        match self.dev_null.as_ref().map(|f| f.try_clone()) {
-            Some(Ok(copy)) => Stdio::from(copy),
-            _ => Stdio::null(),
-        }
+    /// Starts `command` with one pipe for its stdout and stderr, as `2>&1` would (the output
+    /// keeps the order the job wrote it in, and a run costs one pipe to watch instead of two),
+    /// and on stdin a pipe to write to (`piped_stdin`) or `/dev/null`. Returns the child, the
+    /// output's read end and the stdin's write end. This process's copies of the job's ends
+    /// are closed on return: the reader sees the end of the output once the job's are closed.
+    fn start(
+        &self,
+        command: &spawn::Command,
+        piped_stdin: bool,
+    ) -> std::io::Result<(spawn::Child, pipe::Receiver, Option<pipe::Sender>)> {
+        let (output, job_output) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // `/dev/null` is the executor's own descriptor, lent to every job (no copy per run).
+        let opened_null;
+        let (stdin, job_stdin) = if piped_stdin {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            (Some(pipe::Sender::from_owned_fd(write)?), Some(read))
+        } else {
+            (None, None)
+        };
+        let stdin_fd = match (&job_stdin, &self.dev_null) {
+            (Some(read), _) => read.as_fd(),
+            (None, Some(null)) => null.as_fd(),
+            (None, None) => {
+                opened_null = std::fs::File::open("/dev/null")?;
+                opened_null.as_fd()
+            }
+        };
+        let child = command.spawn(stdin_fd, job_output.as_fd(), job_output.as_fd())?;
+        Ok((child, pipe::Receiver::from_owned_fd(output)?, stdin))
     }
 
     /// Stops run `run_id` (status `killed`, saying `by` whom) if it is going here.
@@ -323,13 +348,13 @@ impl Runner {
             .single()
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut command = tokio::process::Command::new(&self.shell);
+        // Like cron: nothing of the executor's environment (its database URL, its RPC secret)
+        // reaches a job unless `pass_env` names it. In its own process group (see `spawn`), so
+        // that the whole job (children included) can be signalled.
+        let mut command = spawn::Command::new(&self.shell);
         command
             .arg("-c")
             .arg(&request.job.command)
-            // Like cron: nothing of the executor's environment (its database URL, its RPC
-            // secret) reaches a job unless `pass_env` names it.
-            .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // The job's own variables may replace the base ones (`PATH`), never gocron's (keys
             // `GOCRON_*` are refused, and those come after).
@@ -339,14 +364,7 @@ impl Runner {
             .env("GOCRON_RUN_ID", request.run_id.to_string())
             .env("GOCRON_SCHEDULED_AT", scheduled)
             .env("GOCRON_EXECUTOR", &self.executor_name)
-            .env("GOCRON_ATTEMPT", request.attempt.to_string())
-            .stdin(if request.event.is_some() {
-                Stdio::piped()
-            } else {
-                self.null_stdin()
-            })
-            // Its own process group, so that the whole job (children included) can be signalled.
-            .process_group(0);
+            .env("GOCRON_ATTEMPT", request.attempt.to_string());
         if let Some(event) = &request.event {
             command
                 .env("GOCRON_EVENT_ID", event.id.to_string())
@@ -365,20 +383,11 @@ impl Runner {
             command.current_dir(&request.job.workdir);
         }
         if let Some(user) = &self.run_as {
-            // std drops the supplementary groups when a root parent switches the uid.
             // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
-            command.uid(user.uid).gid(user.gid);
+            command.user(user.uid, user.gid);
         }
-        // One pipe for stdout and stderr, as `2>&1` would: the output keeps the order the job
-        // wrote it in, and a run costs one pipe to watch instead of two.
-        let spawned = output_pipe().and_then(|(output, stdout, stderr)| {
-            let child = command.stdout(stdout).stderr(stderr).spawn()?;
-            Ok((child, output))
-        });
-        // This process's write ends of the output pipe: the reader sees the end of the output
-        // only once the job's (and its children's) are closed too.
-        drop(command);
-        let (mut child, output_pipe) = match spawned {
+        let spawned = self.start(&command, request.event.is_some());
+        let (mut child, output_pipe, stdin) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
                 return Outcome {
@@ -398,14 +407,14 @@ impl Runner {
         };
         // The event's payload on stdin, then end of file; a command that does not read it
         // closes the pipe, which is not an error.
-        if let (Some(mut stdin), Some(event)) = (child.stdin.take(), &request.event) {
+        if let (Some(mut stdin), Some(event)) = (stdin, &request.event) {
             let payload = event.payload.clone().into_bytes();
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt as _;
                 let _ = stdin.write_all(&payload).await;
             });
         }
-        // The group's id is the leader's pid (`process_group(0)`); known only until it is reaped.
+        // The group's id is the leader's pid; known only until it is reaped.
         let child_group = child.id();
         let stop_reading = CancellationToken::new();
         let reader = tokio::spawn(read_into(output_pipe, run.clone(), stop_reading.clone()));
@@ -525,13 +534,13 @@ impl Runner {
     /// the main process has exited, so that no child of the job survives it).
     async fn stop_group(
         &self,
-        child: &mut tokio::process::Child,
+        child: &mut spawn::Child,
         run_id: i64,
     ) -> std::io::Result<std::process::ExitStatus> {
         let Some(pid) = child.id() else {
             return child.wait().await;
         };
-        // `process_group(0)` made the job the leader of a group whose id is its pid.
+        // The job leads a group whose id is its pid (see `spawn`).
         let group = Pid::from_raw(pid as i32);
         tracing::info!(
             run_id,
@@ -705,15 +714,6 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// A pipe for a job's output: this process's end to read, and the job's stdout and stderr (two
-/// copies of the write end).
-fn output_pipe() -> std::io::Result<(pipe::Receiver, Stdio, Stdio)> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let stderr = write.try_clone()?;
-    let read = pipe::Receiver::from_owned_fd(read)?;
-    Ok((read, Stdio::from(write), Stdio::from(stderr)))
 }
 
 /// Reads the job's output pipe into its output as the bytes come, until it ends or `stop`.
