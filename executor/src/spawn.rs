@@ -90,7 +90,8 @@ impl Command {
 
     /// Starts the program with `stdin`, `stdout` and `stderr` as its descriptors 0, 1 and 2
     /// (the same descriptor may be given twice). Signals the child starts with their default
-    /// actions and none blocked. An error means no process is left behind.
+    /// actions and none blocked. Called within a tokio runtime, whose reactor watches the child.
+    /// An error means no process is left behind.
     pub fn spawn(
         &self,
         stdin: BorrowedFd<'_>,
@@ -117,12 +118,28 @@ impl Command {
             stdio: [raw(0, stdin), raw(1, stdout), raw(2, stderr)],
             errno: AtomicI32::new(0),
         };
-        let (pid, pidfd) = STACK.with(|stack| -> io::Result<(i32, OwnedFd)> {
+        // The child is watched on this runtime's reactor: refused before it exists without one.
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let _entered = runtime.enter();
+        // Whether this process was dumpable before any child changed user: read once, as a
+        // concurrent spawn's child may have cleared it for a moment.
+        static DUMPABLE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+        let dumpable = plan
+            .user
+            .is_some()
+            .then(|| *DUMPABLE.get_or_init(is_dumpable));
+        let cloned = STACK.with(|stack| -> io::Result<(i32, OwnedFd)> {
             let stack = stack
                 .as_ref()
                 .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
             clone_vfork(stack, &args)
-        })?;
+        });
+        // The child's change of user made the memory it shares with this process undumpable
+        // (the kernel's rule for a process whose credentials change): this process's again.
+        if let Some(Some(true)) = dumpable {
+            set_dumpable();
+        }
+        let (pid, pidfd) = cloned?;
         let errno = args.errno.load(Ordering::Acquire);
         if errno != 0 {
             // The child has exited (127) without reaching the program: reap it here.
@@ -130,8 +147,20 @@ impl Command {
             return Err(io::Error::from_raw_os_error(errno));
         }
         // SAFETY: the pidfd is owned by the `AsyncFd` and neither replaced nor closed under it.
-        let pidfd =
-            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)? };
+        let pidfd = match unsafe {
+            AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        } {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                // A process nobody could watch: stopped, so that an error leaves none.
+                // SAFETY: plain system calls on our own child, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                let _ = reap(pid, 0);
+                return Err(e.into());
+            }
+        };
         Ok(Child {
             pid,
             pidfd: Some(pidfd),
@@ -181,18 +210,32 @@ impl Drop for Child {
         if self.status.is_some() || matches!(reap(self.pid, libc::WNOHANG), Ok(Some(_))) {
             return;
         }
-        let (Some(pidfd), Ok(runtime)) = (self.pidfd.take(), tokio::runtime::Handle::try_current())
-        else {
+        // A task of its own, not a `Child`: a runtime shutting down drops a new task unrun,
+        // and that drop must not spawn again. Without a runtime (never in the daemons) the
+        // process stays a zombie until this one exits.
+        let (pid, Some(pidfd)) = (self.pid, self.pidfd.take()) else {
             return;
         };
-        let mut orphan = Child {
-            pid: self.pid,
-            pidfd: Some(pidfd),
-            status: None,
-        };
-        runtime.spawn(async move {
-            let _ = orphan.wait().await;
-        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = pidfd.readable().await;
+                let _ = reap(pid, 0);
+            });
+        }
+    }
+}
+
+/// Whether this process may dump core and be traced (`PR_GET_DUMPABLE`); `None` if unknown.
+fn is_dumpable() -> Option<bool> {
+    // SAFETY: a plain system call.
+    let got = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+    (got >= 0).then_some(got == 1)
+}
+
+fn set_dumpable() {
+    // SAFETY: a plain system call.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong);
     }
 }
 
@@ -458,11 +501,12 @@ extern "C" fn child_main(args: *mut libc::c_void) -> libc::c_int {
             }
         }
         // As `execvp`: try each path; report a permission error over "not found" if one was met.
+        // (Unlike `execvp`, a file without `#!` is not handed to `/bin/sh`: an error.)
         let mut error = libc::ENOENT;
         for path in &plan.paths {
             libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
             match errno() {
-                libc::ENOENT | libc::ENOTDIR => {}
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
                 libc::EACCES => error = libc::EACCES,
                 other => fail(other),
             }
@@ -558,6 +602,34 @@ mod tests {
                 "the job inherited a signal mask or ignored signals: {line}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_child_of_another_user_leaves_this_process_dumpable() {
+        // SAFETY: a plain system call.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let null = dev_null();
+        assert_eq!(is_dumpable(), Some(true));
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("id -u; id -G")
+            .env("PATH", "/usr/bin:/bin")
+            .user(65534, 65534)
+            .spawn(null.as_fd(), write.as_fd(), write.as_fd())
+            .unwrap();
+        drop(write);
+        assert!(child.wait().await.unwrap().success());
+        let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
+        assert_eq!(output, "65534\n65534\n");
+        assert_eq!(
+            is_dumpable(),
+            Some(true),
+            "the executor lost its dumpable flag"
+        );
     }
 
     #[tokio::test]
