@@ -119,8 +119,7 @@ impl Command {
             errno: AtomicI32::new(0),
         };
         // The child is watched on this runtime's reactor: refused before it exists without one.
-        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let _entered = runtime.enter();
+        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         // Whether this process was dumpable before any child changed user: read once, as a
         // concurrent spawn's child may have cleared it for a moment.
         static DUMPABLE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
@@ -525,10 +524,24 @@ mod tests {
         std::fs::File::open("/dev/null").unwrap()
     }
 
-    #[tokio::test]
-    async fn runs_the_program_with_its_environment_only() {
+    /// Runs `command` to its end with stdin from `/dev/null` and stdout and stderr on one pipe:
+    /// its pid, its status and its output. The pid is no longer given once it was reaped.
+    async fn run(command: &Command) -> (u32, ExitStatus, String) {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let null = dev_null();
+        let mut child = command
+            .spawn(null.as_fd(), write.as_fd(), write.as_fd())
+            .unwrap();
+        drop(write);
+        let pid = child.id().expect("a started child has its pid");
+        let status = child.wait().await.unwrap();
+        assert_eq!(child.id(), None);
+        let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
+        (pid, status, output)
+    }
+
+    #[tokio::test]
+    async fn runs_the_program_with_its_environment_only() {
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -538,15 +551,8 @@ mod tests {
             .env("A", "two")
             .env("B", "three")
             .current_dir("/tmp");
-        let mut child = command
-            .spawn(null.as_fd(), write.as_fd(), write.as_fd())
-            .unwrap();
-        drop(write);
-        assert!(child.id().is_some());
-        let status = child.wait().await.unwrap();
+        let (_, status, output) = run(&command).await;
         assert_eq!(status.code(), Some(3));
-        assert_eq!(child.id(), None);
-        let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
         assert_eq!(output, "two three\n/tmp\n");
     }
 
@@ -572,27 +578,21 @@ mod tests {
 
     #[tokio::test]
     async fn the_child_leads_its_own_group_with_default_signals() {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let null = dev_null();
         // This process ignores SIGINT; the job must not.
         // SAFETY: setting a signal's action to ignored.
         unsafe {
             libc::signal(libc::SIGINT, libc::SIG_IGN);
         }
-        let mut child = Command::new("/bin/sh")
+        let (pid, status, output) = run(Command::new("/bin/sh")
             .arg("-c")
             .arg("cut -d' ' -f5 /proc/$$/stat; exec grep -E '^(SigIgn|SigBlk)' /proc/self/status")
-            .env("PATH", "/usr/bin:/bin")
-            .spawn(null.as_fd(), write.as_fd(), write.as_fd())
-            .unwrap();
-        drop(write);
-        let pid = child.id().unwrap();
-        assert!(child.wait().await.unwrap().success());
+            .env("PATH", "/usr/bin:/bin"))
+        .await;
+        assert!(status.success());
         // SAFETY: restoring the default action.
         unsafe {
             libc::signal(libc::SIGINT, libc::SIG_DFL);
         }
-        let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
         let mut lines = output.lines();
         assert_eq!(lines.next().map(str::trim), Some(pid.to_string().as_str()));
         for line in lines {
@@ -611,19 +611,14 @@ mod tests {
             eprintln!("skipped: switching users needs root");
             return;
         }
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let null = dev_null();
         assert_eq!(is_dumpable(), Some(true));
-        let mut child = Command::new("/bin/sh")
+        let (_, status, output) = run(Command::new("/bin/sh")
             .arg("-c")
             .arg("id -u; id -G")
             .env("PATH", "/usr/bin:/bin")
-            .user(65534, 65534)
-            .spawn(null.as_fd(), write.as_fd(), write.as_fd())
-            .unwrap();
-        drop(write);
-        assert!(child.wait().await.unwrap().success());
-        let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
+            .user(65534, 65534))
+        .await;
+        assert!(status.success());
         assert_eq!(output, "65534\n65534\n");
         assert_eq!(
             is_dumpable(),
