@@ -386,24 +386,23 @@ impl Runner {
             // (HOME, USER and LOGNAME are the user's: see `job_environment`.)
             command.user(user.uid, user.gid);
         }
+        let cannot_start = |e: std::io::Error| Outcome {
+            status: RunStatus::Failed,
+            exit_code: None,
+            error: Some(if request.job.workdir.is_empty() {
+                format!("cannot start {}: {e}", self.shell)
+            } else {
+                format!(
+                    "cannot start {} in workdir {}: {e}",
+                    self.shell, request.job.workdir
+                )
+            }),
+            output: String::new(),
+        };
         let spawned = self.start(&command, request.event.is_some());
         let (mut child, output_pipe, stdin) = match spawned {
             Ok(spawned) => spawned,
-            Err(e) => {
-                return Outcome {
-                    status: RunStatus::Failed,
-                    exit_code: None,
-                    error: Some(if request.job.workdir.is_empty() {
-                        format!("cannot start {}: {e}", self.shell)
-                    } else {
-                        format!(
-                            "cannot start {} in workdir {}: {e}",
-                            self.shell, request.job.workdir
-                        )
-                    }),
-                    output: String::new(),
-                };
-            }
+            Err(e) => return cannot_start(e),
         };
         // The event's payload on stdin, then end of file; a command that does not read it
         // closes the pipe, which is not an error.
@@ -470,6 +469,10 @@ impl Runner {
                 )
                 .as_bytes(),
             );
+        }
+        // A program that never started (known once its process ended, see `spawn`).
+        if let Some(e) = child.start_error() {
+            return cannot_start(e);
         }
         let output = tail.text();
         if let Some(reason) = stop_reason {
@@ -547,12 +550,19 @@ impl Runner {
             pgid = pid,
             "stopping the job's process group (SIGTERM)"
         );
-        let _ = killpg(group, Signal::SIGTERM);
+        // A job stopped just after its start may not lead its group yet: then the leader
+        // alone (not reaped, so the pid is still its own).
+        let signal = |signal| {
+            if killpg(group, signal) == Err(nix::errno::Errno::ESRCH) {
+                let _ = nix::sys::signal::kill(group, signal);
+            }
+        };
+        signal(Signal::SIGTERM);
         let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 tracing::info!(run_id, pgid = pid, "grace over: SIGKILL");
-                let _ = killpg(group, Signal::SIGKILL);
+                signal(Signal::SIGKILL);
                 child.wait().await
             }
         };

@@ -1,19 +1,23 @@
-//! Starting a shell job's process: one `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` on a stack
-//! the calling thread keeps for all its spawns, then `execve`.
+//! Starting a shell job's process: one `clone(CLONE_VM | CLONE_PIDFD)` on a stack kept for
+//! the next children, then `execve`.
 //!
 //! Why not std's `Command` (through tokio's): at a thousand runs a second, starting processes
 //! was a quarter of the daemons' CPU, and most of that was not the `clone` itself but what came
 //! with it: glibc's `posix_spawn` maps a fresh stack for every child and unmaps it after (the
 //! unmap of a many-threaded process interrupts every other core to flush its TLB), asks the
-//! descriptor limit twice per redirection, and tokio opens a pidfd for each child with another
-//! system call. Here the stack is mapped once per thread, the pidfd comes with the `clone`, and
-//! the child gets its stdio by three `dup2`s of descriptors the caller already has. README ›
-//! Benchmark has the figures.
+//! descriptor limit twice per redirection, suspends the thread until the child has called
+//! `execve` (a switch to the child and one back, per process), and tokio opens a pidfd for each
+//! child with another system call. Here stacks are reused, the pidfd comes with the `clone`, the
+//! child gets its stdio by three `dup2`s of descriptors the caller already has, and the calling
+//! thread goes on at once. README › Benchmark has the figures.
 //!
-//! The child shares this process's memory until it calls `execve` (this thread is suspended
-//! meanwhile, as with `vfork`), so it runs only system calls on data prepared beforehand: no
-//! allocation, no lock, no glibc wrapper that would act on the whole process (glibc's `setuid`
-//! signals every thread of the parent, hence the raw system calls for the credentials).
+//! The child shares this process's memory until it calls `execve`, while this thread goes on,
+//! so it writes nothing but its own stack and one `errno` word: it makes its system calls
+//! itself (glibc's wrappers would set `errno` in this thread's memory), on data prepared
+//! beforehand and kept until it has called `execve` or exited ([`Launch`]). A step that fails is
+//! known once the process has ended ([`Child::start_error`]). A child that changes user runs
+//! under `CLONE_VFORK` instead (this thread suspended meanwhile): the kernel makes the shared
+//! memory undumpable at that change, and this process resets it right after.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -91,7 +95,8 @@ impl Command {
     /// Starts the program with `stdin`, `stdout` and `stderr` as its descriptors 0, 1 and 2
     /// (the same descriptor may be given twice). Signals the child starts with their default
     /// actions and none blocked. Called within a tokio runtime, whose reactor watches the child.
-    /// An error means no process is left behind.
+    /// An error means no process is left behind. A program that cannot be started may also be
+    /// known only once its process has ended: see [`Child::start_error`].
     pub fn spawn(
         &self,
         stdin: BorrowedFd<'_>,
@@ -113,58 +118,75 @@ impl Command {
                 .as_ref()
                 .map_or(fd.as_raw_fd(), |owned| owned.as_raw_fd())
         };
-        let args = ChildArgs {
-            plan: &plan,
-            stdio: [raw(0, stdin), raw(1, stdout), raw(2, stderr)],
-            errno: AtomicI32::new(0),
-        };
         // The child is watched on this runtime's reactor: refused before it exists without one.
         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        // A change of user needs this thread suspended until `execve` (see below), and so does
+        // a child that could only make its system calls through glibc (which sets `errno` in
+        // the memory of this thread).
+        let vfork = plan.user.is_some() || !RAW_SYSCALLS;
+        let launch = Box::new(Launch {
+            stdio: [raw(0, stdin), raw(1, stdout), raw(2, stderr)],
+            plan,
+            errno: AtomicI32::new(0),
+            last_signal: libc::SIGRTMAX(),
+            stack: Stack::take()?,
+        });
         // Whether this process was dumpable before any child changed user: read once, as a
         // concurrent spawn's child may have cleared it for a moment.
         static DUMPABLE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-        let dumpable = plan
+        let dumpable = launch
+            .plan
             .user
             .is_some()
             .then(|| *DUMPABLE.get_or_init(is_dumpable));
-        let cloned = STACK.with(|stack| -> io::Result<(i32, OwnedFd)> {
-            let stack = stack
-                .as_ref()
-                .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-            clone_vfork(stack, &args)
-        });
+        let cloned = clone_child(&launch, vfork);
+        drop(lifted);
         // The child's change of user made the memory it shares with this process undumpable
         // (the kernel's rule for a process whose credentials change): this process's again.
         if let Some(Some(true)) = dumpable {
             set_dumpable();
         }
-        let (pid, pidfd) = cloned?;
-        let errno = args.errno.load(Ordering::Acquire);
-        if errno != 0 {
-            // The child has exited (127) without reaching the program: reap it here.
-            let _ = reap(pid, 0);
-            return Err(io::Error::from_raw_os_error(errno));
+        let (pid, pidfd) = match cloned {
+            Ok(cloned) => cloned,
+            Err(e) => {
+                (*launch).release();
+                return Err(e);
+            }
+        };
+        let mut child = Child {
+            pid,
+            pidfd: None,
+            status: None,
+            launch: Some(launch),
+            start_errno: 0,
+        };
+        if vfork {
+            // The child has called `execve` or exited: its memory is this process's again.
+            child.release_launch();
+            if child.start_errno != 0 {
+                // The child has exited (127) without reaching the program: reap it here.
+                let _ = reap(pid, 0);
+                child.status = Some(ExitStatus::from_raw(127 << 8));
+                return Err(io::Error::from_raw_os_error(child.start_errno));
+            }
         }
         // SAFETY: the pidfd is owned by the `AsyncFd` and neither replaced nor closed under it.
-        let pidfd = match unsafe {
-            AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-        } {
-            Ok(pidfd) => pidfd,
+        match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+            Ok(pidfd) => child.pidfd = Some(pidfd),
             Err(e) => {
                 // A process nobody could watch: stopped, so that an error leaves none.
                 // SAFETY: plain system calls on our own child, not yet reaped.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
-                let _ = reap(pid, 0);
+                if let Ok(Some(status)) = reap(pid, 0) {
+                    child.status = Some(status);
+                    child.release_launch();
+                }
                 return Err(e.into());
             }
-        };
-        Ok(Child {
-            pid,
-            pidfd: Some(pidfd),
-            status: None,
-        })
+        }
+        Ok(child)
     }
 }
 
@@ -175,6 +197,10 @@ pub struct Child {
     /// Readable once the process has exited; `None` once it was reaped.
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
+    /// What the child may still read: kept until it has called `execve` or exited.
+    launch: Option<Box<Launch>>,
+    /// The `errno` of the step before `execve` that failed; 0 if none (or not known yet).
+    start_errno: i32,
 }
 
 impl Child {
@@ -197,29 +223,64 @@ impl Child {
                 Some(status) => {
                     self.status = Some(status);
                     self.pidfd = None;
+                    self.release_launch();
                 }
                 None => ready.clear_ready(),
             }
+        }
+    }
+
+    /// Once [`Child::wait`] has returned: why the program never started, if it did not (the
+    /// process then exited with 127 before `execve` succeeded).
+    pub fn start_error(&self) -> Option<io::Error> {
+        (self.start_errno != 0).then(|| io::Error::from_raw_os_error(self.start_errno))
+    }
+
+    /// Takes what the child read before `execve`, once it has called it or exited.
+    fn release_launch(&mut self) {
+        if let Some(launch) = self.launch.take() {
+            self.start_errno = launch.errno.load(Ordering::Acquire);
+            (*launch).release();
         }
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.status.is_some() || matches!(reap(self.pid, libc::WNOHANG), Ok(Some(_))) {
+        if self.status.is_none() {
+            if let Ok(Some(status)) = reap(self.pid, libc::WNOHANG) {
+                self.status = Some(status);
+            }
+        }
+        if self.status.is_some() {
+            self.release_launch();
             return;
         }
         // A task of its own, not a `Child`: a runtime shutting down drops a new task unrun,
-        // and that drop must not spawn again. Without a runtime (never in the daemons) the
-        // process stays a zombie until this one exits.
-        let (pid, Some(pidfd)) = (self.pid, self.pidfd.take()) else {
+        // and that drop must not spawn again.
+        let (pid, launch) = (self.pid, self.launch.take());
+        let Some(pidfd) = self.pidfd.take() else {
+            // Never registered: the spawn failed, and stopped the process.
+            std::mem::forget(launch);
             return;
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = pidfd.readable().await;
-                let _ = reap(pid, 0);
-            });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // Not freed if the task is dropped unrun: the child may not have left it yet.
+                let launch = launch.map(std::mem::ManuallyDrop::new);
+                runtime.spawn(async move {
+                    let _ = pidfd.readable().await;
+                    let _ = reap(pid, 0);
+                    if let Some(launch) = launch {
+                        (*std::mem::ManuallyDrop::into_inner(launch)).release();
+                    }
+                });
+            }
+            Err(_) => {
+                // Without a runtime (never in the daemons) the process stays a zombie until
+                // this one exits, and what it may still read stays allocated.
+                std::mem::forget(launch);
+            }
         }
     }
 }
@@ -332,21 +393,71 @@ impl Plan {
     }
 }
 
-/// What the child reads (through a pointer: it shares this memory) and where it writes the
-/// `errno` of the step that failed.
-struct ChildArgs<'a> {
-    plan: &'a Plan,
+/// What the child reads until `execve` (it shares this memory), and where it writes the
+/// `errno` of the step that failed. Boxed, so that it stays where the child finds it, and freed
+/// only once the child has called `execve` or exited.
+struct Launch {
+    plan: Plan,
     stdio: [RawFd; 3],
     errno: AtomicI32,
+    /// The highest signal number (glibc's `SIGRTMAX`), read before the clone.
+    last_signal: libc::c_int,
+    stack: Stack,
 }
 
-/// A stack for children, mapped once per thread, with a guard page below it.
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the raw pointers of `plan` point into its own strings, which move with it; the child
+// only reads them, and a `Launch` is freed only after the child is done with it.
+unsafe impl Send for Launch {}
+
+impl Launch {
+    /// Frees it, its stack kept for the next child. Only once the child has called `execve` or
+    /// exited.
+    fn release(self) {
+        let Launch { stack, .. } = self;
+        stack.give();
+    }
+}
+
+/// A stack for children, with a guard page below it.
+#[derive(Debug)]
 struct Stack {
     base: *mut libc::c_void,
     len: usize,
 }
 
+// SAFETY: a private mapping owned by the value, used by one child at a time.
+unsafe impl Send for Stack {}
+
+/// Stacks of children that have called `execve` or exited, for the next ones.
+static STACKS: std::sync::Mutex<Vec<Stack>> = std::sync::Mutex::new(Vec::new());
+
+/// How many stacks are kept for reuse (more are unmapped). At a thousand runs a second, a few
+/// hundred children are between their start and their reaping at a time, and a stack unmapped
+/// is an interrupt of every other core (the TLB flush) plus a fresh mapping's page faults at the
+/// next start. A stack kept costs the pages its child touched: one or two.
+const STACKS_KEPT: usize = 1024;
+
 impl Stack {
+    /// A stack from those kept, or a new one.
+    fn take() -> io::Result<Stack> {
+        let kept = STACKS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.map_or_else(Stack::map, Ok)
+    }
+
+    /// Keeps it for the next child (no child may be running on it).
+    fn give(self) {
+        let mut kept = STACKS.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < STACKS_KEPT {
+            kept.push(self);
+        }
+    }
+
     fn map() -> io::Result<Stack> {
         // SAFETY: plain system calls on a fresh anonymous mapping that nothing else refers to.
         unsafe {
@@ -382,21 +493,60 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // SAFETY: the mapping is this value's own, and no child runs on it: a child that has
-        // not reached `execve` still suspends the thread whose stack this is.
+        // SAFETY: the mapping is this value's own, and no child runs on it (see `Launch`).
         unsafe {
             libc::munmap(self.base, self.len);
         }
     }
 }
 
-thread_local! {
-    static STACK: io::Result<Stack> = Stack::map();
+/// Whether the child makes its system calls itself. It shares the memory of this thread,
+/// including glibc's `errno`, which a wrapper's failure would write while this thread goes on.
+const RAW_SYSCALLS: bool = cfg!(target_arch = "x86_64");
+
+/// A system call with up to four arguments: its result, or `-errno`. Writes no memory.
+///
+/// # Safety
+/// As the system call `number` itself.
+#[cfg(target_arch = "x86_64")]
+unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
+    let result: isize;
+    // SAFETY: the x86-64 Linux system-call convention; the kernel clobbers rcx and r11 only.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number as isize => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result
 }
 
-/// Clones a child that runs [`child_main`] on `stack` and returns its pid and pidfd once it has
-/// called `execve` or exited.
-fn clone_vfork(stack: &Stack, args: &ChildArgs<'_>) -> io::Result<(i32, OwnedFd)> {
+/// A system call through glibc, which sets `errno` (so the child runs under `CLONE_VFORK`).
+///
+/// # Safety
+/// As the system call `number` itself.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
+    // SAFETY: as the caller's.
+    unsafe {
+        match libc::syscall(number, args[0], args[1], args[2], args[3]) {
+            -1 => -(*libc::__errno_location() as isize),
+            result => result as isize,
+        }
+    }
+}
+
+/// Clones a child that runs [`child_main`] on the launch's stack and returns its pid and pidfd:
+/// under `CLONE_VFORK` once it has called `execve` or exited, else at once (this thread goes on
+/// while the child prepares, and the launch must outlive its `execve`).
+fn clone_child(launch: &Launch, vfork: bool) -> io::Result<(i32, OwnedFd)> {
     // Every signal but SIGCHLD is blocked around the `clone`. SIGCHLD cannot reach the child
     // before its `execve` (it has no children, and nobody signals a process group with it), and
     // while this thread blocks it, an earlier job's exit is not ignored but queued to the
@@ -405,10 +555,14 @@ fn clone_vfork(stack: &Stack, args: &ChildArgs<'_>) -> io::Result<(i32, OwnedFd)
     let blocked: u64 = !(1u64 << (libc::SIGCHLD - 1));
     let mut before: u64 = 0;
     let mut pidfd: libc::c_int = -1;
+    let mut flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
+    if vfork {
+        flags |= libc::CLONE_VFORK;
+    }
     // SAFETY: every signal that could reach the child is blocked around the `clone` (no handler
-    // of this process may run on the child's stack); the child only reads `args`, which
-    // outlives it because `CLONE_VFORK` suspends this thread until the child has called
-    // `execve` or exited; the stack is this thread's and nothing else runs on it meanwhile.
+    // of this process may run on the child's stack before it resets them); the child only
+    // reads the launch, which the caller keeps until the child has called `execve` or exited,
+    // and runs on the launch's own stack.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
@@ -419,9 +573,9 @@ fn clone_vfork(stack: &Stack, args: &ChildArgs<'_>) -> io::Result<(i32, OwnedFd)
         );
         let pid = libc::clone(
             child_main,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            args as *const ChildArgs<'_> as *mut libc::c_void,
+            launch.stack.top(),
+            flags,
+            launch as *const Launch as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,
         );
         let cloned = if pid == -1 {
@@ -443,76 +597,67 @@ fn clone_vfork(stack: &Stack, args: &ChildArgs<'_>) -> io::Result<(i32, OwnedFd)
 /// The child, until `execve`: default signal actions, nothing blocked, its own process group,
 /// its stdio, its directory, its user, then the program. A failed step's `errno` goes to the
 /// parent and the child exits with 127.
-extern "C" fn child_main(args: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: see `clone_vfork`; every call below is a system call (or glibc's thin wrapper of
-    // one) on data the parent prepared, and the child never returns into the parent's frames.
+extern "C" fn child_main(launch: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: see `clone_child`; every call below is a system call through `sys` on data the
+    // parent prepared (nothing else of the parent's memory is written), and the child never
+    // returns into the parent's frames.
     unsafe {
-        let args = &*(args as *const ChildArgs<'_>);
-        let plan = args.plan;
-        let fail = |errno: libc::c_int| -> ! {
-            args.errno.store(errno.max(1), Ordering::Release);
-            libc::_exit(127)
+        let launch = &*(launch as *const Launch);
+        let plan = &launch.plan;
+        let fail = |errno: isize| -> ! {
+            launch.errno.store((errno as i32).max(1), Ordering::Release);
+            loop {
+                sys(libc::SYS_exit_group, [127, 0, 0, 0]);
+            }
         };
-        let errno = || *libc::__errno_location();
+        let check = |result: isize| {
+            if result < 0 {
+                fail(-result);
+            }
+        };
         // A handler of this process must not run in the child (it shares the memory), and the
         // job should not inherit what the executor ignores: every action back to its default.
-        // The raw call, as glibc's wrapper refuses its own signals (32, 33). The kernel's
-        // `struct sigaction`, all zeros: `SIG_DFL`, no flags, empty mask.
+        // The kernel's `struct sigaction`, all zeros: `SIG_DFL`, no flags, empty mask.
         let default = [0u64; 4];
-        for signal in 1..libc::SIGRTMAX() + 1 {
+        for signal in 1..launch.last_signal + 1 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal as libc::c_long,
-                    default.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
+                let act = default.as_ptr() as usize;
+                sys(libc::SYS_rt_sigaction, [signal as usize, act, 0, 8]);
             }
         }
         let none: u64 = 0;
-        libc::syscall(
+        let none = &none as *const u64 as usize;
+        sys(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &none as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
+            [libc::SIG_SETMASK as usize, none, 0, 8],
         );
-        if libc::setpgid(0, 0) != 0 {
-            fail(errno());
-        }
-        for (target, &source) in args.stdio.iter().enumerate() {
-            if libc::dup2(source, target as libc::c_int) == -1 {
-                fail(errno());
-            }
+        check(sys(libc::SYS_setpgid, [0, 0, 0, 0]));
+        for (target, &source) in launch.stdio.iter().enumerate() {
+            // `dup3` is `dup2` for two different descriptors (the caller lifted 0..=2).
+            check(sys(libc::SYS_dup3, [source as usize, target, 0, 0]));
         }
         if let Some(dir) = &plan.cwd {
-            if libc::chdir(dir.as_ptr()) != 0 {
-                fail(errno());
-            }
+            check(sys(libc::SYS_chdir, [dir.as_ptr() as usize, 0, 0, 0]));
         }
         if let Some((uid, gid)) = plan.user {
             // Raw calls: glibc's wrappers would change the credentials of the parent's threads too.
-            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
-                && errno() != libc::EPERM
-            {
-                fail(errno());
+            let groups = sys(libc::SYS_setgroups, [0, 0, 0, 0]);
+            if groups < 0 && groups != -(libc::EPERM as isize) {
+                fail(-groups);
             }
-            if libc::syscall(libc::SYS_setgid, gid as libc::c_long) != 0
-                || libc::syscall(libc::SYS_setuid, uid as libc::c_long) != 0
-            {
-                fail(errno());
-            }
+            check(sys(libc::SYS_setgid, [gid as usize, 0, 0, 0]));
+            check(sys(libc::SYS_setuid, [uid as usize, 0, 0, 0]));
         }
         // As `execvp`: try each path; report a permission error over "not found" if one was met.
         // (Unlike `execvp`, a file without `#!` is not handed to `/bin/sh`: an error.)
-        let mut error = libc::ENOENT;
+        let mut error = libc::ENOENT as isize;
+        let (argv, envp) = (plan.argv.as_ptr() as usize, plan.envp.as_ptr() as usize);
         for path in &plan.paths {
-            libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-            match errno() {
+            let errno = -sys(libc::SYS_execve, [path.as_ptr() as usize, argv, envp, 0]);
+            match errno as i32 {
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
-                libc::EACCES => error = libc::EACCES,
-                other => fail(other),
+                libc::EACCES => error = errno,
+                _ => fail(errno),
             }
         }
         fail(error)
@@ -563,22 +708,60 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_or_directory_is_an_error() {
-        let null = dev_null();
-        let missing = Command::new("/nonexistent/gocron-no-such-program")
-            .spawn(null.as_fd(), null.as_fd(), null.as_fd())
-            .unwrap_err();
+        let missing = start_error(&Command::new("/nonexistent/gocron-no-such-program")).await;
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
-        let not_in_path = Command::new("gocron-no-such-program")
-            .env("PATH", "/usr/bin:/bin")
-            .spawn(null.as_fd(), null.as_fd(), null.as_fd())
-            .unwrap_err();
-        assert_eq!(not_in_path.kind(), io::ErrorKind::NotFound);
+        let mut not_in_path = Command::new("gocron-no-such-program");
+        not_in_path.env("PATH", "/usr/bin:/bin");
+        assert_eq!(
+            start_error(&not_in_path).await.kind(),
+            io::ErrorKind::NotFound
+        );
         let mut in_missing_dir = Command::new("/bin/sh");
         in_missing_dir.current_dir("/nonexistent/gocron-dir");
-        let error = in_missing_dir
-            .spawn(null.as_fd(), null.as_fd(), null.as_fd())
-            .unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            start_error(&in_missing_dir).await.kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    /// Why `command` could not start: from `spawn`, or once its process has ended.
+    async fn start_error(command: &Command) -> io::Error {
+        let null = dev_null();
+        match command.spawn(null.as_fd(), null.as_fd(), null.as_fd()) {
+            Err(e) => e,
+            Ok(mut child) => {
+                let status = child.wait().await.unwrap();
+                assert_eq!(status.code(), Some(127));
+                child.start_error().expect("the program did not start")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn many_children_started_at_once_each_run_their_own_program() {
+        // The children prepare while this thread goes on: each must read its own launch, and
+        // a launch must outlive its child's `execve` though its command is dropped at once.
+        let mut children = Vec::new();
+        let mut pipes = Vec::new();
+        let null = dev_null();
+        for i in 0..64 {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(format!("echo {i}; exit {}", i % 7));
+            let child = command
+                .spawn(null.as_fd(), write.as_fd(), write.as_fd())
+                .unwrap();
+            drop(command);
+            children.push(child);
+            pipes.push(read);
+        }
+        for (i, (mut child, read)) in children.into_iter().zip(pipes).enumerate() {
+            let status = child.wait().await.unwrap();
+            assert_eq!(status.code(), Some(i as i32 % 7));
+            assert!(child.start_error().is_none());
+            let output = std::io::read_to_string(std::fs::File::from(read)).unwrap();
+            assert_eq!(output, format!("{i}\n"));
+        }
     }
 
     #[tokio::test]
