@@ -5,8 +5,8 @@
 //! - [`service`]: the RPC handler: refuse when busy, claim the run row, start the run, answer.
 //! - [`runner`]: running one shell or HTTP job, keeping the tail of its output (which followers
 //!   read while it runs: [`gocron_shared::rpc::ExecutorRpc::run_output`]).
-//! - [`spawn`]: starting a shell job's process (a `vfork`-like clone on a stack kept per
-//!   thread; the one module allowed `unsafe`).
+//! - [`spawn`]: starting a shell job's process (a clone that shares the executor's memory until
+//!   its `execve`, on a reused stack; the one module allowed `unsafe`).
 //! - [`spool`]: recording each outcome: retried until recorded, spooled to `data_dir` while the
 //!   database refuses it, replayed after a restart.
 //!

@@ -455,6 +455,10 @@ impl Runner {
                 "the job's output stayed open after it exited (a background process?); output may be cut"
             );
         }
+        // A program that never started (known once its process ended, see `spawn`).
+        if let Some(e) = child.start_error() {
+            return cannot_start(e);
+        }
         if stop_reason.is_none() && self.has_stragglers(&child_group) {
             tracing::warn!(
                 run_id = request.run_id,
@@ -469,10 +473,6 @@ impl Runner {
                 )
                 .as_bytes(),
             );
-        }
-        // A program that never started (known once its process ended, see `spawn`).
-        if let Some(e) = child.start_error() {
-            return cannot_start(e);
         }
         let output = tail.text();
         if let Some(reason) = stop_reason {

@@ -8,16 +8,19 @@
 //! descriptor limit twice per redirection, suspends the thread until the child has called
 //! `execve` (a switch to the child and one back, per process), and tokio opens a pidfd for each
 //! child with another system call. Here stacks are reused, the pidfd comes with the `clone`, the
-//! child gets its stdio by three `dup2`s of descriptors the caller already has, and the calling
+//! child gets its stdio by three `dup3`s of descriptors the caller already has, and the calling
 //! thread goes on at once. README › Benchmark has the figures.
 //!
 //! The child shares this process's memory until it calls `execve`, while this thread goes on,
 //! so it writes nothing but its own stack and one `errno` word: it makes its system calls
 //! itself (glibc's wrappers would set `errno` in this thread's memory), on data prepared
 //! beforehand and kept until it has called `execve` or exited ([`Launch`]). A step that fails is
-//! known once the process has ended ([`Child::start_error`]). A child that changes user runs
-//! under `CLONE_VFORK` instead (this thread suspended meanwhile): the kernel makes the shared
-//! memory undumpable at that change, and this process resets it right after.
+//! known once the process has ended ([`Child::start_error`]). (glibc's `clone` itself writes
+//! nothing in the child since glibc 2.25; the code of the child must stay free of
+//! instrumentation that would, such as coverage counters.) A child that changes user runs under
+//! `CLONE_VFORK` instead (this thread suspended meanwhile): the kernel makes the shared memory
+//! undumpable at that change, and this process resets it right after. So does every child on a
+//! target other than x86-64, where the system calls go through glibc.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -124,7 +127,7 @@ impl Command {
         // a child that could only make its system calls through glibc (which sets `errno` in
         // the memory of this thread).
         let vfork = plan.user.is_some() || !RAW_SYSCALLS;
-        let launch = Box::new(Launch {
+        let launch = Held::new(Launch {
             stdio: [raw(0, stdin), raw(1, stdout), raw(2, stderr)],
             plan,
             errno: AtomicI32::new(0),
@@ -135,11 +138,13 @@ impl Command {
         // concurrent spawn's child may have cleared it for a moment.
         static DUMPABLE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
         let dumpable = launch
+            .get()
             .plan
             .user
             .is_some()
             .then(|| *DUMPABLE.get_or_init(is_dumpable));
-        let cloned = clone_child(&launch, vfork);
+        let cloned = clone_child(launch.get(), vfork);
+        // The child has its own copy of the descriptor table (no `CLONE_FILES`).
         drop(lifted);
         // The child's change of user made the memory it shares with this process undumpable
         // (the kernel's rule for a process whose credentials change): this process's again.
@@ -149,7 +154,8 @@ impl Command {
         let (pid, pidfd) = match cloned {
             Ok(cloned) => cloned,
             Err(e) => {
-                (*launch).release();
+                // SAFETY: there is no child.
+                unsafe { launch.release() };
                 return Err(e);
             }
         };
@@ -198,7 +204,7 @@ pub struct Child {
     pidfd: Option<AsyncFd<OwnedFd>>,
     status: Option<ExitStatus>,
     /// What the child may still read: kept until it has called `execve` or exited.
-    launch: Option<Box<Launch>>,
+    launch: Option<Held>,
     /// The `errno` of the step before `execve` that failed; 0 if none (or not known yet).
     start_errno: i32,
 }
@@ -237,10 +243,11 @@ impl Child {
     }
 
     /// Takes what the child read before `execve`, once it has called it or exited.
+    /// Only once the child has called `execve` or exited.
     fn release_launch(&mut self) {
         if let Some(launch) = self.launch.take() {
-            self.start_errno = launch.errno.load(Ordering::Acquire);
-            (*launch).release();
+            // SAFETY: as the caller's.
+            self.start_errno = unsafe { launch.release() };
         }
     }
 }
@@ -260,26 +267,24 @@ impl Drop for Child {
         // and that drop must not spawn again.
         let (pid, launch) = (self.pid, self.launch.take());
         let Some(pidfd) = self.pidfd.take() else {
-            // Never registered: the spawn failed, and stopped the process.
-            std::mem::forget(launch);
+            // Never registered: the spawn failed, and stopped the process. (A `Held` not
+            // released is never freed: the child might still read it.)
             return;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 // Not freed if the task is dropped unrun: the child may not have left it yet.
-                let launch = launch.map(std::mem::ManuallyDrop::new);
                 runtime.spawn(async move {
                     let _ = pidfd.readable().await;
-                    let _ = reap(pid, 0);
-                    if let Some(launch) = launch {
-                        (*std::mem::ManuallyDrop::into_inner(launch)).release();
+                    if let (Ok(Some(_)), Some(launch)) = (reap(pid, 0), launch) {
+                        // SAFETY: the child has exited.
+                        unsafe { launch.release() };
                     }
                 });
             }
             Err(_) => {
                 // Without a runtime (never in the daemons) the process stays a zombie until
                 // this one exits, and what it may still read stays allocated.
-                std::mem::forget(launch);
             }
         }
     }
@@ -405,22 +410,42 @@ struct Launch {
     stack: Stack,
 }
 
-impl std::fmt::Debug for Launch {
+/// A [`Launch`] on the heap, where the child finds it. Freed only by [`Held::release`]: one
+/// dropped otherwise is never freed (the child might still read it).
+struct Held(std::ptr::NonNull<Launch>);
+
+// SAFETY: the launch is this value's own (its raw pointers point into its own strings); the
+// child only reads it, but for the atomic `errno`.
+unsafe impl Send for Held {}
+
+impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launch").finish_non_exhaustive()
+        f.debug_struct("Held").finish_non_exhaustive()
     }
 }
 
-// SAFETY: the raw pointers of `plan` point into its own strings, which move with it; the child
-// only reads them, and a `Launch` is freed only after the child is done with it.
-unsafe impl Send for Launch {}
+impl Held {
+    fn new(launch: Launch) -> Held {
+        Held(std::ptr::NonNull::from(Box::leak(Box::new(launch))))
+    }
 
-impl Launch {
-    /// Frees it, its stack kept for the next child. Only once the child has called `execve` or
-    /// exited.
-    fn release(self) {
-        let Launch { stack, .. } = self;
+    fn get(&self) -> &Launch {
+        // SAFETY: alive until `release`, which takes `self`; shared with the child read-only.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Frees it, its stack kept for the next child, and gives the child's `errno` of the step
+    /// that failed (0 if none).
+    ///
+    /// # Safety
+    /// Only once the child has called `execve` or exited (or was never cloned).
+    unsafe fn release(self) -> i32 {
+        // SAFETY: from `Box::leak` in `new`, and no child refers to it any more (the caller's).
+        let launch = unsafe { Box::from_raw(self.0.as_ptr()) };
+        let errno = launch.errno.load(Ordering::Acquire);
+        let Launch { stack, .. } = *launch;
         stack.give();
+        errno
     }
 }
 
@@ -502,13 +527,13 @@ impl Drop for Stack {
 
 /// Whether the child makes its system calls itself. It shares the memory of this thread,
 /// including glibc's `errno`, which a wrapper's failure would write while this thread goes on.
-const RAW_SYSCALLS: bool = cfg!(target_arch = "x86_64");
+const RAW_SYSCALLS: bool = cfg!(all(target_arch = "x86_64", target_pointer_width = "64"));
 
 /// A system call with up to four arguments: its result, or `-errno`. Writes no memory.
 ///
 /// # Safety
 /// As the system call `number` itself.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
     let result: isize;
     // SAFETY: the x86-64 Linux system-call convention; the kernel clobbers rcx and r11 only.
@@ -532,7 +557,7 @@ unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
 ///
 /// # Safety
 /// As the system call `number` itself.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_pointer_width = "64")))]
 unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
     // SAFETY: as the caller's.
     unsafe {
@@ -543,26 +568,51 @@ unsafe fn sys(number: libc::c_long, args: [usize; 4]) -> isize {
     }
 }
 
+/// Whether this process has a handler for SIGCHLD (its action is neither the default nor to
+/// ignore it).
+fn handles_sigchld() -> bool {
+    // The kernel's `struct sigaction`: the handler first.
+    let mut action = [0u64; 4];
+    // SAFETY: a query (no new action) into a buffer of the kernel's size.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::SIGCHLD as libc::c_long,
+            std::ptr::null::<u64>(),
+            action.as_mut_ptr(),
+            8usize,
+        )
+    };
+    got != 0 || (action[0] as usize != libc::SIG_DFL && action[0] as usize != libc::SIG_IGN)
+}
+
 /// Clones a child that runs [`child_main`] on the launch's stack and returns its pid and pidfd:
 /// under `CLONE_VFORK` once it has called `execve` or exited, else at once (this thread goes on
 /// while the child prepares, and the launch must outlive its `execve`).
 fn clone_child(launch: &Launch, vfork: bool) -> io::Result<(i32, OwnedFd)> {
-    // Every signal but SIGCHLD is blocked around the `clone`. SIGCHLD cannot reach the child
-    // before its `execve` (it has no children, and nobody signals a process group with it), and
-    // while this thread blocks it, an earlier job's exit is not ignored but queued to the
-    // process, which wakes another of its threads for nothing: at 1,000 runs a second, about
-    // 800 wake-ups of the idle threads a second.
-    let blocked: u64 = !(1u64 << (libc::SIGCHLD - 1));
+    // Every signal is blocked around the `clone`: no handler of this process may run on the
+    // child's stack before the child has set them all back to their defaults. SIGCHLD too if
+    // this process handles it; if not (its action is the default, to ignore it, or ignore), it
+    // is left open: while this thread blocked it, an earlier job's exit would be queued to the
+    // process instead of ignored, and wake another of its threads for nothing (README ›
+    // Benchmark: about 1,700 wake-ups in 10 s at 1,000 runs a second, even with the block
+    // lasting the `clone` alone). Only a `kill` naming the child could send it SIGCHLD.
+    let blocked: u64 = if handles_sigchld() {
+        !0
+    } else {
+        !(1u64 << (libc::SIGCHLD - 1))
+    };
     let mut before: u64 = 0;
     let mut pidfd: libc::c_int = -1;
     let mut flags = libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD;
     if vfork {
         flags |= libc::CLONE_VFORK;
     }
-    // SAFETY: every signal that could reach the child is blocked around the `clone` (no handler
-    // of this process may run on the child's stack before it resets them); the child only
-    // reads the launch, which the caller keeps until the child has called `execve` or exited,
-    // and runs on the launch's own stack.
+    // SAFETY: every signal with a handler is blocked around the `clone` (no handler of this
+    // process may run on the child's stack before it resets them); the child reads the launch (and writes its
+    // atomic `errno`), which the caller keeps until the child has called `execve` or exited,
+    // and runs on the launch's own stack. No `CLONE_FILES`: the child's `dup2`s act on its own
+    // copy of the descriptor table.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
@@ -724,11 +774,17 @@ mod tests {
         );
     }
 
-    /// Why `command` could not start: from `spawn`, or once its process has ended.
+    /// Why `command` could not start: once its process has ended (from `spawn` itself where
+    /// the child runs under `CLONE_VFORK`).
     async fn start_error(command: &Command) -> io::Error {
         let null = dev_null();
         match command.spawn(null.as_fd(), null.as_fd(), null.as_fd()) {
-            Err(e) => e,
+            Err(e) => {
+                if RAW_SYSCALLS {
+                    panic!("spawn waited for the child: {e}");
+                }
+                e
+            }
             Ok(mut child) => {
                 let status = child.wait().await.unwrap();
                 assert_eq!(status.code(), Some(127));
@@ -790,6 +846,23 @@ mod tests {
                 "the job inherited a signal mask or ignored signals: {line}"
             );
         }
+    }
+
+    #[test]
+    fn sigchld_is_left_open_only_while_this_process_has_no_handler_for_it() {
+        extern "C" fn nothing(_: libc::c_int) {}
+        assert!(!handles_sigchld());
+        // SAFETY: a handler that does nothing, restarting interrupted calls; then the default.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut());
+            let handled = handles_sigchld();
+            libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+            assert!(handled);
+        }
+        assert!(!handles_sigchld());
     }
 
     #[tokio::test]
