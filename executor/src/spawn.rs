@@ -98,8 +98,8 @@ impl Command {
     /// Starts the program with `stdin`, `stdout` and `stderr` as its descriptors 0, 1 and 2
     /// (the same descriptor may be given twice). Signals the child starts with their default
     /// actions and none blocked. Called within a tokio runtime, whose reactor watches the child.
-    /// An error means no process is left behind. A program that cannot be started may also be
-    /// known only once its process has ended: see [`Child::start_error`].
+    /// An error means no process is left behind. A program that cannot be started (not found,
+    /// a missing directory) is known once its process has ended: see [`Child::start_error`].
     pub fn spawn(
         &self,
         stdin: BorrowedFd<'_>,
@@ -126,7 +126,8 @@ impl Command {
         // A change of user needs this thread suspended until `execve` (see below), and so does
         // a child that could only make its system calls through glibc (which sets `errno` in
         // the memory of this thread).
-        let vfork = plan.user.is_some() || !RAW_SYSCALLS;
+        let changes_user = plan.user.is_some();
+        let vfork = changes_user || !RAW_SYSCALLS;
         let launch = Held::new(Launch {
             stdio: [raw(0, stdin), raw(1, stdout), raw(2, stderr)],
             plan,
@@ -137,12 +138,7 @@ impl Command {
         // Whether this process was dumpable before any child changed user: read once, as a
         // concurrent spawn's child may have cleared it for a moment.
         static DUMPABLE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-        let dumpable = launch
-            .get()
-            .plan
-            .user
-            .is_some()
-            .then(|| *DUMPABLE.get_or_init(is_dumpable));
+        let dumpable = changes_user.then(|| *DUMPABLE.get_or_init(is_dumpable));
         let cloned = clone_child(launch.get(), vfork);
         // The child has its own copy of the descriptor table (no `CLONE_FILES`).
         drop(lifted);
@@ -169,12 +165,6 @@ impl Command {
         if vfork {
             // The child has called `execve` or exited: its memory is this process's again.
             child.release_launch();
-            if child.start_errno != 0 {
-                // The child has exited (127) without reaching the program: reap it here.
-                let _ = reap(pid, 0);
-                child.status = Some(ExitStatus::from_raw(127 << 8));
-                return Err(io::Error::from_raw_os_error(child.start_errno));
-            }
         }
         // SAFETY: the pidfd is owned by the `AsyncFd` and neither replaced nor closed under it.
         match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
