@@ -179,7 +179,7 @@ pub struct ExecutorConfig {
     /// `data_dir`: the executor's own folder (its outcome spool); default `var/executor/<name>`.
     pub data_dir: PathBuf,
     /// `max_unrecorded`: outcomes waiting for the database (in memory or spooled) past which
-    /// the executor answers busy.
+    /// the executor answers busy; default 10,000 (ten seconds of a thousand runs a second).
     pub max_unrecorded: usize,
 }
 
@@ -741,7 +741,7 @@ impl Raw {
             pass_env: self.pass_env()?,
             max_connections: self.positive("executor", "max_connections", 256)? as usize,
             data_dir,
-            max_unrecorded: self.positive("executor", "max_unrecorded", 1000)? as usize,
+            max_unrecorded: self.positive("executor", "max_unrecorded", 10_000)? as usize,
         };
 
         let dispatcher = DispatcherConfig {
@@ -1326,7 +1326,7 @@ mod tests {
     fn an_executor_has_a_data_dir_of_its_own_and_a_cap_on_unrecorded_outcomes() {
         let c = Config::from_ini("[executor]\nname = exec-1\n", "c.ini", env(&[])).unwrap();
         assert_eq!(c.executor.data_dir, Path::new("var/executor/exec-1"));
-        assert_eq!(c.executor.max_unrecorded, 1000);
+        assert_eq!(c.executor.max_unrecorded, 10_000);
         assert_eq!(
             (
                 c.monitor.keep_days,

@@ -231,8 +231,9 @@ struct Measured {
     /// The Redis calls writing the live runs over the window, and the writes they carried.
     live_writes: Option<(u64, u64)>,
     /// From each job's end to its outcome's commit, for the outcomes committed from the window's
-    /// start to the end of the drain after it (gocron only).
-    outcome_delays: Option<Delays>,
+    /// start to the end of the drain after it, and the drain's length in seconds (gocron only;
+    /// the jobs go on running during the drain, so its runs count too).
+    outcome_delays: Option<(Delays, f64)>,
 }
 
 /// A snapshot of `gocron_outcome_delay_seconds`: how many, their sum, and the cumulative count
@@ -505,6 +506,7 @@ async fn measure(
     }
     // Every outcome of the window is in by now (or the drain gave up): how late each was.
     let outcome_delays = Delays::of(&m.outcome_delay).since(&before.4);
+    let drain_secs = (now_ms() - end).max(0) as f64 / 1000.0;
     let not_ok_rows = run::Entity::find()
         .filter(
             run::Column::ScheduledAt
@@ -541,7 +543,7 @@ async fn measure(
         run_writes: Some((after.3.0 - before.3.0, after.3.1 - before.3.1)),
         handovers: Some((after.4.0 - before.5.0, after.4.1 - before.5.1)),
         live_writes: Some((after.5.0 - before.6.0, after.5.1 - before.6.1)),
-        outcome_delays: Some(outcome_delays),
+        outcome_delays: Some((outcome_delays, drain_secs)),
     })
 }
 
@@ -642,10 +644,10 @@ impl Row {
             100.0 * self.gocron.own_cpu / self.gocron.window_secs,
             self.gocron.peak_mib
         );
-        if let Some(d) = &self.gocron.outcome_delays {
+        if let Some((d, drain_secs)) = &self.gocron.outcome_delays {
             println!(
-                "  outcomes recorded: {}, {:.1} ms on average after the job's end, 99 % within {} s; \
-                 {} over 1 s, {} over 5 s",
+                "  outcomes recorded over the window and the {drain_secs:.0} s of its drain: {}, \
+                 {:.1} ms on average after the job's end, 99 % within {} s; {} over 1 s, {} over 5 s",
                 d.count,
                 1000.0 * d.sum / d.count.max(1) as f64,
                 d.quantile_bound(0.99),
