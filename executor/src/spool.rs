@@ -123,8 +123,10 @@ impl Spool {
     }
 }
 
-/// Whether a file name in the spool is a spooled outcome.
-fn is_spooled(name: &str) -> bool {
+/// Whether a file name in the spool is a spooled outcome: not a write in progress
+/// (`.tmp-<run>.json`, renamed once written and synced; a crash before that leaves it
+/// unfinished, and the next start removes it).
+pub fn is_spooled(name: &str) -> bool {
     !name.starts_with('.') && name.ends_with(".json")
 }
 

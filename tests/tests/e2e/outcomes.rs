@@ -7,15 +7,16 @@ use std::time::Duration;
 use gocron_tests::{Backend, Cluster, wait_until};
 use sea_orm::sqlx::{Connection as _, SqliteConnection};
 
-/// The outcomes in executor `name`'s spool.
+/// The outcomes in executor `name`'s spool: the files the executor counts as spooled, not a
+/// write still in progress (a SIGKILL before its rename loses that outcome, by design).
 fn spooled(c: &Cluster, name: &str) -> Vec<PathBuf> {
     let Ok(files) = std::fs::read_dir(c.executor_data_dir(name).join("spool")) else {
         return Vec::new();
     };
     files
         .filter_map(Result::ok)
+        .filter(|e| gocron_executor::spool::is_spooled(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect()
 }
 
