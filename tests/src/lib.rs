@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use gocron_shared::config::Config;
-use gocron_shared::entity::{job, run};
+use gocron_shared::entity::{alarm_state, job, run};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, Statement, Value,
@@ -249,6 +249,23 @@ impl Cluster {
     /// Starts a monitor.
     pub fn start_monitor(&mut self) {
         self.start_monitor_as("monitor");
+    }
+
+    /// Waits for a monitor's first pass of its checks on this database, after which every new
+    /// run row is watched (retries, chains, `lost`): rows written before that first pass are
+    /// history it does not replay (`run_mark` in `cron_alarm_state`).
+    pub async fn wait_checks_started(&self) {
+        wait_until(
+            "the monitor's first pass of its checks",
+            Duration::from_secs(60),
+            || async {
+                alarm_state::Entity::find_by_id("run_mark".to_owned())
+                    .one(&self.db)
+                    .await
+                    .expect("query")
+            },
+        )
+        .await;
     }
 
     /// Starts a monitor named `name` (for [`Cluster::stop`]).

@@ -43,6 +43,8 @@ async fn chained(backend: Backend) {
     c.start_dispatcher("disp-0");
     c.start_dispatcher("disp-1");
     c.start_monitor();
+    // A parent run written before the monitor's first pass would not be chained.
+    c.wait_checks_started().await;
     let (ok_file, named_file, fail_file) =
         (c.path("ok.txt"), c.path("named.txt"), c.path("fail.txt"));
     // Once a year: the only parent runs are the manual ones.

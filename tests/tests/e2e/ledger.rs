@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
-use gocron_shared::entity::{alarm_state, run};
+use gocron_shared::entity::run;
 use gocron_shared::job::Trigger;
 use gocron_tests::{Backend, Cluster, assert_one_run_per_tick, lines, wait_until};
-use sea_orm::{ActiveModelTrait as _, ActiveValue::Set, EntityTrait as _};
+use sea_orm::{ActiveModelTrait as _, ActiveValue::Set};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -138,14 +138,7 @@ async fn a_run_row_nobody_holds_becomes_lost() {
     let mut c = quick_cluster().await;
     c.start_monitor();
     let job = c.insert_job("orphan", "@yearly", "true").await;
-    // Rows from before the monitor's first pass are history it does not replay.
-    wait_until("the monitor's first pass", WAIT, || async {
-        alarm_state::Entity::find_by_id("run_mark".to_owned())
-            .one(&c.db)
-            .await
-            .expect("query")
-    })
-    .await;
+    c.wait_checks_started().await;
     // A hand-off whose Redis entry was never made (Redis down at the hand-off, then the
     // dispatcher died): a `dispatched` row from two minutes ago, held by nobody.
     let at = Utc::now().trunc_subsecs(0) - chrono::Duration::minutes(2);

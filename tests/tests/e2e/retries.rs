@@ -58,6 +58,8 @@ async fn retried(backend: Backend) {
     c.start_dispatcher("disp-0");
     c.start_dispatcher("disp-1");
     c.start_monitor();
+    // A run written before the monitor's first pass would not be retried.
+    c.wait_checks_started().await;
     // Once a year: the only first attempts are the manual runs.
     let (mends, fails) = (c.path("mends.txt"), c.path("fails.txt"));
     let retrying = |retries: i32| vec![("retries", retries.into()), ("retry_delay_secs", 1.into())];
@@ -129,6 +131,7 @@ async fn a_retry_due_while_no_dispatcher_runs_runs_once_when_one_is_back() {
     c.start_executor("exec-a").await;
     c.start_dispatcher("disp-0");
     c.start_monitor();
+    c.wait_checks_started().await;
     let out = c.path("out.txt");
     let job = c
         .insert_job_with(
