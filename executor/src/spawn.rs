@@ -232,8 +232,8 @@ impl Child {
         (self.start_errno != 0).then(|| io::Error::from_raw_os_error(self.start_errno))
     }
 
-    /// Takes what the child read before `execve`, once it has called it or exited.
-    /// Only once the child has called `execve` or exited.
+    /// Frees what the child read before `execve` and keeps its `errno`; only once the child has
+    /// called `execve` or exited.
     fn release_launch(&mut self) {
         if let Some(launch) = self.launch.take() {
             // SAFETY: as the caller's.
@@ -599,10 +599,10 @@ fn clone_child(launch: &Launch, vfork: bool) -> io::Result<(i32, OwnedFd)> {
         flags |= libc::CLONE_VFORK;
     }
     // SAFETY: every signal with a handler is blocked around the `clone` (no handler of this
-    // process may run on the child's stack before it resets them); the child reads the launch (and writes its
-    // atomic `errno`), which the caller keeps until the child has called `execve` or exited,
-    // and runs on the launch's own stack. No `CLONE_FILES`: the child's `dup2`s act on its own
-    // copy of the descriptor table.
+    // process may run on the child's stack before it resets them); the child reads the launch
+    // (and writes its atomic `errno`), which the caller keeps until the child has called
+    // `execve` or exited, and runs on the launch's own stack. No `CLONE_FILES`: the child's
+    // `dup3`s act on its own copy of the descriptor table.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
@@ -764,17 +764,12 @@ mod tests {
         );
     }
 
-    /// Why `command` could not start: once its process has ended (from `spawn` itself where
-    /// the child runs under `CLONE_VFORK`).
+    /// Why `command` could not start: known once its process has ended, also under
+    /// `CLONE_VFORK` (`spawn` itself succeeds).
     async fn start_error(command: &Command) -> io::Error {
         let null = dev_null();
         match command.spawn(null.as_fd(), null.as_fd(), null.as_fd()) {
-            Err(e) => {
-                if RAW_SYSCALLS {
-                    panic!("spawn waited for the child: {e}");
-                }
-                e
-            }
+            Err(e) => panic!("spawn reported the start failure itself: {e}"),
             Ok(mut child) => {
                 let status = child.wait().await.unwrap();
                 assert_eq!(status.code(), Some(127));

@@ -251,15 +251,16 @@ impl Cluster {
         self.start_monitor_as("monitor");
     }
 
-    /// Waits for a monitor's first pass of its checks on this database, after which every new
-    /// run row is watched (retries, chains, `lost`): rows written before that first pass are
-    /// history it does not replay (`run_mark` in `cron_alarm_state`).
+    /// Waits until a monitor has finished a pass of its checks on this database (`checked_at`
+    /// in `cron_alarm_state`, saved after its marks), so that what the test does next is news:
+    /// every run row written from then on is watched (retries, chains, `lost`, alarms), and rows
+    /// written before the first pass are history it does not replay.
     pub async fn wait_checks_started(&self) {
         wait_until(
             "the monitor's first pass of its checks",
-            Duration::from_secs(60),
+            Duration::from_secs(90),
             || async {
-                alarm_state::Entity::find_by_id("run_mark".to_owned())
+                alarm_state::Entity::find_by_id("checked_at".to_owned())
                     .one(&self.db)
                     .await
                     .expect("query")

@@ -57,12 +57,6 @@ async fn checked_at(c: &Cluster) -> Option<i64> {
         .map(|r| r.value)
 }
 
-/// Waits until a monitor has finished a pass of its checks (so that what the test does next
-/// is news, not something found at start).
-async fn wait_checked(c: &Cluster) {
-    wait_until("a first pass of the checks", WAIT, || checked_at(c)).await;
-}
-
 /// Inserts a run row as another daemon would have written it; returns its id.
 async fn insert_run(
     c: &Cluster,
@@ -144,7 +138,7 @@ async fn each_alarm_kind_arrives_by_mail_and_sms_with_its_fields() {
     c.start_executor("exec-a").await;
     c.start_dispatcher("disp-0");
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
 
     // run_failed, from a real run, to the list and the job's own recipients.
     let fails = c
@@ -385,7 +379,7 @@ async fn quiet_period_holds_repeats_into_a_summary_and_the_daily_cap_holds(backe
     )
     .await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = quiet_job(&c, "flaky").await;
     // A failure every 300 ms, as a busy failing job would give, until the cap is reached.
     let feeder = {
@@ -480,7 +474,7 @@ async fn alarms_recorded_while_smtp_is_down_arrive_when_it_is_back() {
     let (mut c, mut sink) = alarm_cluster(Backend::Sqlite, &[], None, &[("QUIET_SECS", "0")]).await;
     sink.down();
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = quiet_job(&c, "nightly").await;
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -551,7 +545,7 @@ async fn two_monitors_send_each_alarm_once(backend: Backend) {
     // Down at first, so that both monitors retry the same rows, then race when it is back.
     sink.down();
     c.start_monitor_as("monitor-a");
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     // Started once a pass is recorded, so that it finds no downtime: started together, the
     // second one's first pass could come after the first rows below, and summarise them in a
     // `start_summary` (as designed) instead of alarming each.
@@ -607,7 +601,7 @@ async fn two_monitors_send_each_alarm_once(backend: Backend) {
 async fn conditions_found_after_downtime_come_in_one_summary() {
     let (mut c, sink) = alarm_cluster(Backend::Sqlite, &[], None, &[("QUIET_SECS", "0")]).await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     c.stop("monitor").await;
 
     let job = quiet_job(&c, "during-downtime").await;
@@ -665,7 +659,7 @@ async fn starttls_when_configured_is_required_not_tried() {
     )
     .await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = quiet_job(&c, "private").await;
     insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
     let row = wait_until("the alarm retried", WAIT, || async {
@@ -693,7 +687,7 @@ async fn sms_gateway_errors_are_retried_and_recorded() {
     let (mut c, _sink) =
         alarm_cluster(Backend::Sqlite, &[], Some(&sms), &[("QUIET_SECS", "0")]).await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = c
         .insert_job_with(
             "texted",
@@ -752,7 +746,7 @@ async fn a_restarted_monitor_neither_replays_nor_loses_a_run() {
     )
     .await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = quiet_job(&c, "restarts").await;
     let before = insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
     let open = insert_run(
@@ -844,7 +838,7 @@ async fn a_hanging_smtp_server_never_delays_the_checks_nor_sms() {
     )
     .await;
     c.start_monitor();
-    wait_checked(&c).await;
+    c.wait_checks_started().await;
     let job = quiet_job(&c, "hangs").await;
     let first = insert_run(&c, job, "failed", "exec-a@127.0.0.1:1", Utc::now(), None).await;
     wait_until("the first alarm stuck in delivery", WAIT, || async {
